@@ -1,0 +1,88 @@
+package bundle
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// idPattern is what every bundle id looks like: UTC date and time, a safe
+// rendering of the process name, and 24 random bits so that ids stay unique
+// across the thousands of nodes that share one bucket.
+var idPattern = regexp.MustCompile(`^(\d{8})-(\d{6})-([A-Za-z0-9_.-]{1,15})-([0-9a-f]{6})$`)
+
+// NewID returns a fresh bundle id for a crash of the process named comm at t.
+// The id is safe as a single path component whatever bytes comm holds.
+func NewID(t time.Time, comm []byte) string {
+	var r [3]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand failed: %v", err)) // never on Linux ≥ 3.17
+	}
+	return fmt.Sprintf("%s-%s-%s", t.UTC().Format("20060102-150405"), SafeName(comm), hex.EncodeToString(r[:]))
+}
+
+// SafeName renders an attacker-chosen process name as a short file name
+// component: letters, digits, '_', '.' and '-' only, never starting with a
+// dot, never empty, at most 15 bytes (the kernel's comm length).
+func SafeName(name []byte) string {
+	var b strings.Builder
+	for _, c := range name {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+			b.WriteByte(c)
+		case c == '.' && b.Len() > 0:
+			b.WriteByte(c)
+		default:
+			b.WriteByte('_')
+		}
+		if b.Len() == 15 {
+			break
+		}
+	}
+	if b.Len() == 0 {
+		return "unknown"
+	}
+	return b.String()
+}
+
+// ValidID reports whether id has the shape NewID produces. Commands check ids
+// before they touch a store, so that "../" never reaches a path.
+func ValidID(id string) error {
+	if !idPattern.MatchString(id) {
+		return fmt.Errorf("%q is not a bundle id (expected YYYYMMDD-HHMMSS-name-xxxxxx; run `corecatch ls` to see ids)", id)
+	}
+	return nil
+}
+
+// Dir returns the bundle's directory relative to a store's root:
+// <yyyy>/<mm>/<dd>/<id>. Listing a day or a month is then a directory read.
+func Dir(id string) (string, error) {
+	if err := ValidID(id); err != nil {
+		return "", err
+	}
+	return path.Join(id[0:4], id[4:6], id[6:8], id), nil
+}
+
+// SysrootName returns the bundle-relative name under which a file the
+// crasher knew as abs is stored. abs is attacker-chosen: cleaning it as an
+// absolute path removes every "..", so the result always stays inside
+// sysroot/. It fails for names that cannot be a file (empty, "/").
+func SysrootName(abs string) (string, error) {
+	clean := path.Clean("/" + abs)
+	if clean == "/" || strings.ContainsRune(clean, 0) {
+		return "", fmt.Errorf("path %q names no file", abs)
+	}
+	return SysrootDir + clean, nil
+}
+
+// IDTime returns the UTC time an id was made for, to the second.
+func IDTime(id string) (time.Time, error) {
+	if err := ValidID(id); err != nil {
+		return time.Time{}, err
+	}
+	return time.Parse("20060102-150405", id[:15])
+}

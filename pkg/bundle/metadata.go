@@ -1,0 +1,182 @@
+// Package bundle defines what one collected crash is: the files it holds, how
+// they are named inside a store, and the versioned metadata.json schema that
+// later tools, scripts and SREs rely on. docs/metadata.md documents the schema.
+package bundle
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+	"unicode/utf8"
+)
+
+// Schema is the version written into every metadata.json. It changes only when
+// a field changes meaning or disappears; new optional fields keep it.
+const Schema = 1
+
+// Names of the well-known files of a bundle, relative to the bundle's root.
+// Captured executables and libraries live under SysrootDir at their original
+// absolute paths, and /proc texts under ProcDir, so that a reader can tell
+// every file's role from its name alone.
+const (
+	MetadataFile = "metadata.json"
+	CoreFile     = "core.zst"
+	SysrootDir   = "sysroot"
+	ProcDir      = "proc"
+)
+
+// ProcTexts are the /proc/PID files every bundle keeps under ProcDir. They
+// are small and exist only while the kernel holds the crashed process.
+// EnvironText is kept too when configured: environments often hold secrets.
+var ProcTexts = []string{"cmdline", "status", "maps", "limits", "cgroup", "mountinfo", "auxv"}
+
+// EnvironText is /proc/PID/environ, kept only when configured.
+const EnvironText = "environ"
+
+// Metadata is the content of metadata.json. Keys are snake_case and stable:
+// later issues add sections but never rename one.
+type Metadata struct {
+	Schema int       `json:"schema"`
+	ID     string    `json:"id"`
+	Time   time.Time `json:"time"`
+	Node   string    `json:"node"`
+
+	// PID is the crasher's pid in the initial pid namespace (%P), NSPID its
+	// pid inside its own namespace, TID the thread that took the signal (%I).
+	PID   int `json:"pid"`
+	NSPID int `json:"ns_pid,omitempty"`
+	TID   int `json:"tid,omitempty"`
+
+	// Comm is the kernel's task name (%e). Names are attacker-chosen bytes:
+	// when they are not valid UTF-8, Comm is a lossy rendering and CommRaw
+	// holds the exact bytes (base64 in JSON).
+	Comm    string   `json:"comm"`
+	CommRaw []byte   `json:"comm_raw,omitempty"`
+	Exe     string   `json:"exe,omitempty"`
+	ExeRaw  []byte   `json:"exe_raw,omitempty"`
+	Cmdline []string `json:"cmdline,omitempty"`
+
+	UID        int    `json:"uid"`
+	GID        int    `json:"gid"`
+	Signal     int    `json:"signal"`
+	SignalName string `json:"signal_name"`
+	// Dumpable is the kernel's %d: 1 for ordinary processes, 2 when the core
+	// of a setuid process was dumped under suid_dumpable=2.
+	Dumpable int `json:"dumpable,omitempty"`
+	// Cgroup is the crasher's cgroup v2 path (the "0::" line of
+	// /proc/PID/cgroup), or its first v1 path on v1-only hosts.
+	Cgroup string `json:"cgroup,omitempty"`
+
+	Core  Core   `json:"core"`
+	Files []File `json:"files"`
+
+	// Collector describes the helper's own run, so that an SRE can see what
+	// collecting this crash cost the node.
+	Collector Collector `json:"collector"`
+
+	// Warnings lists what the helper could not capture and why. A bundle with
+	// warnings is still complete in the sense that nothing more could be kept.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Core describes the core dump stream and what of it was kept.
+type Core struct {
+	// RawBytes is every byte the kernel sent, kept or drained.
+	RawBytes int64 `json:"raw_bytes"`
+	// KeptBytes is the prefix of the raw stream that core.zst holds.
+	KeptBytes int64 `json:"kept_bytes"`
+	// ExpectedBytes is the size the core's ELF program headers promise, or 0
+	// when the stream did not start with a readable ELF header.
+	ExpectedBytes int64 `json:"expected_bytes,omitempty"`
+	// StoredBytes is the size of core.zst.
+	StoredBytes int64  `json:"stored_bytes"`
+	Compression string `json:"compression"`
+	// Truncated is true whenever core.zst holds less than a whole core.
+	Truncated      bool   `json:"truncated"`
+	TruncateReason string `json:"truncate_reason,omitempty"`
+	// RlimitCore is the crasher's RLIMIT_CORE (%c), recorded always and
+	// honoured only when collect.honor_rlimit is set. -1 means unlimited.
+	RlimitCore int64 `json:"rlimit_core"`
+}
+
+// Reasons a core is truncated or absent. They are stable strings so that
+// metrics and scripts can match on them.
+const (
+	ReasonMaxCoreBytes = "max_core_bytes"
+	ReasonRlimit       = "rlimit"
+	ReasonShort        = "short"
+	ReasonDiskFull     = "disk_full"
+	ReasonQuota        = "quota"
+	ReasonError        = "error"
+)
+
+// File is one captured file: the executable, a mapped library or another
+// mapped object.
+type File struct {
+	// Path is the absolute path the crasher saw (its mount namespace), which
+	// is also the file's place under sysroot/ when it was captured.
+	Path    string `json:"path"`
+	PathRaw []byte `json:"path_raw,omitempty"`
+	Size    int64  `json:"size"`
+	BuildID string `json:"build_id,omitempty"`
+	SHA256  string `json:"sha256,omitempty"`
+	// Role is "exe" for the executable and "mapped" for other mappings.
+	Role string `json:"role"`
+	// Deleted is true when the file had been unlinked before the crash; the
+	// bundle still holds its bytes, read through the mapping itself.
+	Deleted bool `json:"deleted,omitempty"`
+	// Aliases are other absolute names the crasher's loader used for this
+	// file (the link map's "/lib/..." for a mapped "/usr/lib/..." on
+	// merged-/usr systems). pull recreates them as symlinks in sysroot/.
+	Aliases []string `json:"aliases,omitempty"`
+	// Stored is the bundle-relative name of the captured bytes; empty when
+	// the file was not captured, in which case Skipped says why.
+	Stored  string `json:"stored,omitempty"`
+	Skipped string `json:"skipped,omitempty"`
+}
+
+// Collector records the helper run that produced the bundle.
+type Collector struct {
+	Version string `json:"version"`
+	// DurationSeconds is the helper's wall time, from start to the bundle's
+	// publication. HeldSeconds is the part during which the kernel held the
+	// crashed process (until the helper closed the core pipe).
+	DurationSeconds float64 `json:"duration_seconds"`
+	HeldSeconds     float64 `json:"held_seconds"`
+	MaxRSSBytes     int64   `json:"max_rss_bytes"`
+	// DiskWriteBytes is what the helper caused to be written to storage
+	// (/proc/self/io write_bytes) up to the bundle's publication.
+	DiskWriteBytes int64 `json:"disk_write_bytes"`
+}
+
+// Text returns a valid UTF-8 rendering of raw bytes and, when the bytes are
+// not valid UTF-8, a copy of them to keep alongside the rendering, so that
+// metadata never silently loses an attacker-chosen name.
+func Text(raw []byte) (string, []byte) {
+	if utf8.Valid(raw) {
+		return string(raw), nil
+	}
+	return string([]rune(string(raw))), append([]byte(nil), raw...)
+}
+
+// Decode parses a metadata.json document and rejects schemas newer than this
+// binary understands, so that an old client never misreads a new bundle.
+func Decode(data []byte) (*Metadata, error) {
+	var m Metadata
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", MetadataFile, err)
+	}
+	if m.Schema > Schema {
+		return nil, fmt.Errorf("%s has schema %d, newer than this corecatch understands (%d): upgrade corecatch", MetadataFile, m.Schema, Schema)
+	}
+	return &m, nil
+}
+
+// Encode renders metadata.json with stable indentation.
+func Encode(m *Metadata) ([]byte, error) {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", MetadataFile, err)
+	}
+	return append(data, '\n'), nil
+}

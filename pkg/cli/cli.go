@@ -1,0 +1,156 @@
+// Package cli wires corecatch's subcommands to the packages that do the work,
+// so that cmd/corecatch stays a one-line main. Each command reads the same
+// config file, overridden by the global flags.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/store"
+)
+
+// Version is set at build time (-ldflags "-X .../pkg/cli.Version=...").
+var Version = "dev"
+
+// globals are the flags every command takes.
+type globals struct {
+	config string
+	store  string
+	spool  string
+	socket string
+}
+
+// load reads the config file and applies the global flags over it.
+func (g *globals) load(cmd *cobra.Command) (*config.Config, error) {
+	explicit := cmd.Flags().Changed("config")
+	c, err := config.Load(g.config, explicit)
+	if err != nil {
+		return nil, err
+	}
+	if g.store != "" {
+		c.Store = g.store
+	}
+	if g.spool != "" {
+		c.Spool = g.spool
+	}
+	if g.socket != "" {
+		c.Socket = g.socket
+	}
+	return c, c.Validate()
+}
+
+// openStore loads the config and opens its store.
+func (g *globals) openStore(cmd *cobra.Command) (*config.Config, store.Store, error) {
+	c, err := g.load(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := store.Open(c.Store)
+	return c, s, err
+}
+
+// Main runs the command line and returns the process's exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.ExecuteContext(context.Background()); err != nil {
+		fmt.Fprintf(stderr, "corecatch: %v\n", err)
+		var ee exitError
+		if errors.As(err, &ee) {
+			return int(ee)
+		}
+		return 1
+	}
+	return 0
+}
+
+// exitError carries a child's exit code (gdb's) through cobra.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "corecatch",
+		Short: "Catch every core dump on a node as a self-contained, debuggable bundle",
+		Long: `corecatch collects core dumps through kernel.core_pattern into compressed
+bundles (core, executable, libraries, metadata) and opens them in gdb.
+
+  sudo corecatch install        make every core dump land in the store
+  corecatch ls                  list bundles, newest first
+  corecatch debug ID            open one in gdb`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVarP(&g.config, "config", "c", config.DefaultPath, "config file")
+	pf.StringVar(&g.store, "store", "", "bundle store URL (file:///path); overrides the config file")
+	pf.StringVar(&g.spool, "spool", "", "node-local state directory; overrides the config file")
+	pf.StringVar(&g.socket, "socket", "", "agent socket path; overrides the config file")
+	root.AddCommand(
+		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
+		newLs(g), newShow(g), newPull(g), newDebug(g),
+		newConfigCmd(g), newVersion(),
+	)
+	return root
+}
+
+func newVersion() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "corecatch %s\n", Version)
+			return nil
+		},
+	}
+}
+
+func newConfigCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "config", Short: "Work with the config file"}
+	c.AddCommand(&cobra.Command{
+		Use:   "example",
+		Short: "Print a fully commented example config with every default",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := io.WriteString(cmd.OutOrStdout(), config.Example)
+			return err
+		},
+	}, &cobra.Command{
+		Use:   "show",
+		Short: "Print the effective config (file plus flags)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.load(cmd)
+			if err != nil {
+				return err
+			}
+			data, err := c.Marshal()
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(data)
+			return err
+		},
+	})
+	return c
+}
+
+// mustRoot refuses clearly when a command needs root.
+func mustRoot(what string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%s needs root: run it with sudo", what)
+	}
+	return nil
+}

@@ -1,0 +1,227 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/collector"
+	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/store"
+	"github.com/corecatch/corecatch/pkg/sysctl"
+)
+
+// helperConfig is the snapshot of the effective config, in the spool, that
+// the kernel-run helper reads (the pattern has no room for flags).
+const helperConfig = "collect.yaml"
+
+func newInstall(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "install",
+		Short: "Make the kernel hand every core dump to corecatch",
+		Long: `install sets kernel.core_pattern to run this binary's collect command, raises
+kernel.core_pipe_limit when it is 0 (so the kernel keeps the crashed process
+until its files are captured), and saves the previous values in the spool for
+uninstall. It snapshots the effective config (file plus flags) into the
+spool: re-run install after changing the config. Running it again is safe.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := mustRoot("install"); err != nil {
+				return err
+			}
+			cfg, err := g.load(cmd)
+			if err != nil {
+				return err
+			}
+			res, err := install(cfg)
+			if err != nil {
+				return err
+			}
+			printInstall(cmd.OutOrStdout(), res)
+			return nil
+		},
+	}
+}
+
+// install snapshots cfg into the spool and points core_pattern at this
+// binary.
+func install(cfg *config.Config) (sysctl.Result, error) {
+	if _, err := store.Open(cfg.Store); err != nil {
+		return sysctl.Result{}, err
+	}
+	bin, err := os.Executable()
+	if err == nil {
+		bin, err = filepath.EvalSymlinks(bin)
+	}
+	if err != nil {
+		return sysctl.Result{}, fmt.Errorf("find this binary's path: %w", err)
+	}
+	snapshot := filepath.Join(cfg.Spool, helperConfig)
+	pattern, err := sysctl.Pattern(bin, snapshot, collector.PatternArgs)
+	if err != nil {
+		return sysctl.Result{}, err
+	}
+	data, err := cfg.Marshal()
+	if err != nil {
+		return sysctl.Result{}, err
+	}
+	if err := os.MkdirAll(cfg.Spool, 0o700); err != nil {
+		return sysctl.Result{}, fmt.Errorf("create spool: %w", err)
+	}
+	if err := os.WriteFile(snapshot, data, 0o600); err != nil {
+		return sysctl.Result{}, fmt.Errorf("write the helper's config: %w", err)
+	}
+	return sysctl.Install(cfg.Spool, pattern)
+}
+
+func printInstall(w io.Writer, res sysctl.Result) {
+	if res.AlreadyInstalled {
+		fmt.Fprintf(w, "corecatch was already installed; core_pattern refreshed.\n")
+	} else {
+		fmt.Fprintf(w, "replaced kernel.core_pattern: %s\n", res.PreviousPattern)
+	}
+	fmt.Fprintf(w, "kernel.core_pattern = %s\n", res.Pattern)
+	if res.PipeLimit != res.PreviousLimit {
+		fmt.Fprintf(w, "kernel.core_pipe_limit = %s (was %s)\n", res.PipeLimit, res.PreviousLimit)
+	} else {
+		fmt.Fprintf(w, "kernel.core_pipe_limit = %s (unchanged)\n", res.PipeLimit)
+	}
+}
+
+func newUninstall(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "uninstall",
+		Short: "Restore the core_pattern and core_pipe_limit that install replaced",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := mustRoot("uninstall"); err != nil {
+				return err
+			}
+			cfg, err := g.load(cmd)
+			if err != nil {
+				return err
+			}
+			res, err := sysctl.Uninstall(cfg.Spool)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "restored kernel.core_pattern = %s\nrestored kernel.core_pipe_limit = %s\n", res.Pattern, res.PipeLimit)
+			return nil
+		},
+	}
+}
+
+func newAgent(g *globals) *cobra.Command {
+	var listen string
+	var interval time.Duration
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node daemon: install the helper, report bundles, restore on exit",
+		Long: `agent installs corecatch as the core dump handler, logs every new bundle, and
+applies retention to a local store. On SIGTERM or SIGINT it restores the
+core_pattern it replaced. It serves /healthz on --listen.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := mustRoot("agent"); err != nil {
+				return err
+			}
+			cfg, err := g.load(cmd)
+			if err != nil {
+				return err
+			}
+			log, err := zap.NewProduction()
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			return runAgent(cmd.Context(), cfg, listen, interval, log)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9977", "address for /healthz")
+	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often to look for new bundles")
+	return cmd
+}
+
+func runAgent(ctx context.Context, cfg *config.Config, listen string, interval time.Duration, log *zap.Logger) error {
+	st, err := store.Open(cfg.Store)
+	if err != nil {
+		return err
+	}
+	res, err := install(cfg)
+	if err != nil {
+		return err
+	}
+	log.Info("installed", zap.String("core_pattern", res.Pattern), zap.String("previous", res.PreviousPattern), zap.String("store", st.String()))
+	defer func() {
+		if res, err := sysctl.Uninstall(cfg.Spool); err != nil {
+			log.Error("restore core_pattern", zap.Error(err))
+		} else {
+			log.Info("restored", zap.String("core_pattern", res.Pattern))
+		}
+	}()
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	srv := &http.Server{Addr: listen, ReadHeaderTimeout: 5 * time.Second}
+	http.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+			log.Error("serve /healthz", zap.String("listen", listen), zap.Error(err))
+		}
+	}()
+	defer srv.Close()
+
+	local, _ := st.(*store.File)
+	seen := map[string]bool{}
+	first := true
+	var vacuumed time.Time
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		list, err := st.List(ctx)
+		if err != nil {
+			log.Warn("list bundles", zap.Error(err))
+		}
+		for _, m := range list {
+			if seen[m.ID] {
+				continue
+			}
+			seen[m.ID] = true
+			if !first {
+				logBundle(log, m)
+			}
+		}
+		first = false
+		if local != nil && time.Since(vacuumed) > time.Minute {
+			vacuumed = time.Now()
+			// Age-based retention must run on nodes that stop crashing too.
+			if gone, err := local.Vacuum(ctx, collector.RetentionFor(cfg, local), ""); err != nil {
+				log.Warn("retention", zap.Error(err))
+			} else if len(gone) > 0 {
+				log.Info("retention deleted bundles", zap.Strings("ids", gone))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func logBundle(log *zap.Logger, m *bundle.Metadata) {
+	log.Info("crash collected",
+		zap.String("id", m.ID), zap.String("exe", m.Exe), zap.String("signal", m.SignalName),
+		zap.Int("pid", m.PID), zap.Int64("raw_bytes", m.Core.RawBytes), zap.Int64("stored_bytes", m.Core.StoredBytes),
+		zap.Bool("truncated", m.Core.Truncated), zap.String("debug", "corecatch debug "+m.ID))
+}

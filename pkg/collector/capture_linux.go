@@ -1,0 +1,360 @@
+package collector
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/store"
+)
+
+// capture reads what only the still-present crashed process can give: its
+// executable, every file it had mapped, and its /proc texts.
+//
+// Security: the crasher may be a hostile container, and the helper runs as
+// root on the host. Nothing here resolves a path the container controls
+// through the host's root. Executables and libraries are opened through
+// /proc/PID/exe and /proc/PID/map_files/*, which open the mapped inode
+// itself (a library swapped for a symlink to a host file after it was mapped
+// still yields the library's bytes). The only file read by name, a JVM's
+// hs_err log, is opened beneath the process's working directory with
+// symlinks refused.
+type capture struct {
+	proc         string // /proc/PID
+	w            store.Writer
+	maxFileBytes int64
+	withEnviron  bool
+	nsPID        int
+	files        []bundle.File
+	mappings     []mapping
+	warnings     []string
+	cmdline      []string
+	cgroup       string
+	exe          []byte
+	stored       map[string]bool
+	seen         map[fileKey]int // inode → index in files
+	auxv         []byte
+}
+
+type fileKey struct{ dev, ino uint64 }
+
+// mapping is one file-backed address range of the crasher.
+type mapping struct {
+	start, end uint64
+	file       int // index in capture.files
+}
+
+func (c *capture) warn(format string, args ...any) {
+	c.warnings = append(c.warnings, fmt.Sprintf(format, args...))
+}
+
+// run captures everything it can; each failure becomes a warning in the
+// bundle rather than an error, because a bundle with a core and half its
+// files beats no bundle.
+func (c *capture) run() {
+	c.stored = map[string]bool{}
+	c.seen = map[fileKey]int{}
+	c.captureTexts()
+	c.captureExe()
+	c.captureMapped()
+	c.resolveAliases()
+	c.captureHsErr()
+}
+
+func (c *capture) captureTexts() {
+	names := bundle.ProcTexts
+	if c.withEnviron {
+		names = append(names[:len(names):len(names)], bundle.EnvironText)
+	}
+	for _, name := range names {
+		data, err := os.ReadFile(filepath.Join(c.proc, name))
+		if err != nil {
+			c.warn("read %s: %v", name, err)
+			continue
+		}
+		if err := c.put(bundle.ProcDir+"/"+name, bytes.NewReader(data)); err != nil {
+			c.warn("store %s: %v", name, err)
+		}
+		switch name {
+		case "cmdline":
+			for _, a := range bytes.Split(bytes.TrimSuffix(data, []byte{0}), []byte{0}) {
+				s, _ := bundle.Text(a)
+				c.cmdline = append(c.cmdline, s)
+			}
+		case "cgroup":
+			c.cgroup = cgroupPath(data)
+		case "status":
+			c.nsPID = nsPID(data)
+		case "auxv":
+			c.auxv = data
+		}
+	}
+}
+
+// cgroupPath returns the v2 ("0::") path of a /proc/PID/cgroup text, or the
+// first v1 path when there is none (v1-only hosts).
+func cgroupPath(data []byte) string {
+	first := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if parts[0] == "0" && parts[1] == "" {
+			return parts[2]
+		}
+		if first == "" {
+			first = parts[2]
+		}
+	}
+	return first
+}
+
+// nsPID returns the innermost pid of a /proc/PID/status "NSpid:" line.
+func nsPID(status []byte) int {
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				n, _ := strconv.Atoi(f[len(f)-1])
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+func (c *capture) put(name string, r io.Reader) error {
+	f, err := c.w.Create(name)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func (c *capture) captureExe() {
+	link := filepath.Join(c.proc, "exe")
+	target, err := os.Readlink(link)
+	if err != nil {
+		c.warn("read the executable's name: %v", err)
+		return
+	}
+	c.exe = []byte(target)
+	c.captureFile(link, target, "exe")
+}
+
+// captureMapped walks /proc/PID/map_files: one entry per file-backed range,
+// named "start-end", each a link that opens the mapped inode.
+func (c *capture) captureMapped() {
+	dir := filepath.Join(c.proc, "map_files")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		c.warn("list mapped files: %v", err)
+		return
+	}
+	for _, e := range entries {
+		lo, hi, ok := strings.Cut(e.Name(), "-")
+		if !ok {
+			continue
+		}
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		link := filepath.Join(dir, e.Name())
+		target, err := os.Readlink(link)
+		if err != nil {
+			c.warn("read mapping %s: %v", e.Name(), err)
+			continue
+		}
+		if i := c.captureFile(link, target, "mapped"); i >= 0 {
+			c.mappings = append(c.mappings, mapping{start: start, end: end, file: i})
+		}
+	}
+	sort.Slice(c.mappings, func(a, b int) bool { return c.mappings[a].start < c.mappings[b].start })
+}
+
+// captureFile copies the inode behind a magic link (exe or map_files) into
+// the bundle once, and returns its index in c.files, or -1 when the link
+// names no regular file.
+func (c *capture) captureFile(link, target, role string) int {
+	// Stat before opening: opening a mapped device could have side effects.
+	var st unix.Stat_t
+	if err := unix.Stat(link, &st); err != nil {
+		c.warn("stat %q: %v", target, err)
+		return -1
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return -1
+	}
+	key := fileKey{st.Dev, st.Ino}
+	if i, ok := c.seen[key]; ok {
+		return i
+	}
+	name := target
+	deleted := false
+	if st.Nlink == 0 {
+		if n, ok := strings.CutSuffix(target, " (deleted)"); ok {
+			name, deleted = n, true
+		}
+	}
+	text, raw := bundle.Text([]byte(name))
+	f := bundle.File{Path: text, PathRaw: raw, Size: st.Size, Role: role, Deleted: deleted}
+	if deleted {
+		f.Aliases = append(f.Aliases, target)
+	}
+	c.seen[key] = len(c.files)
+	c.files = append(c.files, f)
+	i := len(c.files) - 1
+	if st.Size > c.maxFileBytes {
+		c.files[i].Skipped = fmt.Sprintf("larger than collect.max_file_bytes (%d bytes)", c.maxFileBytes)
+		return i
+	}
+	stored, err := bundle.SysrootName(name)
+	if err != nil {
+		c.files[i].Skipped = err.Error()
+		return i
+	}
+	if c.stored[stored] {
+		// Two inodes under one name (a library replaced while mapped):
+		// keep both, the second beside the first.
+		stored = fmt.Sprintf("%s.inode-%d", stored, st.Ino)
+	}
+	if err := c.copyFile(link, stored, &c.files[i]); err != nil {
+		c.files[i].Skipped = err.Error()
+		c.warn("capture %q: %v", text, err)
+		return i
+	}
+	c.stored[stored] = true
+	c.files[i].Stored = stored
+	return i
+}
+
+// copyFile copies the inode behind link into the bundle as name, hashing it
+// and reading its GNU build-id on the way.
+func (c *capture) copyFile(link, name string, f *bundle.File) error {
+	src, err := os.Open(link)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	f.BuildID = buildID(src)
+	dst, err := c.w.Create(name)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(dst, h), io.NewSectionReader(src, 0, c.maxFileBytes))
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	f.Size = n
+	f.SHA256 = hex.EncodeToString(h.Sum(nil))
+	return nil
+}
+
+// buildID returns the hex GNU build-id of an ELF file, or "" when it has
+// none or is not ELF.
+func buildID(r io.ReaderAt) string {
+	ef, err := elf.NewFile(r)
+	if err != nil {
+		return ""
+	}
+	for _, p := range ef.Progs {
+		if p.Type != elf.PT_NOTE {
+			continue
+		}
+		if id := noteBuildID(p.Open(), ef.ByteOrder, p.Align); id != "" {
+			return id
+		}
+	}
+	return ""
+}
+
+// noteBuildID scans one PT_NOTE segment for NT_GNU_BUILD_ID.
+func noteBuildID(r io.Reader, bo interface{ Uint32([]byte) uint32 }, align uint64) string {
+	data, err := io.ReadAll(io.LimitReader(r, 1<<16))
+	if err != nil {
+		return ""
+	}
+	pad := func(n uint32) int {
+		if align == 8 {
+			return int((n + 7) &^ 7)
+		}
+		return int((n + 3) &^ 3)
+	}
+	for len(data) >= 12 {
+		namesz, descsz, typ := bo.Uint32(data), bo.Uint32(data[4:]), bo.Uint32(data[8:])
+		data = data[12:]
+		nl, dl := pad(namesz), pad(descsz)
+		if nl > len(data) || int(namesz) > len(data) {
+			return ""
+		}
+		name := data[:namesz]
+		data = data[nl:]
+		if dl > len(data) || int(descsz) > len(data) {
+			return ""
+		}
+		if typ == 3 && string(name) == "GNU\x00" { // NT_GNU_BUILD_ID
+			return hex.EncodeToString(data[:descsz])
+		}
+		data = data[dl:]
+	}
+	return ""
+}
+
+// captureHsErr keeps a JVM's fatal error log, which the JVM writes to its
+// working directory as hs_err_pid<pid>.log (its own namespace's pid) just
+// before it aborts.
+func (c *capture) captureHsErr() {
+	if c.nsPID == 0 {
+		return
+	}
+	// /proc/PID/cwd is a magic link: opening it lands on the process's
+	// working directory itself, not on a host path of the same name.
+	cwd, err := unix.Open(filepath.Join(c.proc, "cwd"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(cwd)
+	name := fmt.Sprintf("hs_err_pid%d.log", c.nsPID)
+	fd, err := unix.Openat2(cwd, name, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NONBLOCK,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+	if err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			c.warn("open %s: %v", name, err)
+		}
+		return
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		c.warn("%s is not a regular file; not kept", name)
+		return
+	}
+	if err := c.put(name, io.LimitReader(f, 16<<20)); err != nil {
+		c.warn("store %s: %v", name, err)
+	}
+}

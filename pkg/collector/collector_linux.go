@@ -1,0 +1,292 @@
+// Package collector is the core_pattern pipe helper: the kernel starts it once
+// per core dump, with the core on stdin and the crashed process held until the
+// helper lets go of the pipe. It streams the core through zstd into a store
+// and, meanwhile, captures what only the still-present process can give.
+package collector
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/store"
+)
+
+// PatternArgs are the core_pattern specifiers the helper takes, in the order
+// Request parses them. %e comes last: it is the only one that can be empty
+// or hold spaces (the kernel splits the pattern before expanding it, so it
+// stays one argument).
+const PatternArgs = "%P %I %s %t %c %d %u %g %e"
+
+// Request is what the kernel says about one crash, from PatternArgs.
+type Request struct {
+	PID, TID   int
+	Signal     int
+	Time       time.Time
+	RlimitCore int64 // -1: unlimited
+	Dumpable   int
+	UID, GID   int
+	Comm       []byte
+}
+
+// ParseRequest reads the expanded PatternArgs.
+func ParseRequest(args []string) (Request, error) {
+	if len(args) < 8 {
+		return Request{}, fmt.Errorf("collect takes the kernel's %q (got %d arguments); it is meant to be run by the kernel: use `corecatch install`", PatternArgs, len(args))
+	}
+	num := func(i int, name string) (int64, error) {
+		n, err := strconv.ParseInt(args[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("collect: %s %q is not a number", name, args[i])
+		}
+		return n, nil
+	}
+	var r Request
+	var errs []error
+	get := func(i int, name string) int {
+		n, err := num(i, name)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		return int(n)
+	}
+	r.PID, r.TID, r.Signal = get(0, "pid"), get(1, "tid"), get(2, "signal")
+	r.Time = time.Unix(int64(get(3, "time")), 0).UTC()
+	r.Dumpable, r.UID, r.GID = get(5, "dumpable"), get(6, "uid"), get(7, "gid")
+	if lim, err := strconv.ParseUint(args[4], 10, 64); err != nil {
+		errs = append(errs, fmt.Errorf("collect: rlimit %q is not a number", args[4]))
+	} else if lim > math.MaxInt64 {
+		r.RlimitCore = -1
+	} else {
+		r.RlimitCore = int64(lim)
+	}
+	if len(args) > 8 {
+		r.Comm = []byte(strings.Join(args[8:], " "))
+	}
+	if len(errs) > 0 {
+		return r, errs[0]
+	}
+	return r, nil
+}
+
+// Options configure one Run.
+type Options struct {
+	Config  *config.Config
+	Store   store.Store
+	Request Request
+	// Core is the pipe the kernel writes the core into (stdin).
+	Core    *os.File
+	Log     *zap.Logger
+	Version string
+	// Proc is the proc mount to read the crasher from; "/proc" unless a
+	// test says otherwise.
+	Proc string
+}
+
+// Run collects one crash into one bundle. It returns the published
+// metadata. Whatever fails, it reads the core pipe to its end or closes it,
+// so the kernel never waits on a dead helper.
+func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
+	start := time.Now()
+	req, cfg := o.Request, o.Config
+	if o.Proc == "" {
+		o.Proc = "/proc"
+	}
+	defer o.Core.Close()
+	enlargePipe(o.Core)
+
+	id := bundle.NewID(req.Time, req.Comm)
+	m := &bundle.Metadata{
+		Schema: bundle.Schema, ID: id, Time: req.Time, Node: cfg.Node,
+		PID: req.PID, TID: req.TID, UID: req.UID, GID: req.GID,
+		Signal: req.Signal, SignalName: bundle.SignalName(req.Signal), Dumpable: req.Dumpable,
+	}
+	m.Comm, m.CommRaw = bundle.Text(req.Comm)
+	if m.Node == "" {
+		m.Node, _ = os.Hostname()
+	}
+
+	local, _ := o.Store.(*store.File)
+	if local != nil {
+		if err := local.CleanStale(); err != nil {
+			m.Warnings = append(m.Warnings, fmt.Sprintf("clean stale temporary bundles: %v", err))
+		}
+	}
+	w, err := o.Store.Put(ctx, id)
+	if err != nil {
+		drain(o.Core)
+		return nil, fmt.Errorf("start bundle in %s: %w", o.Store, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			w.Abort()
+		}
+	}()
+
+	limit, limitReason := int64(-1), bundle.ReasonMaxCoreBytes
+	if cfg.Collect.MaxCoreBytes.Bytes > 0 {
+		limit = cfg.Collect.MaxCoreBytes.Bytes
+	}
+	if cfg.Collect.HonorRlimit && req.RlimitCore >= 0 && (limit < 0 || req.RlimitCore < limit) {
+		limit, limitReason = req.RlimitCore, bundle.ReasonRlimit
+	}
+	cs := newCoreStream(limit, limitReason, zstdLevel(cfg.Collect.Compression))
+
+	var wg sync.WaitGroup
+	cap := &capture{
+		proc:         fmt.Sprintf("%s/%d", o.Proc, req.PID),
+		w:            w,
+		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
+		withEnviron:  cfg.Collect.CaptureEnviron,
+	}
+	wg.Go(cap.run)
+	retention := RetentionFor(cfg, local)
+	if local != nil {
+		wg.Go(func() {
+			if _, err := local.Vacuum(ctx, retention, ""); err != nil {
+				o.Log.Warn("retention before writing", zap.Error(err))
+			}
+			cs.room.Store(local.Room(ctx, retention))
+		})
+	}
+
+	var coreFile io.WriteCloser
+	if limit != 0 {
+		if coreFile, err = w.Create(bundle.CoreFile); err != nil {
+			m.Warnings = append(m.Warnings, fmt.Sprintf("create %s: %v", bundle.CoreFile, err))
+			cs.truncate(bundle.ReasonError)
+		}
+	}
+	readErr := cs.run(o.Core, coreFile)
+	wg.Wait()
+	// Everything that needs the crashed process is done: let the kernel
+	// release it (it waits for the pipe's last reader, not for our exit).
+	o.Core.Close()
+	held := time.Since(start)
+
+	core, err := cs.finish()
+	if err != nil {
+		m.Warnings = append(m.Warnings, err.Error())
+	}
+	if coreFile != nil {
+		if err := coreFile.Close(); err != nil {
+			m.Warnings = append(m.Warnings, fmt.Sprintf("close %s: %v", bundle.CoreFile, err))
+			core.Truncated, core.TruncateReason = true, writeReason(err)
+		}
+	}
+	if readErr != nil {
+		core.Truncated = true
+		if core.TruncateReason == "" {
+			core.TruncateReason = bundle.ReasonError
+		}
+		m.Warnings = append(m.Warnings, readErr.Error())
+	}
+	core.RlimitCore = req.RlimitCore
+	m.Core = core
+
+	m.NSPID, m.Cmdline, m.Cgroup = cap.nsPID, cap.cmdline, cap.cgroup
+	if cap.exe != nil {
+		m.Exe, m.ExeRaw = bundle.Text(cap.exe)
+	}
+	m.Files = cap.files
+	m.Warnings = append(m.Warnings, cap.warnings...)
+
+	m.Collector = bundle.Collector{
+		Version:         o.Version,
+		HeldSeconds:     held.Seconds(),
+		DurationSeconds: time.Since(start).Seconds(),
+		MaxRSSBytes:     maxRSS(),
+		DiskWriteBytes:  diskWrites(),
+	}
+	if err := w.Commit(ctx, m); err != nil {
+		return nil, fmt.Errorf("publish bundle %s in %s: %w", id, o.Store, err)
+	}
+	committed = true
+	if local != nil {
+		if _, err := local.Vacuum(ctx, retention, id); err != nil {
+			o.Log.Warn("retention after writing", zap.Error(err))
+		}
+	}
+	return m, nil
+}
+
+// RetentionFor turns the configured bounds, which may be percentages of the
+// store's filesystem, into bytes.
+func RetentionFor(cfg *config.Config, local *store.File) store.Retention {
+	r := store.Retention{MaxAge: time.Duration(cfg.Retention.MaxAge)}
+	var total int64
+	if local != nil {
+		var st unix.Statfs_t
+		if os.MkdirAll(local.Root(), 0o755) == nil && unix.Statfs(local.Root(), &st) == nil {
+			total = int64(st.Blocks) * st.Bsize
+		}
+	}
+	r.MaxUse = cfg.Retention.MaxUse.Of(total)
+	r.KeepFree = cfg.Retention.KeepFree.Of(total)
+	return r
+}
+
+func zstdLevel(name string) zstd.EncoderLevel {
+	switch name {
+	case "default":
+		return zstd.SpeedDefault
+	case "better":
+		return zstd.SpeedBetterCompression
+	}
+	return zstd.SpeedFastest
+}
+
+// enlargePipe grows the kernel's pipe to one read's worth, so the kernel
+// blocks less often on a helper that is busy compressing.
+func enlargePipe(f *os.File) {
+	unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, chunk)
+}
+
+// drain reads the pipe to its end: the fallback when nothing can be kept.
+func drain(f *os.File) {
+	buf := make([]byte, chunk)
+	for {
+		if _, err := f.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
+func maxRSS() int64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Maxrss * 1024
+}
+
+// diskWrites returns write_bytes of /proc/self/io: what this process caused
+// to be sent to storage.
+func diskWrites() int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("write_bytes: ")); ok {
+			n, _ := strconv.ParseInt(string(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}

@@ -1,0 +1,175 @@
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+)
+
+// chunk is the read size from the kernel's pipe. The helper enlarges the
+// pipe to the same size, so one read takes what the kernel wrote in one go.
+const chunk = 1 << 20
+
+// quotaMargin is how far below the room left in the store the helper stops
+// feeding the compressor: what the encoder still holds in flight (its window
+// and the blocks being compressed) lands after that.
+const quotaMargin = 8 << 20
+
+// coreStream copies a core from the kernel's pipe through zstd into the
+// store, never holding more than a few chunks of it in memory.
+type coreStream struct {
+	// limit is how many raw bytes to keep; negative keeps all. limitReason
+	// is the truncation reason when the limit cuts the core.
+	limit       int64
+	limitReason string
+	// room is how many stored bytes the store can still take; negative is
+	// unbounded. Retention computes it while the core already streams, so it
+	// is read atomically on every chunk.
+	room atomic.Int64
+	// level is the zstd effort.
+	level zstd.EncoderLevel
+
+	layout coreLayout
+	out    countingWriter
+	enc    *zstd.Encoder
+	core   bundle.Core
+}
+
+func newCoreStream(limit int64, limitReason string, level zstd.EncoderLevel) *coreStream {
+	s := &coreStream{limit: limit, limitReason: limitReason, level: level}
+	s.room.Store(-1)
+	s.core.Compression = "zstd"
+	return s
+}
+
+// countingWriter counts what reaches the store and remembers the first
+// write error, so that a full disk stops the keeping, not the draining.
+type countingWriter struct {
+	w   io.Writer
+	n   atomic.Int64
+	err error
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// run reads in to its end. Bytes past the limit, past the store's room or
+// after a write error are read and dropped at pipe speed: the kernel holds
+// the crashed process until the pipe is drained or closed, and a drained
+// pipe gives the raw size for the record. out may be nil when nothing is to
+// be kept. run returns only read errors; keeping errors end up in the core
+// record as a truncation reason.
+func (s *coreStream) run(in io.Reader, out io.Writer) error {
+	keeping := out != nil && s.limit != 0
+	if keeping {
+		s.out.w = out
+		enc, err := zstd.NewWriter(&s.out,
+			zstd.WithEncoderLevel(s.level),
+			zstd.WithEncoderConcurrency(1),
+			zstd.WithWindowSize(4<<20),
+			zstd.WithEncoderCRC(true))
+		if err != nil {
+			return fmt.Errorf("start zstd: %w", err)
+		}
+		s.enc = enc
+	}
+	buf := make([]byte, chunk)
+	for {
+		n, err := in.Read(buf)
+		if n > 0 {
+			p := buf[:n]
+			s.layout.feed(p)
+			s.core.RawBytes += int64(n)
+			if keeping {
+				keeping = s.keep(p)
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN) {
+				continue
+			}
+			return fmt.Errorf("read core from the kernel: %w", err)
+		}
+	}
+}
+
+// keep compresses p, or the part of it within the limit, and reports
+// whether later chunks should still be kept.
+func (s *coreStream) keep(p []byte) bool {
+	if room := s.room.Load(); room >= 0 && s.out.n.Load()+quotaMargin > room {
+		s.truncate(bundle.ReasonQuota)
+		return false
+	}
+	if s.limit > 0 && s.core.KeptBytes+int64(len(p)) > s.limit {
+		p = p[:s.limit-s.core.KeptBytes]
+	}
+	if _, err := s.enc.Write(p); err != nil {
+		s.truncate(writeReason(err))
+		return false
+	}
+	s.core.KeptBytes += int64(len(p))
+	if s.limit > 0 && s.core.KeptBytes >= s.limit {
+		s.truncate(s.limitReason)
+		return false
+	}
+	return true
+}
+
+func writeReason(err error) string {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return bundle.ReasonDiskFull
+	}
+	return bundle.ReasonError
+}
+
+func (s *coreStream) truncate(reason string) {
+	if !s.core.Truncated {
+		s.core.Truncated, s.core.TruncateReason = true, reason
+	}
+}
+
+// finish ends the zstd frame and returns the record of the core. A core
+// shorter than its own program headers promise is truncated even when every
+// byte the kernel sent was kept.
+func (s *coreStream) finish() (bundle.Core, error) {
+	var err error
+	if s.limit == 0 && s.core.RawBytes > 0 {
+		s.truncate(s.limitReason)
+	}
+	if s.enc == nil {
+		s.core.Compression = ""
+	} else {
+		if cerr := s.enc.Close(); cerr != nil && s.out.err == nil {
+			err = fmt.Errorf("finish core.zst: %w", cerr)
+			s.truncate(bundle.ReasonError)
+		}
+		if s.out.err != nil {
+			s.truncate(writeReason(s.out.err))
+			err = fmt.Errorf("write core.zst: %w", s.out.err)
+		}
+	}
+	s.core.StoredBytes = s.out.n.Load()
+	s.core.ExpectedBytes = s.layout.expected
+	if exp := s.core.ExpectedBytes; exp > 0 && s.core.RawBytes < exp {
+		s.truncate(bundle.ReasonShort)
+	}
+	return s.core, err
+}

@@ -1,0 +1,413 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+)
+
+// tmpDir holds bundles being written. It lives inside the store's root so
+// that publishing a bundle is a rename within one filesystem.
+const tmpDir = ".tmp"
+
+// lockFile, inside each temporary bundle, is flock-ed by the writing helper
+// for as long as it runs. A temporary bundle whose lock can be taken belongs
+// to a helper that died, and is removed by the next helper (CleanStale).
+const lockFile = ".lock"
+
+// File is a store in a local directory, laid out as
+// <root>/<yyyy>/<mm>/<dd>/<id>/{metadata.json,core.zst,sysroot/...,proc/...}.
+type File struct {
+	root string
+}
+
+// NewFile returns the file store rooted at root. The directory is created on
+// the first write.
+func NewFile(root string) *File { return &File{root: filepath.Clean(root)} }
+
+// String returns the store's URL.
+func (s *File) String() string { return "file://" + s.root }
+
+// Root returns the store's directory.
+func (s *File) Root() string { return s.root }
+
+// Put starts a bundle under <root>/.tmp/<id>, locked against cleanup.
+func (s *File) Put(ctx context.Context, id string) (Writer, error) {
+	final, err := bundle.Dir(id)
+	if err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(s.root, tmpDir, id)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("create bundle in %s: %w (check that the store directory is writable and its disk not full)", s.root, err)
+	}
+	lock, err := os.OpenFile(filepath.Join(tmp, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err == nil {
+		err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("lock new bundle %s: %w", tmp, err)
+	}
+	return &fileWriter{store: s, tmp: tmp, final: filepath.Join(s.root, filepath.FromSlash(final)), lock: lock}, nil
+}
+
+// CleanStale removes temporary bundles left by helpers that died halfway. A
+// helper that is still writing holds its bundle's lock, so it is never
+// disturbed.
+func (s *File) CleanStale() error {
+	dir := filepath.Join(s.root, tmpDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		lock, err := os.OpenFile(filepath.Join(p, lockFile), os.O_RDWR, 0)
+		if err == nil {
+			err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				lock.Close()
+				continue // a live helper is writing it
+			}
+		}
+		// Locked by us, or without a lock file at all (killed between
+		// mkdir and open): stale either way.
+		errs = append(errs, os.RemoveAll(p))
+		if lock != nil {
+			lock.Close()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *File) bundleDir(id string) (string, error) {
+	rel, err := bundle.Dir(id)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(s.root, filepath.FromSlash(rel)), nil
+}
+
+// ids returns the ids of every published bundle, oldest first. Ids start
+// with their UTC time, so their order is their age.
+func (s *File) ids() ([]string, error) {
+	matches, err := filepath.Glob(filepath.Join(s.root, "[0-9][0-9][0-9][0-9]", "[0-9][0-9]", "[0-9][0-9]", "*"))
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, m := range matches {
+		if id := filepath.Base(m); bundle.ValidID(id) == nil {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// List returns the metadata of every complete bundle, newest first. A
+// bundle whose metadata cannot be read is reported in the error but does not
+// hide the others.
+func (s *File) List(ctx context.Context) ([]*bundle.Metadata, error) {
+	ids, err := s.ids()
+	if err != nil {
+		return nil, err
+	}
+	var out []*bundle.Metadata
+	var errs []error
+	for i := len(ids) - 1; i >= 0; i-- {
+		m, err := s.Get(ctx, ids[i])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, errors.Join(errs...)
+}
+
+// Get reads one bundle's metadata.json.
+func (s *File) Get(ctx context.Context, id string) (*bundle.Metadata, error) {
+	dir, err := s.bundleDir(id)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(filepath.Join(dir, bundle.MetadataFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("bundle %s in %s: %w", id, s, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", id, err)
+	}
+	m, err := bundle.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// cleanName checks a bundle-relative file name and returns it as a relative
+// OS path that cannot leave the bundle.
+func cleanName(name string) (string, error) {
+	c := path.Clean(name)
+	if c != name || c == "." || path.IsAbs(c) || c == ".." || strings.HasPrefix(c, "../") || c == lockFile {
+		return "", fmt.Errorf("bundle file name %q is not a clean relative name", name)
+	}
+	return filepath.FromSlash(c), nil
+}
+
+// Open reads one file of a bundle.
+func (s *File) Open(ctx context.Context, id, name string) (io.ReadCloser, error) {
+	dir, err := s.bundleDir(id)
+	if err != nil {
+		return nil, err
+	}
+	rel, err := cleanName(name)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(dir, rel))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s of bundle %s: %w", name, id, ErrNotFound)
+	}
+	return f, err
+}
+
+// Delete removes a bundle and the date directories it leaves empty.
+func (s *File) Delete(ctx context.Context, id string) error {
+	dir, err := s.bundleDir(id)
+	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("delete bundle %s: %w", id, err)
+	}
+	for p := filepath.Dir(dir); p != s.root && strings.HasPrefix(p, s.root); p = filepath.Dir(p) {
+		if os.Remove(p) != nil {
+			break // not empty
+		}
+	}
+	return nil
+}
+
+// diskBytes is what a directory tree takes on disk (allocated blocks, so
+// that sparse and compressed files count as what they cost).
+func diskBytes(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// Usage reports the bytes published bundles take on disk and what their
+// filesystem has left.
+func (s *File) Usage(ctx context.Context) (Usage, error) {
+	ids, err := s.ids()
+	if err != nil {
+		return Usage{}, err
+	}
+	u := Usage{Bundles: len(ids)}
+	for _, id := range ids {
+		dir, _ := s.bundleDir(id)
+		u.Bytes += diskBytes(dir)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.root, &st); err == nil {
+		u.FSSize = int64(st.Blocks) * st.Bsize
+		u.FSFree = int64(st.Bavail) * st.Bsize
+	}
+	return u, nil
+}
+
+// Vacuum deletes the oldest bundles until r holds, never touching keep (the
+// bundle just written). It returns the ids it deleted.
+func (s *File) Vacuum(ctx context.Context, r Retention, keep string) ([]string, error) {
+	ids, err := s.ids()
+	if err != nil {
+		return nil, err
+	}
+	u, err := s.Usage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var deleted []string
+	var errs []error
+	now := timeNow()
+	for _, id := range ids {
+		if id == keep {
+			continue
+		}
+		old := false
+		if r.MaxAge > 0 {
+			if t, err := bundle.IDTime(id); err == nil && now.Sub(t) > r.MaxAge {
+				old = true
+			}
+		}
+		overUse := r.MaxUse > 0 && u.Bytes > r.MaxUse
+		lowFree := r.KeepFree > 0 && u.FSSize > 0 && u.FSFree < r.KeepFree
+		if !old && !overUse && !lowFree {
+			continue
+		}
+		dir, _ := s.bundleDir(id)
+		size := diskBytes(dir)
+		if err := s.Delete(ctx, id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		deleted = append(deleted, id)
+		u.Bytes -= size
+		u.FSFree += size
+	}
+	return deleted, errors.Join(errs...)
+}
+
+// Room returns how many more bytes a new bundle may take under r right now,
+// after Vacuum made what room it could; -1 means no bound applies.
+func (s *File) Room(ctx context.Context, r Retention) int64 {
+	u, err := s.Usage(ctx)
+	if err != nil {
+		return -1
+	}
+	room := int64(-1)
+	if r.MaxUse > 0 {
+		room = max(r.MaxUse-u.Bytes, 0)
+	}
+	if u.FSSize > 0 {
+		free := u.FSFree - r.KeepFree
+		if room < 0 || free < room {
+			room = max(free, 0)
+		}
+	}
+	return room
+}
+
+// timeNow is the clock retention ages bundles against; tests replace it.
+var timeNow = time.Now
+
+// fileWriter writes one bundle into <root>/.tmp/<id>.
+type fileWriter struct {
+	store *File
+	tmp   string
+	final string
+	lock  *os.File
+
+	mu    sync.Mutex
+	names []string
+	done  bool
+}
+
+func (w *fileWriter) Create(name string) (io.WriteCloser, error) {
+	rel, err := cleanName(name)
+	if err != nil {
+		return nil, err
+	}
+	p := filepath.Join(w.tmp, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", name, err)
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", name, err)
+	}
+	w.mu.Lock()
+	w.names = append(w.names, rel)
+	w.mu.Unlock()
+	return f, nil
+}
+
+// Commit writes metadata.json, fsyncs every file and directory of the
+// bundle, and renames it into place: a crash at any point leaves either no
+// bundle or a whole one.
+func (w *fileWriter) Commit(ctx context.Context, m *bundle.Metadata) error {
+	data, err := bundle.Encode(m)
+	if err != nil {
+		return err
+	}
+	mf, err := w.Create(bundle.MetadataFile)
+	if err != nil {
+		return err
+	}
+	if _, err := mf.Write(data); err != nil {
+		mf.Close()
+		return fmt.Errorf("write %s: %w", bundle.MetadataFile, err)
+	}
+	if err := mf.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", bundle.MetadataFile, err)
+	}
+	dirs := map[string]bool{w.tmp: true}
+	for _, rel := range w.names {
+		p := filepath.Join(w.tmp, rel)
+		if err := syncPath(p); err != nil {
+			return err
+		}
+		for d := filepath.Dir(p); strings.HasPrefix(d, w.tmp); d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	for d := range dirs {
+		if err := syncPath(d); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(w.final), 0o700); err != nil {
+		return fmt.Errorf("publish bundle: %w", err)
+	}
+	os.Remove(filepath.Join(w.tmp, lockFile))
+	if err := os.Rename(w.tmp, w.final); err != nil {
+		return fmt.Errorf("publish bundle %s: %w", w.final, err)
+	}
+	w.done = true
+	w.lock.Close()
+	// Make the rename itself durable.
+	return syncPath(filepath.Dir(w.final))
+}
+
+func (w *fileWriter) Abort() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	err := os.RemoveAll(w.tmp)
+	w.lock.Close()
+	return err
+}
+
+func syncPath(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", p, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w (is the disk full or failing?)", p, err)
+	}
+	return nil
+}

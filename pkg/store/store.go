@@ -1,0 +1,94 @@
+// Package store keeps bundles. One interface serves the pipe helper, which
+// streams a bundle in, and the SRE commands, which list and read bundles back;
+// each backend (a local directory now, S3 later) is addressed by a URL.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"time"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+)
+
+// ErrNotFound is returned when a bundle or one of its files does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Store is a place bundles live. A bundle becomes visible to List and Get
+// only once Writer.Commit succeeded, so readers never see a partial bundle.
+type Store interface {
+	// Put starts writing the bundle with the given id.
+	Put(ctx context.Context, id string) (Writer, error)
+	// List returns the metadata of every complete bundle, newest first. It
+	// reads metadata only, never cores.
+	List(ctx context.Context) ([]*bundle.Metadata, error)
+	// Get returns one bundle's metadata.
+	Get(ctx context.Context, id string) (*bundle.Metadata, error)
+	// Open reads one file of a bundle by its bundle-relative name.
+	Open(ctx context.Context, id, name string) (io.ReadCloser, error)
+	// Delete removes a bundle; deleting a missing bundle is not an error.
+	Delete(ctx context.Context, id string) error
+	// Usage reports how much the store holds.
+	Usage(ctx context.Context) (Usage, error)
+	// String returns the store's URL, for messages.
+	String() string
+}
+
+// Writer receives one bundle's files. Files may be written concurrently.
+type Writer interface {
+	// Create starts a file of the bundle; name is bundle-relative, with
+	// slashes (bundle.CoreFile, "sysroot/usr/lib/libc.so.6").
+	Create(name string) (io.WriteCloser, error)
+	// Commit writes metadata.json last, makes everything durable, and
+	// publishes the bundle atomically.
+	Commit(ctx context.Context, m *bundle.Metadata) error
+	// Abort discards everything written so far. It is safe after Commit.
+	Abort() error
+}
+
+// Usage is what a store holds, and for stores on a local filesystem what
+// that filesystem has left.
+type Usage struct {
+	Bundles int
+	Bytes   int64
+	// FSSize and FSFree are 0 for stores that do not live on a local
+	// filesystem.
+	FSSize int64
+	FSFree int64
+}
+
+// Retention bounds what a local store keeps, as systemd-coredump does:
+// oldest bundles go first until every bound holds.
+type Retention struct {
+	// MaxAge removes bundles older than this; 0 keeps them forever.
+	MaxAge time.Duration
+	// MaxUse caps the bytes all bundles may take together; 0 is no cap.
+	MaxUse int64
+	// KeepFree is the space to leave free on the store's filesystem; 0
+	// leaves nothing in particular.
+	KeepFree int64
+}
+
+// Open returns the store a URL names: file:///path (or a plain absolute
+// path) for a local directory.
+func Open(rawURL string) (Store, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("store URL %q: %w", rawURL, err)
+	}
+	switch u.Scheme {
+	case "file", "":
+		if u.Host != "" && u.Host != "localhost" {
+			return nil, fmt.Errorf("store URL %q: a file store needs an absolute path (file:///var/lib/corecatch/bundles)", rawURL)
+		}
+		if u.Path == "" || u.Path[0] != '/' {
+			return nil, fmt.Errorf("store URL %q: the path must be absolute", rawURL)
+		}
+		return NewFile(u.Path), nil
+	default:
+		return nil, fmt.Errorf("store URL %q: unknown scheme %q (supported: file://)", rawURL, u.Scheme)
+	}
+}
