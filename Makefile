@@ -1,0 +1,48 @@
+# corecatch. Every target that needs tools installs them itself, idempotently.
+# sudo resets PATH; find the Go toolchain where the machine installs it.
+GO        ?= $(shell command -v go || echo /usr/local/go/bin/go)
+export PATH := $(dir $(GO)):$(PATH)
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X github.com/corecatch/corecatch/pkg/cli.Version=$(VERSION)
+BIN       := bin/corecatch
+# Debian packages the tests and benchmarks use: a C compiler for the crasher
+# programs, gdb to open bundles, the zstd CLI as the reference decoder and
+# baseline, elfutils for build-id checks.
+TEST_DEBS := gcc libc6-dev gdb zstd elfutils python3
+
+.PHONY: all build test bench generate run lint deps clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/corecatch
+
+# deps installs what the tests need, only what is missing.
+deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# test runs every test, the privileged end-to-end ones included (as root).
+test: deps build lint
+	$(GO) test -count=1 -timeout 30m ./...
+
+bench: deps build
+	$(GO) run ./test/bench
+
+generate:
+	$(GO) generate ./...
+
+# run starts the agent with a local store and the default config: cores land
+# in /var/lib/corecatch/bundles; Ctrl-C restores the previous core_pattern.
+run: build
+	./$(BIN) agent
+
+lint:
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,133 @@
+// Package harness is the one way privileged tests get root-only resources:
+// it requires root (and, under CI=true, fails rather than skips without it),
+// serialises every test that touches global kernel state across test
+// binaries, and restores that state whatever the test does.
+package harness
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockPath serialises privileged tests across `go test` package binaries,
+// which run in parallel processes.
+const lockPath = "/run/corecatch-tests.lock"
+
+// Kernel files a privileged test may change; Privileged restores each.
+var kernelFiles = []string{
+	"/proc/sys/kernel/core_pattern",
+	"/proc/sys/kernel/core_pipe_limit",
+}
+
+// RequireRoot skips a test that needs root, except under CI=true, where a
+// privileged test must run or fail.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root and CI=true forbids skipping it: run the tests as root (sudo make test)")
+	}
+	t.Skip("needs root (sudo make test)")
+}
+
+// Privileged makes a test that changes kernel state safe: it requires root,
+// takes the global test lock for the test's duration, and restores
+// core_pattern and core_pipe_limit byte for byte when the test ends, even
+// when it fails or panics.
+func Privileged(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("open test lock: %v", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatalf("take test lock: %v", err)
+	}
+	saved := map[string][]byte{}
+	for _, p := range kernelFiles {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("save %s: %v", p, err)
+		}
+		saved[p] = data
+	}
+	t.Cleanup(func() {
+		for _, p := range kernelFiles {
+			if err := os.WriteFile(p, saved[p], 0o644); err != nil {
+				t.Errorf("restore %s: %v", p, err)
+			}
+			if now, _ := os.ReadFile(p); !bytes.Equal(now, saved[p]) {
+				t.Errorf("%s is %q after restore, was %q", p, now, saved[p])
+			}
+		}
+		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		f.Close()
+	})
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds bin/corecatch once per test binary, into a short
+// temporary path (core_pattern has 127 bytes), and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ccbin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		binPath = filepath.Join(dir, "corecatch")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/corecatch")
+		cmd.Dir = RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// RepoRoot returns the repository's top directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// CC compiles C sources from test/crashers into dir with the given extra
+// flags (-g is always on) and returns the executable's path.
+func CC(t testing.TB, dir, out string, srcs []string, flags ...string) string {
+	t.Helper()
+	exe := filepath.Join(dir, out)
+	args := []string{"-g", "-O0", "-fno-omit-frame-pointer", "-o", exe}
+	for _, s := range srcs {
+		if !filepath.IsAbs(s) {
+			s = filepath.Join(RepoRoot(), "test", "crashers", s)
+		}
+		args = append(args, s)
+	}
+	args = append(args, flags...)
+	if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return exe
+}
