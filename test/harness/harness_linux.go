@@ -6,6 +6,7 @@ package harness
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -48,33 +49,60 @@ func RequireRoot(t testing.TB) {
 func Privileged(t testing.TB) {
 	t.Helper()
 	RequireRoot(t)
-	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err := LockKernel()
 	if err != nil {
-		t.Fatalf("open test lock: %v", err)
+		t.Fatal(err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		t.Fatalf("take test lock: %v", err)
+	restore, err := SaveKernel()
+	if err != nil {
+		unlock()
+		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if err := restore(); err != nil {
+			t.Error(err)
+		}
+		unlock()
+	})
+}
+
+// SaveKernel saves core_pattern and core_pipe_limit and returns the
+// function that writes them back and checks they read back byte for byte.
+func SaveKernel() (func() error, error) {
 	saved := map[string][]byte{}
 	for _, p := range kernelFiles {
 		data, err := os.ReadFile(p)
 		if err != nil {
-			t.Fatalf("save %s: %v", p, err)
+			return nil, fmt.Errorf("save %s: %w", p, err)
 		}
 		saved[p] = data
 	}
-	t.Cleanup(func() {
+	return func() error {
+		var errs []error
 		for _, p := range kernelFiles {
 			if err := os.WriteFile(p, saved[p], 0o644); err != nil {
-				t.Errorf("restore %s: %v", p, err)
+				errs = append(errs, fmt.Errorf("restore %s: %w", p, err))
 			}
 			if now, _ := os.ReadFile(p); !bytes.Equal(now, saved[p]) {
-				t.Errorf("%s is %q after restore, was %q", p, now, saved[p])
+				errs = append(errs, fmt.Errorf("%s is %q after restore, was %q", p, now, saved[p]))
 			}
 		}
-		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		return errors.Join(errs...)
+	}, nil
+}
+
+// LockKernel takes the lock that serialises everything changing global
+// kernel state (tests, make bench) and returns its release.
+func LockKernel() (func(), error) {
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", lockPath, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		f.Close()
-	})
+		return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 var (
