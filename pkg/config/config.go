@@ -185,16 +185,19 @@ func (s Size) String() string {
 func (s Size) MarshalJSON() ([]byte, error) { return []byte(strconv.Quote(s.String())), nil }
 
 // UnmarshalJSON accepts a string or a bare number.
-func (s *Size) UnmarshalJSON(b []byte) error {
+func (s *Size) UnmarshalJSON(b []byte) error { return unmarshal(b, ParseSize, s) }
+
+// unmarshal parses a JSON string or bare scalar with parse into dst.
+func unmarshal[T any](b []byte, parse func(string) (T, error), dst *T) error {
 	text := string(b)
 	if uq, err := strconv.Unquote(text); err == nil {
 		text = uq
 	}
-	v, err := ParseSize(text)
+	v, err := parse(text)
 	if err != nil {
 		return err
 	}
-	*s = v
+	*dst = v
 	return nil
 }
 
@@ -235,15 +238,4 @@ func (d Duration) String() string {
 func (d Duration) MarshalJSON() ([]byte, error) { return []byte(strconv.Quote(d.String())), nil }
 
 // UnmarshalJSON accepts a duration string.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	text := string(b)
-	if uq, err := strconv.Unquote(text); err == nil {
-		text = uq
-	}
-	v, err := ParseDuration(text)
-	if err != nil {
-		return err
-	}
-	*d = v
-	return nil
-}
+func (d *Duration) UnmarshalJSON(b []byte) error { return unmarshal(b, ParseDuration, d) }

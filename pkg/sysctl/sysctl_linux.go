@@ -59,6 +59,15 @@ func read(name string) ([]byte, error) {
 	return data, nil
 }
 
+// readBoth reads core_pattern and core_pipe_limit as the kernel shows them.
+func readBoth() (pattern, limit []byte, err error) {
+	if pattern, err = read(patternFile); err != nil {
+		return nil, nil, err
+	}
+	limit, err = read(pipeLimitFile)
+	return pattern, limit, err
+}
+
 func write(name string, data []byte) error {
 	if err := os.WriteFile(filepath.Join(Proc, name), data, 0o644); err != nil {
 		if errors.Is(err, fs.ErrPermission) {
@@ -97,14 +106,7 @@ func IsOurs(pattern []byte) bool {
 // and saves the previous values in spool unless corecatch was already
 // installed (then the saved values from that install stay).
 func Install(spool, pattern string) (Result, error) {
-	if os.Geteuid() != 0 && Proc == "/proc/sys/kernel" {
-		return Result{}, errors.New("install changes kernel.core_pattern and needs root: run it with sudo")
-	}
-	oldPattern, err := read(patternFile)
-	if err != nil {
-		return Result{}, err
-	}
-	oldLimit, err := read(pipeLimitFile)
+	oldPattern, oldLimit, err := readBoth()
 	if err != nil {
 		return Result{}, err
 	}
@@ -152,9 +154,6 @@ func Install(spool, pattern string) (Result, error) {
 // Uninstall restores the values install saved in spool, byte for byte, and
 // forgets them. Without saved values it changes nothing and says so.
 func Uninstall(spool string) (Result, error) {
-	if os.Geteuid() != 0 && Proc == "/proc/sys/kernel" {
-		return Result{}, errors.New("uninstall changes kernel.core_pattern and needs root: run it with sudo")
-	}
 	state := filepath.Join(spool, stateFile)
 	data, err := os.ReadFile(state)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -167,11 +166,7 @@ func Uninstall(spool string) (Result, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return Result{}, fmt.Errorf("read saved sysctls %s: %w", state, err)
 	}
-	cur, err := read(patternFile)
-	if err != nil {
-		return Result{}, err
-	}
-	curLimit, err := read(pipeLimitFile)
+	cur, curLimit, err := readBoth()
 	if err != nil {
 		return Result{}, err
 	}
