@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/collector"
@@ -139,7 +140,9 @@ core_pattern it replaced. It serves /healthz on --listen.`,
 			if err != nil {
 				return err
 			}
-			log, err := zap.NewProduction()
+			zc := zap.NewProductionConfig()
+			zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+			log, err := zc.Build()
 			if err != nil {
 				return err
 			}
