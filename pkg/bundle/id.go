@@ -86,3 +86,11 @@ func IDTime(id string) (time.Time, error) {
 	}
 	return time.Parse("20060102-150405", id[:15])
 }
+
+// StoredName returns the bundle-relative name under which a captured file
+// the crasher knew as abs is kept: its SysrootName with bytes that are not
+// UTF-8 replaced, so that metadata.json can name it exactly. Materialize
+// puts it back at the exact path.
+func StoredName(abs string) (string, error) {
+	return SysrootName(strings.ToValidUTF8(abs, "_"))
+}

@@ -42,36 +42,38 @@ func Materialize(dir string, m *Metadata, open Opener) error {
 		}
 	}
 	for _, f := range m.Files {
-		if f.Stored == "" {
+		out := f.OutName()
+		if out == "" {
 			continue
 		}
-		if err := copyOut(root, f.Stored, open); err != nil {
+		if err := copyOut(root, f.Stored, out, open); err != nil {
 			return err
 		}
 		if f.Role == "exe" {
-			if err := root.Chmod(f.Stored, 0o755); err != nil {
+			if err := root.Chmod(out, 0o755); err != nil {
 				return err
 			}
 		}
-		for _, alias := range f.Aliases {
-			if err := link(root, alias, f.Stored); err != nil {
-				return err
-			}
+		for _, alias := range f.AliasNames() {
+			// Aliases come from the crasher's memory: one that cannot be
+			// made (it runs through a captured file) is skipped rather
+			// than let a crasher make its own bundle unpullable.
+			link(root, alias, out)
 		}
 	}
 	for _, name := range append(ProcTexts[:len(ProcTexts):len(ProcTexts)], EnvironText) {
-		if err := copyOut(root, ProcDir+"/"+name, open); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := copyOut(root, ProcDir+"/"+name, ProcDir+"/"+name, open); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}
 	return nil
 }
 
-// link makes sysroot/<alias> a relative symlink to stored (a sysroot name),
-// unless a captured file already has that name.
-func link(root *os.Root, alias, stored string) error {
+// link makes sysroot/<alias> a relative symlink to target (a sysroot
+// name), unless a captured file already has that name.
+func link(root *os.Root, alias, target string) error {
 	name, err := SysrootName(alias)
-	if err != nil || name == stored {
+	if err != nil || name == target {
 		return nil
 	}
 	if _, err := root.Lstat(name); err == nil {
@@ -80,29 +82,30 @@ func link(root *os.Root, alias, stored string) error {
 	if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
 		return fmt.Errorf("alias %q: %w", alias, err)
 	}
-	rel, err := filepath.Rel(path.Dir(name), stored)
+	rel, err := filepath.Rel(path.Dir(name), target)
 	if err != nil {
 		return err
 	}
 	return root.Symlink(rel, name)
 }
 
-func copyOut(root *os.Root, name string, open Opener) error {
+// copyOut copies the bundle file name to out under root.
+func copyOut(root *os.Root, name, out string, open Opener) error {
 	r, err := open(name)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", path.Dir(name), err)
+	if err := root.MkdirAll(path.Dir(out), 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", path.Dir(out), err)
 	}
-	w, err := root.OpenFile(name, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	w, err := root.OpenFile(out, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", name, err)
+		return fmt.Errorf("create %s: %w", out, err)
 	}
 	if _, err := io.Copy(w, r); err != nil {
 		w.Close()
-		return fmt.Errorf("write %s: %w", name, err)
+		return fmt.Errorf("write %s: %w", out, err)
 	}
 	return w.Close()
 }
@@ -176,12 +179,26 @@ func SparseCopy(f io.WriteSeeker, r io.Reader) (int64, error) {
 	}
 }
 
+// OutName returns where Materialize puts a captured file, relative to the
+// materialized directory: under sysroot/ at the exact path the crasher saw
+// (which gdb looks up), or "" when the file was not captured.
+func (f *File) OutName() string {
+	if f.Stored == "" {
+		return ""
+	}
+	if primary, err := StoredName(f.RawPath()); err != nil || primary != f.Stored {
+		return f.Stored // a second inode of the same name stays beside the first
+	}
+	name, _ := SysrootName(f.RawPath())
+	return name
+}
+
 // ExePath returns where Materialize put the executable, relative to the
 // materialized directory, or "" when it was not captured.
 func (m *Metadata) ExePath() string {
 	for _, f := range m.Files {
-		if f.Role == "exe" && f.Stored != "" {
-			return f.Stored
+		if f.Role == "exe" {
+			return f.OutName()
 		}
 	}
 	return ""

@@ -128,11 +128,56 @@ type File struct {
 	// Aliases are other absolute names the crasher's loader used for this
 	// file (the link map's "/lib/..." for a mapped "/usr/lib/..." on
 	// merged-/usr systems). pull recreates them as symlinks in sysroot/.
-	Aliases []string `json:"aliases,omitempty"`
-	// Stored is the bundle-relative name of the captured bytes; empty when
-	// the file was not captured, in which case Skipped says why.
+	// AliasesRaw holds their exact bytes when any is not valid UTF-8.
+	Aliases    []string `json:"aliases,omitempty"`
+	AliasesRaw [][]byte `json:"aliases_raw,omitempty"`
+	// Stored is the bundle-relative name of the captured bytes (valid
+	// UTF-8 whatever the path's bytes); empty when the file was not
+	// captured, in which case Skipped says why.
 	Stored  string `json:"stored,omitempty"`
 	Skipped string `json:"skipped,omitempty"`
+}
+
+// RawPath returns the file's path as the crasher's bytes spelt it.
+func (f *File) RawPath() string {
+	if f.PathRaw != nil {
+		return string(f.PathRaw)
+	}
+	return f.Path
+}
+
+// AddAlias records another name of the file, keeping exact bytes.
+func (f *File) AddAlias(name string) {
+	for _, a := range f.AliasNames() {
+		if a == name {
+			return
+		}
+	}
+	if name == f.RawPath() {
+		return
+	}
+	text, raw := Text([]byte(name))
+	if raw != nil && f.AliasesRaw == nil {
+		for _, a := range f.Aliases {
+			f.AliasesRaw = append(f.AliasesRaw, []byte(a))
+		}
+	}
+	f.Aliases = append(f.Aliases, text)
+	if f.AliasesRaw != nil {
+		f.AliasesRaw = append(f.AliasesRaw, []byte(name))
+	}
+}
+
+// AliasNames returns the file's aliases as exact bytes.
+func (f *File) AliasNames() []string {
+	if f.AliasesRaw == nil {
+		return f.Aliases
+	}
+	names := make([]string, len(f.AliasesRaw))
+	for i, a := range f.AliasesRaw {
+		names[i] = string(a)
+	}
+	return names
 }
 
 // Collector records the helper run that produced the bundle.

@@ -218,7 +218,7 @@ func (c *capture) captureFile(link, target, role string) int {
 	text, raw := bundle.Text([]byte(name))
 	f := bundle.File{Path: text, PathRaw: raw, Size: st.Size, Role: role, Deleted: deleted}
 	if deleted {
-		f.Aliases = append(f.Aliases, target)
+		f.AddAlias(target)
 	}
 	c.seen[key] = len(c.files)
 	c.files = append(c.files, f)
@@ -227,7 +227,7 @@ func (c *capture) captureFile(link, target, role string) int {
 		c.files[i].Skipped = fmt.Sprintf("larger than collect.max_file_bytes (%d bytes)", c.maxFileBytes)
 		return i
 	}
-	stored, err := bundle.SysrootName(name)
+	stored, err := bundle.StoredName(name)
 	if err != nil {
 		c.files[i].Skipped = err.Error()
 		return i
@@ -285,6 +285,15 @@ func buildID(r io.ReaderAt) string {
 			continue
 		}
 		if id := noteBuildID(p.Open(), ef.ByteOrder, p.Align); id != "" {
+			return id
+		}
+	}
+	// Go linkers put .note.gnu.build-id outside the PT_NOTE segment.
+	for _, sec := range ef.Sections {
+		if sec.Type != elf.SHT_NOTE {
+			continue
+		}
+		if id := noteBuildID(sec.Open(), ef.ByteOrder, sec.Addralign); id != "" {
 			return id
 		}
 	}

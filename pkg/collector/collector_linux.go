@@ -109,6 +109,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	defer o.Core.Close()
 	enlargePipe(o.Core)
 
+	req.Comm = taskComm(o.Proc, req)
 	id := bundle.NewID(req.Time, req.Comm)
 	m := &bundle.Metadata{
 		Schema: bundle.Schema, ID: id, Time: req.Time, Node: cfg.Node,
@@ -157,12 +158,16 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	wg.Go(cap.run)
 	retention := RetentionFor(cfg, local)
 	if local != nil {
-		wg.Go(func() {
-			if _, err := local.Vacuum(ctx, retention, ""); err != nil {
-				o.Log.Warn("retention before writing", zap.Error(err))
-			}
-			cs.room.Store(local.Room(ctx, retention))
-		})
+		// Retention before writing, and the room the core may take. The
+		// kernel waits on the pipe meanwhile: this only stats the store.
+		sp, err := local.Space(ctx, retention)
+		if err == nil {
+			_, err = sp.Vacuum(ctx)
+			cs.space = sp
+		}
+		if err != nil {
+			o.Log.Warn("retention before writing", zap.Error(err))
+		}
 	}
 
 	var coreFile io.WriteCloser
@@ -179,6 +184,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	o.Core.Close()
 	held := time.Since(start)
 
+	if len(cs.freed) > 0 {
+		o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", cs.freed))
+	}
 	core, err := cs.finish()
 	if err != nil {
 		m.Warnings = append(m.Warnings, err.Error())
@@ -223,6 +231,21 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		}
 	}
 	return m, nil
+}
+
+// taskComm returns the crashing thread's exact name. The kernel escapes %e
+// ('/' and a leading '.' become '!'), so the name is read from
+// /proc/PID/task/TID/comm, and %e serves only when that fails.
+func taskComm(proc string, req Request) []byte {
+	tid := req.TID
+	if tid == 0 {
+		tid = req.PID
+	}
+	data, err := os.ReadFile(fmt.Sprintf("%s/%d/task/%d/comm", proc, req.PID, tid))
+	if err != nil || len(data) == 0 {
+		return req.Comm
+	}
+	return bytes.TrimSuffix(data, []byte("\n"))
 }
 
 // RetentionFor turns the configured bounds, which may be percentages of the

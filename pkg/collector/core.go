@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,9 +18,16 @@ import (
 const chunk = 1 << 20
 
 // quotaMargin is how far below the room left in the store the helper stops
-// feeding the compressor: what the encoder still holds in flight (its window
-// and the blocks being compressed) lands after that.
-const quotaMargin = 8 << 20
+// feeding the compressor: the encoder compresses synchronously, so what
+// lands after that is at most the block it is filling and the frame's end.
+const quotaMargin = 1 << 20
+
+// space is the store's room for the bundle (store.Space): what it may take,
+// and the oldest bundles it may delete to take more.
+type space interface {
+	Room() int64
+	FreeOldest(ctx context.Context) (string, error)
+}
 
 // coreStream copies a core from the kernel's pipe through zstd into the
 // store, never holding more than a few chunks of it in memory.
@@ -28,10 +36,10 @@ type coreStream struct {
 	// is the truncation reason when the limit cuts the core.
 	limit       int64
 	limitReason string
-	// room is how many stored bytes the store can still take; negative is
-	// unbounded. Retention computes it while the core already streams, so it
-	// is read atomically on every chunk.
-	room atomic.Int64
+	// space bounds what may be stored; nil is unbounded. freed lists the
+	// older bundles deleted to make room for this core.
+	space space
+	freed []string
 	// level is the zstd effort.
 	level zstd.EncoderLevel
 
@@ -43,7 +51,6 @@ type coreStream struct {
 
 func newCoreStream(limit int64, limitReason string, level zstd.EncoderLevel) *coreStream {
 	s := &coreStream{limit: limit, limitReason: limitReason, level: level}
-	s.room.Store(-1)
 	s.core.Compression = "zstd"
 	return s
 }
@@ -114,7 +121,7 @@ func (s *coreStream) run(in io.Reader, out io.Writer) error {
 // keep compresses p, or the part of it within the limit, and reports
 // whether later chunks should still be kept.
 func (s *coreStream) keep(p []byte) bool {
-	if room := s.room.Load(); room >= 0 && s.out.n.Load()+quotaMargin > room {
+	if !s.makeRoom() {
 		s.truncate(bundle.ReasonQuota)
 		return false
 	}
@@ -129,6 +136,23 @@ func (s *coreStream) keep(p []byte) bool {
 	if s.limit > 0 && s.core.KeptBytes >= s.limit {
 		s.truncate(s.limitReason)
 		return false
+	}
+	return true
+}
+
+// makeRoom reports whether the store has room for another chunk, deleting
+// the oldest bundles while it has not: a new crash is worth more than the
+// oldest one kept.
+func (s *coreStream) makeRoom() bool {
+	if s.space == nil {
+		return true
+	}
+	for room := s.space.Room(); room >= 0 && s.out.n.Load()+quotaMargin > room; room = s.space.Room() {
+		id, err := s.space.FreeOldest(context.Background())
+		if err != nil || id == "" {
+			return false
+		}
+		s.freed = append(s.freed, id)
 	}
 	return true
 }

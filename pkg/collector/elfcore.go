@@ -23,53 +23,82 @@ const maxHead = 4 << 20
 // feed gives coreLayout the next bytes of the stream; it keeps only what it
 // still needs.
 func (l *coreLayout) feed(p []byte) {
-	if l.done {
-		return
+	// What is needed grows as the header is learnt (the ELF header says
+	// where the program headers are and how many), so take bytes until the
+	// need stops growing.
+	for !l.done {
+		need := l.need()
+		if need > maxHead {
+			l.done = true
+			return
+		}
+		missing := need - len(l.head)
+		if missing <= 0 {
+			l.parse()
+			return
+		}
+		if len(p) == 0 {
+			return
+		}
+		k := min(missing, len(p))
+		l.head, p = append(l.head, p[:k]...), p[k:]
 	}
-	need := l.need()
-	if need > maxHead {
-		l.done = true
-		return
+}
+
+// ehdr is what coreLayout uses of an ELF header.
+type ehdr struct {
+	phoff, shoff                       uint64
+	phentsize, phnum, shentsize, shnum uint16
+}
+
+// header decodes the ELF header, and reports false for anything that is
+// not a core the layout can be trusted from: another magic, class, byte
+// order or file type, or program headers smaller than the class defines.
+func (l *coreLayout) header() (ehdr, bool) {
+	h := l.head
+	if len(h) < 64 || string(h[:4]) != "\x7fELF" || (h[4] != 1 && h[4] != 2) || (h[5] != 1 && h[5] != 2) {
+		return ehdr{}, false
 	}
-	if missing := need - len(l.head); missing > 0 {
-		l.head = append(l.head, p[:min(missing, len(p))]...)
+	bo := l.order()
+	var e ehdr
+	minEnt := uint16(32)
+	if h[4] == 2 {
+		e = ehdr{phoff: bo.Uint64(h[32:]), shoff: bo.Uint64(h[40:]),
+			phentsize: bo.Uint16(h[54:]), phnum: bo.Uint16(h[56:]), shentsize: bo.Uint16(h[58:]), shnum: bo.Uint16(h[60:])}
+		minEnt = 56
+	} else {
+		e = ehdr{phoff: uint64(bo.Uint32(h[28:])), shoff: uint64(bo.Uint32(h[32:])),
+			phentsize: bo.Uint16(h[42:]), phnum: bo.Uint16(h[44:]), shentsize: bo.Uint16(h[46:]), shnum: bo.Uint16(h[48:])}
 	}
-	if len(l.head) >= need {
-		l.parse()
+	if bo.Uint16(h[16:]) != 4 || e.phentsize < minEnt { // ET_CORE
+		return ehdr{}, false
 	}
+	return e, true
 }
 
 // need returns how many leading bytes parse requires, given what is known.
 func (l *coreLayout) need() int {
-	h := l.head
-	if len(h) < 64 {
+	if len(l.head) < 64 {
 		return 64
 	}
-	if string(h[:4]) != "\x7fELF" || (h[4] != 1 && h[4] != 2) || (h[5] != 1 && h[5] != 2) {
-		return 64 // parse will give up
+	e, ok := l.header()
+	if !ok {
+		return 64 // parse gives up
 	}
-	bo, is64 := l.order(), h[4] == 2
-	var phoff uint64
-	var phentsize, phnum uint16
-	if is64 {
-		phoff, phentsize, phnum = bo.Uint64(h[32:]), bo.Uint16(h[54:]), bo.Uint16(h[56:])
-	} else {
-		phoff, phentsize, phnum = uint64(bo.Uint32(h[28:])), bo.Uint16(h[42:]), bo.Uint16(h[44:])
-	}
-	if phoff > maxHead || phentsize == 0 {
+	if e.phoff > maxHead {
 		return maxHead + 1
 	}
-	if phnum == 0xffff { // PN_XNUM: the program headers run up to the first segment's data
-		if len(h) < int(phoff)+int(phentsize) {
-			return int(phoff) + int(phentsize)
+	if e.phnum == 0xffff { // PN_XNUM: the program headers run up to the first segment's data
+		if len(l.head) < int(e.phoff)+int(e.phentsize) {
+			return int(e.phoff) + int(e.phentsize)
 		}
-		first, _ := l.phdr(int(phoff))
-		if first < phoff || first > maxHead {
+		first, _ := l.phdr(int(e.phoff))
+		if first < e.phoff+uint64(e.phentsize) || first > maxHead {
 			return maxHead + 1
 		}
 		return int(first)
 	}
-	return int(phoff) + int(phentsize)*int(phnum)
+	return int(e.phoff) + int(e.phentsize)*int(e.phnum)
 }
 
 func (l *coreLayout) order() binary.ByteOrder {
@@ -93,31 +122,18 @@ func (l *coreLayout) phdr(off int) (uint64, uint64) {
 
 func (l *coreLayout) parse() {
 	l.done = true
-	h := l.head
+	e, ok := l.header()
 	need := l.need()
-	if need > len(h) || len(h) < 64 || string(h[:4]) != "\x7fELF" {
+	if !ok || need > len(l.head) {
 		return
-	}
-	bo, is64 := l.order(), h[4] == 2
-	if bo.Uint16(h[16:]) != 4 { // ET_CORE
-		return
-	}
-	var phoff, shoff uint64
-	var phentsize, shentsize, shnum uint16
-	if is64 {
-		phoff, shoff = bo.Uint64(h[32:]), bo.Uint64(h[40:])
-		phentsize, shentsize, shnum = bo.Uint16(h[54:]), bo.Uint16(h[58:]), bo.Uint16(h[60:])
-	} else {
-		phoff, shoff = uint64(bo.Uint32(h[28:])), uint64(bo.Uint32(h[32:]))
-		phentsize, shentsize, shnum = bo.Uint16(h[42:]), bo.Uint16(h[46:]), bo.Uint16(h[48:])
 	}
 	end := uint64(need)
-	if shoff > 0 {
-		end = max(end, shoff+uint64(shentsize)*uint64(shnum))
+	if e.shoff > 0 {
+		end = max(end, e.shoff+uint64(e.shentsize)*uint64(e.shnum))
 	}
-	for off := int(phoff); off+int(phentsize) <= need; off += int(phentsize) {
-		_, e := l.phdr(off)
-		end = max(end, e)
+	for off := int(e.phoff); off+int(e.phentsize) <= need; off += int(e.phentsize) {
+		_, pend := l.phdr(off)
+		end = max(end, pend)
 	}
 	if end < 1<<62 {
 		l.expected = int64(end)

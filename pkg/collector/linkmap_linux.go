@@ -45,21 +45,10 @@ func (c *capture) resolveAliases() {
 		if i == len(c.mappings) || c.mappings[i].start > e.ld {
 			continue // the vdso, or a mapping that is not a regular file
 		}
-		f := &c.files[c.mappings[i].file]
-		if e.name == "" || e.name[0] != '/' || e.name == f.Path || contains(f.Aliases, e.name) {
-			continue
-		}
-		f.Aliases = append(f.Aliases, e.name)
-	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
+		if e.name != "" && e.name[0] == '/' {
+			c.files[c.mappings[i].file].AddAlias(e.name)
 		}
 	}
-	return false
 }
 
 type linkEntry struct {

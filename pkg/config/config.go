@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -161,6 +162,9 @@ func ParseSize(text string) (Size, error) {
 	f, err := strconv.ParseFloat(t, 64)
 	if err != nil || f < 0 {
 		return Size{}, fmt.Errorf("size %q: write a number of bytes, optionally with a unit (512MiB, 4GB) or a percentage (10%%)", text)
+	}
+	if f*float64(mult) >= math.MaxInt64 {
+		return Size{}, fmt.Errorf("size %q is too large", text)
 	}
 	return Size{Bytes: int64(f * float64(mult))}, nil
 }
