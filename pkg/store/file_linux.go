@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -28,6 +29,9 @@ const tmpDir = ".tmp"
 // for as long as it runs. A temporary bundle whose lock can be taken belongs
 // to a helper that died, and is removed by the next helper (CleanStale).
 const lockFile = ".lock"
+
+// stagingPrefix names a temporary bundle whose lock is not taken yet.
+const stagingPrefix = ".new-"
 
 // File is a store in a local directory, laid out as
 // <root>/<yyyy>/<mm>/<dd>/<id>/{metadata.json,core.zst,sysroot/...,proc/...}.
@@ -51,16 +55,26 @@ func (s *File) Put(ctx context.Context, id string) (Writer, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The bundle is made and locked under a staging name CleanStale leaves
+	// alone, then renamed: a concurrent helper's CleanStale must never see
+	// it unlocked.
 	tmp := filepath.Join(s.root, tmpDir, id)
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
+	staging := filepath.Join(s.root, tmpDir, stagingPrefix+id)
+	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return nil, fmt.Errorf("create bundle in %s: %w (check that the store directory is writable and its disk not full)", s.root, err)
 	}
-	lock, err := os.OpenFile(filepath.Join(tmp, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	lock, err := os.OpenFile(filepath.Join(staging, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
 	if err == nil {
 		err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			err = os.Rename(staging, tmp)
+		}
+		if err != nil {
+			lock.Close()
+		}
 	}
 	if err != nil {
-		os.RemoveAll(tmp)
+		os.RemoveAll(staging)
 		return nil, fmt.Errorf("lock new bundle %s: %w", tmp, err)
 	}
 	return &fileWriter{store: s, tmp: tmp, final: filepath.Join(s.root, filepath.FromSlash(final)), lock: lock}, nil
@@ -81,6 +95,13 @@ func (s *File) CleanStale() error {
 	var errs []error
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
+		if strings.HasPrefix(e.Name(), stagingPrefix) {
+			// Being set up by a live helper, unless it has been there
+			// far longer than that takes.
+			if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < time.Minute {
+				continue
+			}
+		}
 		lock, err := os.OpenFile(filepath.Join(p, lockFile), os.O_RDWR, 0)
 		if err == nil {
 			err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
@@ -89,8 +110,7 @@ func (s *File) CleanStale() error {
 				continue // a live helper is writing it
 			}
 		}
-		// Locked by us, or without a lock file at all (killed between
-		// mkdir and open): stale either way.
+		// Locked by us, or without a lock file at all: stale either way.
 		errs = append(errs, os.RemoveAll(p))
 		if lock != nil {
 			lock.Close()
@@ -108,19 +128,37 @@ func (s *File) bundleDir(id string) (string, error) {
 }
 
 // ids returns the ids of every published bundle, oldest first. Ids start
-// with their UTC time, so their order is their age.
+// with their UTC time to the second; within one second, the time each was
+// published (its directory's mtime) decides.
 func (s *File) ids() ([]string, error) {
 	matches, err := filepath.Glob(filepath.Join(s.root, "[0-9][0-9][0-9][0-9]", "[0-9][0-9]", "[0-9][0-9]", "*"))
 	if err != nil {
 		return nil, err
 	}
-	var ids []string
+	type entry struct {
+		id    string
+		mtime time.Time
+	}
+	var list []entry
 	for _, m := range matches {
 		if id := filepath.Base(m); bundle.ValidID(id) == nil {
-			ids = append(ids, id)
+			e := entry{id: id}
+			if info, err := os.Stat(m); err == nil {
+				e.mtime = info.ModTime()
+			}
+			list = append(list, e)
 		}
 	}
-	sort.Strings(ids)
+	sort.Slice(list, func(i, j int) bool {
+		if a, b := list[i].id[:15], list[j].id[:15]; a != b {
+			return a < b
+		}
+		return list[i].mtime.Before(list[j].mtime)
+	})
+	ids := make([]string, len(list))
+	for i, e := range list {
+		ids[i] = e.id
+	}
 	return ids, nil
 }
 
@@ -136,6 +174,9 @@ func (s *File) List(ctx context.Context) ([]*bundle.Metadata, error) {
 	var errs []error
 	for i := len(ids) - 1; i >= 0; i-- {
 		m, err := s.Get(ctx, ids[i])
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted by retention since ids() looked
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -247,66 +288,156 @@ func (s *File) Usage(ctx context.Context) (Usage, error) {
 	return u, nil
 }
 
-// Vacuum deletes the oldest bundles until r holds, never touching keep (the
-// bundle just written). It returns the ids it deleted.
-func (s *File) Vacuum(ctx context.Context, r Retention, keep string) ([]string, error) {
-	ids, err := s.ids()
-	if err != nil {
-		return nil, err
-	}
-	u, err := s.Usage(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var deleted []string
-	var errs []error
-	now := timeNow()
-	for _, id := range ids {
-		if id == keep {
-			continue
-		}
-		old := false
-		if r.MaxAge > 0 {
-			if t, err := bundle.IDTime(id); err == nil && now.Sub(t) > r.MaxAge {
-				old = true
-			}
-		}
-		overUse := r.MaxUse > 0 && u.Bytes > r.MaxUse
-		lowFree := r.KeepFree > 0 && u.FSSize > 0 && u.FSFree < r.KeepFree
-		if !old && !overUse && !lowFree {
-			continue
-		}
-		dir, _ := s.bundleDir(id)
-		size := diskBytes(dir)
-		if err := s.Delete(ctx, id); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		deleted = append(deleted, id)
-		u.Bytes -= size
-		u.FSFree += size
-	}
-	return deleted, errors.Join(errs...)
+// Space is the room one bundle being written may take under a retention
+// policy. It knows the store's published bundles, oldest first, and deletes
+// them one at a time when the new bundle needs their room: the newest crash
+// is kept before older ones, as systemd-coredump does. Helpers of
+// simultaneous crashes share the store, so every deletion happens under the
+// store's retention lock on a fresh look at the store.
+type Space struct {
+	store  *File
+	r      Retention
+	keep   string
+	bytes  int64 // published bundles' bytes on disk
+	free   int64 // the filesystem's free bytes; -1 when unknown
+	oldest []string
 }
 
-// Room returns how many more bytes a new bundle may take under r right now,
-// after Vacuum made what room it could; -1 means no bound applies.
-func (s *File) Room(ctx context.Context, r Retention) int64 {
-	u, err := s.Usage(ctx)
+// retentionLock serialises retention between helpers of one store.
+const retentionLock = ".retention.lock"
+
+// Space measures the store for a bundle about to be written under r.
+func (s *File) Space(ctx context.Context, r Retention) (*Space, error) {
+	sp := &Space{store: s, r: r}
+	return sp, sp.refresh(ctx)
+}
+
+// refresh measures the store again.
+func (sp *Space) refresh(ctx context.Context) error {
+	ids, err := sp.store.ids()
 	if err != nil {
-		return -1
+		return err
 	}
-	room := int64(-1)
-	if r.MaxUse > 0 {
-		room = max(r.MaxUse-u.Bytes, 0)
+	u, err := sp.store.Usage(ctx)
+	if err != nil {
+		return err
 	}
+	sp.bytes, sp.free, sp.oldest = u.Bytes, -1, ids[:0:0]
 	if u.FSSize > 0 {
-		free := u.FSFree - r.KeepFree
-		if room < 0 || free < room {
-			room = max(free, 0)
+		sp.free = u.FSFree
+	}
+	for _, id := range ids {
+		if id != sp.keep {
+			sp.oldest = append(sp.oldest, id)
+		}
+	}
+	return nil
+}
+
+// locked runs fn under the store's retention lock, on a fresh look at the
+// store.
+func (sp *Space) locked(ctx context.Context, fn func() error) error {
+	if err := os.MkdirAll(sp.store.root, 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(sp.store.root, retentionLock), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("retention lock: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("retention lock: %w", err)
+	}
+	if err := sp.refresh(ctx); err != nil {
+		return err
+	}
+	return fn()
+}
+
+// Room returns how many bytes the new bundle may take in all, or -1 when
+// no bound applies.
+func (sp *Space) Room() int64 {
+	room := int64(-1)
+	if sp.r.MaxUse > 0 {
+		room = max(sp.r.MaxUse-sp.bytes, 0)
+	}
+	if sp.free >= 0 && sp.r.KeepFree > 0 {
+		if free := max(sp.free-sp.r.KeepFree, 0); room < 0 || free < room {
+			room = free
 		}
 	}
 	return room
+}
+
+// over reports whether the published bundles alone break the policy.
+func (sp *Space) over() bool {
+	return (sp.r.MaxUse > 0 && sp.bytes > sp.r.MaxUse) || (sp.free >= 0 && sp.r.KeepFree > 0 && sp.free < sp.r.KeepFree)
+}
+
+// FreeOldest deletes the oldest published bundle and returns its id, or ""
+// when none is left to delete.
+func (sp *Space) FreeOldest(ctx context.Context) (string, error) {
+	var id string
+	err := sp.locked(ctx, func() error {
+		if len(sp.oldest) == 0 {
+			return nil
+		}
+		id = sp.oldest[0]
+		return sp.remove(ctx, id)
+	})
+	return id, err
+}
+
+// remove deletes a bundle and counts the room it gave back.
+func (sp *Space) remove(ctx context.Context, id string) error {
+	dir, err := sp.store.bundleDir(id)
+	if err != nil {
+		return err
+	}
+	size := diskBytes(dir)
+	if err := sp.store.Delete(ctx, id); err != nil {
+		return err
+	}
+	sp.oldest = slices.DeleteFunc(sp.oldest, func(x string) bool { return x == id })
+	sp.bytes -= size
+	if sp.free >= 0 {
+		sp.free += size
+	}
+	return nil
+}
+
+// Vacuum deletes bundles older than r.MaxAge, then the oldest bundles
+// until r holds. It returns the ids it deleted.
+func (sp *Space) Vacuum(ctx context.Context) ([]string, error) {
+	var deleted []string
+	err := sp.locked(ctx, func() error {
+		now := timeNow()
+		for _, id := range slices.Clone(sp.oldest) {
+			if t, err := bundle.IDTime(id); sp.r.MaxAge <= 0 || err != nil || now.Sub(t) <= sp.r.MaxAge {
+				continue
+			}
+			if err := sp.remove(ctx, id); err != nil {
+				return err
+			}
+			deleted = append(deleted, id)
+		}
+		for sp.over() && len(sp.oldest) > 0 {
+			id := sp.oldest[0]
+			if err := sp.remove(ctx, id); err != nil {
+				return err
+			}
+			deleted = append(deleted, id)
+		}
+		return nil
+	})
+	return deleted, err
+}
+
+// Vacuum applies r to the store now, never deleting keep (the bundle just
+// written). It returns the ids it deleted.
+func (s *File) Vacuum(ctx context.Context, r Retention, keep string) ([]string, error) {
+	sp := &Space{store: s, r: r, keep: keep}
+	return sp.Vacuum(ctx)
 }
 
 // timeNow is the clock retention ages bundles against; tests replace it.

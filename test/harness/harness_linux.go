@@ -6,6 +6,8 @@ package harness
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -111,23 +113,27 @@ var (
 	buildErr  error
 )
 
-// Binary builds bin/corecatch once per test binary, into a short
-// temporary path (core_pattern has 127 bytes), and returns its path.
+// Binary builds the corecatch binary once per test binary and returns its
+// path: a short one (core_pattern has 127 bytes), the same for every test
+// binary of this checkout, replaced atomically so that a kernel-run helper
+// of another test keeps the file it started.
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ccbin")
-		if err != nil {
-			buildErr = err
+		sum := sha256.Sum256([]byte(RepoRoot()))
+		dir := filepath.Join(os.TempDir(), "ccbin-"+hex.EncodeToString(sum[:4]))
+		if buildErr = os.MkdirAll(dir, 0o755); buildErr != nil {
 			return
 		}
-		os.Chmod(dir, 0o755)
 		binPath = filepath.Join(dir, "corecatch")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/corecatch")
+		tmp := fmt.Sprintf("%s.%d", binPath, os.Getpid())
+		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/corecatch")
 		cmd.Dir = RepoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
 		}
+		buildErr = os.Rename(tmp, binPath)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
