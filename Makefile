@@ -6,9 +6,9 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/corecatch/corecatch/pkg/cli.Version=$(VERSION)
 BIN       := bin/corecatch
 # Debian packages the tests and benchmarks use: a C compiler for the crasher
-# programs, gdb to open bundles, the zstd CLI as the reference decoder and
-# baseline, elfutils for build-id checks.
-TEST_DEBS := gcc libc6-dev gdb zstd elfutils python3
+# programs, readelf (binutils) for build-id checks, gdb (and its gcore) to
+# open bundles, the zstd CLI as the reference decoder and baseline.
+TEST_DEBS := gcc libc6-dev binutils gdb zstd
 
 .PHONY: all build test bench generate run lint deps clean
 
