@@ -100,7 +100,7 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 	root.AddCommand(
 		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
 		newLs(g), newShow(g), newPull(g), newDebug(g),
-		newConfigCmd(g), newVersion(),
+		newTrace(g), newConfigCmd(g), newVersion(),
 	)
 	return root
 }

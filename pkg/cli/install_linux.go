@@ -18,6 +18,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/sysctl"
 )
@@ -175,6 +176,21 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if opts, err := observerOptions(cfg); err != nil {
+		return err
+	} else if ob, err := observer.Load(opts); err != nil {
+		// Cores still arrive through core_pattern without it.
+		log.Error("eBPF observer not loaded; crashes without a core will not be seen", zap.Error(err))
+	} else {
+		defer ob.Close()
+		log.Info("eBPF observer loaded", zap.String("mode", string(ob.Mode())))
+		go func() {
+			for ev := range ob.Events() {
+				log.Info("fatal signal", zap.Stringer("kind", ev.Kind), zap.Int("tgid", ev.TGID), zap.String("comm", ev.Comm),
+					zap.String("signal", bundle.SignalName(ev.Signal)), zap.Uint64("cgroup_id", ev.CgroupID), zap.String("outcome", ev.Outcome))
+			}
+		}()
+	}
 	srv := &http.Server{Addr: listen, ReadHeaderTimeout: 5 * time.Second}
 	http.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	go func() {

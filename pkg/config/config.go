@@ -40,6 +40,15 @@ type Config struct {
 	Node      string    `json:"node"`
 	Collect   Collect   `json:"collect"`
 	Retention Retention `json:"retention"`
+	Observer  Observer  `json:"observer"`
+}
+
+// Observer configures the eBPF observer's signal sets. Empty lists keep the
+// defaults: every core-dumping signal, and every signal whose default
+// action terminates.
+type Observer struct {
+	CoreSignals  []string `json:"core_signals"`
+	FatalSignals []string `json:"fatal_signals"`
 }
 
 // Collect configures the pipe helper.
@@ -79,6 +88,7 @@ func Default() *Config {
 			MaxUse:   Size{Percent: 10},
 			KeepFree: Size{Percent: 15},
 		},
+		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}},
 	}
 }
 
