@@ -9,8 +9,10 @@ BIN       := bin/corecatch
 # programs, readelf (binutils) for build-id checks, gdb (and its gcore) to
 # open bundles, the zstd CLI as the reference decoder and baseline.
 TEST_DEBS := gcc libc6-dev binutils gdb zstd
+# What `make generate` needs to rebuild the committed BPF objects exactly.
+GEN_DEBS  := clang-14 llvm-14 libbpf-dev
 
-.PHONY: all build test bench generate run lint deps clean
+.PHONY: all build test bench generate check-generated run lint deps clean
 
 all: build
 
@@ -19,14 +21,15 @@ build:
 
 # deps installs what the tests need, only what is missing.
 deps:
-	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(TEST_DEBS) $(GEN_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-# test runs every test, the privileged end-to-end ones included (as root).
-test: deps build lint
+# test runs every test, the privileged end-to-end ones included (as root),
+# after checking that the committed BPF objects are what the sources give.
+test: deps build lint check-generated
 	$(GO) test -count=1 -timeout 30m ./...
 
 bench: deps build
@@ -35,6 +38,11 @@ bench: deps build
 generate:
 	$(GO) generate ./...
 
+check-generated: deps
+	@$(MAKE) --no-print-directory generate
+	@if [ -n "$$(git status --porcelain -- pkg/observer bpf)" ]; then \
+		git status --short -- pkg/observer bpf; \
+		echo "the committed BPF objects differ from what make generate builds: commit its output"; exit 1; fi
 # run starts the agent with a local store and the default config: cores land
 # in /var/lib/corecatch/bundles; Ctrl-C restores the previous core_pattern.
 run: build

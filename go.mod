@@ -3,6 +3,7 @@ module github.com/corecatch/corecatch
 go 1.26.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/klauspost/compress v1.20.4
 	github.com/spf13/cobra v1.10.2
 	go.uber.org/zap v1.28.0
@@ -11,9 +12,10 @@ require (
 )
 
 require (
-	github.com/cilium/ebpf v0.22.0 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
 	go.yaml.in/yaml/v2 v2.4.2 // indirect
 )
+
+tool github.com/cilium/ebpf/cmd/bpf2go
