@@ -28,7 +28,7 @@ struct signal_deliver_args {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 2 << 20);
+	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
 /* reported: tgid -> time of its event. Without the leader's start time, a

@@ -7,8 +7,6 @@
 package observer
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +14,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -261,21 +260,23 @@ func clockOffset() time.Duration {
 func (ob *Observer) read() {
 	defer ob.done.Done()
 	defer close(ob.events)
-	var raw btfEvent
+	var rec ringbuf.Record
 	for {
-		rec, err := ob.rd.Read()
-		if err != nil {
+		if err := ob.rd.ReadInto(&rec); err != nil {
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return
 			}
 			continue
 		}
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.LittleEndian, &raw); err != nil {
+		if len(rec.RawSample) < int(unsafe.Sizeof(btfEvent{})) {
 			ob.bad.Add(1)
 			continue
 		}
+		// The record is the C struct event, in host byte order and
+		// layout (bpf2go's btfEvent mirrors it).
+		raw := (*btfEvent)(unsafe.Pointer(&rec.RawSample[0]))
 		select {
-		case ob.events <- decode(&raw, ob.offset):
+		case ob.events <- decode(raw, ob.offset):
 		default:
 			ob.dropped.Add(1)
 		}

@@ -43,14 +43,17 @@ func main() {
 	size := flag.Int("size", 1024, "MiB the crasher maps (bigcrash.c argument)")
 	runs := flag.Int("runs", 3, "crashes per helper; the median is reported")
 	shared := flag.String("shared", filepath.Join(harness.RepoRoot(), "..", "shared"), "the shared/ directory with bench/bigcrash.c and bench/seed_helper.sh")
+	only := flag.String("only", "", "run one part: collect or observer")
+	storm := flag.Int("storm", 1000000, "handled signals in the observer's signal storm")
+	burst := flag.Int("burst", 1000, "crashing processes in the observer's burst")
 	flag.Parse()
-	if err := run(*size, *runs, *shared); err != nil {
+	if err := run(*size, *runs, *shared, *only, *storm, *burst); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(size, runs int, shared string) error {
+func run(size, runs int, shared, only string, storm, burst int) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("bench sets kernel.core_pattern: run it as root (sudo make bench)")
 	}
@@ -77,6 +80,14 @@ func run(size, runs int, shared string) error {
 	}
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755)
+	if only != "collect" {
+		if err := benchObserver(dir, storm, burst); err != nil {
+			return fmt.Errorf("observer: %w", err)
+		}
+	}
+	if only == "observer" {
+		return nil
+	}
 	crasher := filepath.Join(dir, "bigcrash")
 	if out, err := exec.Command("gcc", "-O2", "-o", crasher, filepath.Join(shared, "bench", "bigcrash.c")).CombinedOutput(); err != nil {
 		return fmt.Errorf("build bigcrash: %v\n%s", err, out)
@@ -282,18 +293,12 @@ func report(results map[string][]sample, helpers []helper) {
 	zstdWall := median(results["zstd -1 -T2"]).wall.Seconds()
 	seedWall := median(results["seed_helper.sh"]).wall.Seconds()
 	devWall := median(results["cat >/dev/null"]).wall.Seconds()
-	check := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "MISSED"
-	}
 	fmt.Println()
 	r := cc.wall.Seconds() / zstdWall
-	fmt.Printf("corecatch / zstd -1 -T2:      %.2f   (target <= 1.0: %s)\n", r, check(r <= 1.0))
+	fmt.Printf("corecatch / zstd -1 -T2:      %.2f   (target <= 1.0: %s)\n", r, verdict(r <= 1.0))
 	fmt.Printf("corecatch / cat > /dev/null:  %.2f   (the kernel's own dump speed; reported)\n", cc.wall.Seconds()/devWall)
 	s := seedWall / cc.wall.Seconds()
-	fmt.Printf("seed_helper.sh / corecatch:   %.1fx  (target >= 8x faster: %s)\n", s, check(s >= 8))
+	fmt.Printf("seed_helper.sh / corecatch:   %.1fx  (target >= 8x faster: %s)\n", s, verdict(s >= 8))
 	var rss, writes int64
 	var held float64
 	for _, x := range results["corecatch"] {
@@ -301,8 +306,15 @@ func report(results map[string][]sample, helpers []helper) {
 		writes = max(writes, x.meta.Collector.DiskWriteBytes)
 		held = max(held, x.meta.Collector.HeldSeconds)
 	}
-	fmt.Printf("helper peak RSS:              %.1f MiB (target <= 64 MiB: %s)\n", float64(rss)/(1<<20), check(rss <= 64<<20))
+	fmt.Printf("helper peak RSS:              %.1f MiB (target <= 64 MiB: %s)\n", float64(rss)/(1<<20), verdict(rss <= 64<<20))
 	w := float64(cc.meta.Collector.DiskWriteBytes) / float64(cc.stored)
-	fmt.Printf("helper disk writes / stored:  %.3f (%s of %s; target <= 1.05: %s)\n", w, mb(cc.meta.Collector.DiskWriteBytes), mb(cc.stored), check(w <= 1.05))
+	fmt.Printf("helper disk writes / stored:  %.3f (%s of %s; target <= 1.05: %s)\n", w, mb(cc.meta.Collector.DiskWriteBytes), mb(cc.stored), verdict(w <= 1.05))
 	fmt.Printf("core: %s raw -> %s stored; helper held the crasher at most %.2fs\n", mb(cc.meta.Core.RawBytes), mb(cc.meta.Core.StoredBytes), held)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
 }
