@@ -49,6 +49,25 @@ struct {
 	__type(value, struct report);
 } reported SEC(".maps");
 
+/*
+ * senders: who made a thread group exit, from signal_generate, which runs in
+ * the sender. When a fatal signal without a core (kill -9, SIGTERM without
+ * a handler, the OOM killer) reaches a process, the kernel marks the whole
+ * group for death at once and its threads then see a bare SIGKILL at
+ * delivery, without the siginfo that named the sender.
+ */
+struct sender {
+	__u32 tgid;  /* the sender's, in the initial pid namespace; 0: the kernel */
+	__s32 code;  /* si_code */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct sender);
+} senders SEC(".maps");
+
 /* stats: [0] events lost because the ring buffer was full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -112,8 +131,23 @@ static __always_inline void fill_task(struct event *e, struct task_struct *task)
 	}
 }
 
+/*
+ * nullable reads a pointer argument of a tp_btf program as a plain value.
+ * The verifier assumes tracepoint pointer arguments are never NULL (only a
+ * list of known ones are marked nullable), and deletes a program's NULL
+ * checks as dead code; signal_deliver's and signal_generate's siginfo is
+ * NULL (SEND_SIG_NOINFO) or 1 (SEND_SIG_PRIV) for kernel-made signals. A
+ * value read with a helper is unknown to the verifier, so its checks stay.
+ */
+static __always_inline struct kernel_siginfo *nullable(unsigned long long *ctx, int i)
+{
+	struct kernel_siginfo *p = NULL;
+	bpf_probe_read_kernel(&p, sizeof(p), &ctx[i]);
+	return p;
+}
+
 SEC("tp_btf/signal_deliver")
-int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_sigaction *ka)
+int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info_arg, struct k_sigaction *ka)
 {
 	/* This runs for every delivered signal on the node: the common case,
 	 * a handled signal, must cost as little as possible. ka is a trusted
@@ -122,11 +156,13 @@ int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_s
 	if (sig <= 0 || sig > 64 || ka->sa.sa_handler)
 		return 0;
 
+	struct kernel_siginfo *info = nullable(ctx, 1);
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct signal_struct *signal = BPF_CORE_READ(task, signal);
 	unsigned int sflags = BPF_CORE_READ(signal, flags);
 	int real = sig;
 	__u8 flags = 0;
+	struct sender from = {};
 
 	if (sig == SIGKILL && !info) {
 		/*
@@ -134,16 +170,26 @@ int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_s
 		 * exiting and every thread passes here with SIGKILL and no
 		 * siginfo (SEND_SIG_NOINFO). During a core dump these are the
 		 * siblings the dumping thread zapped: its own event came first.
-		 * Otherwise a fatal signal without a core (kill -9, kill -TERM
-		 * without a handler, the OOM killer) marked the group, and
+		 * When a fatal signal without a core (kill -9, kill -TERM
+		 * without a handler, the OOM killer) marked the group,
 		 * group_exit_code holds which.
 		 */
 		if (BPF_CORE_READ(signal, core_state))
 			return 0;
-		int code = BPF_CORE_READ(signal, group_exit_code) & 0x7f;
-		if (code > 0)
-			real = code;
+		/* exit_group(status) and execve() kill sibling threads the same
+		 * way; then no signal is in the low bits of group_exit_code (a
+		 * normal exit's status is in bits 8-15): not a death by signal. */
+		real = BPF_CORE_READ(signal, group_exit_code) & 0x7f;
+		if (real == 0)
+			return 0;
 		flags |= FLAG_GROUP_EXIT;
+		__u32 me = bpf_get_current_pid_tgid() >> 32;
+		struct sender *s = bpf_map_lookup_elem(&senders, &me);
+		if (s) {
+			from = *s;
+			flags |= FLAG_SENDER;
+			bpf_map_delete_elem(&senders, &me);
+		}
 	} else if ((sflags & SIGNAL_UNKILLABLE) && sig != SIGKILL && sig != SIGSTOP) {
 		/* A pid namespace's init (a container's PID 1) ignores default
 		 * actions of signals from its own namespace: not fatal. */
@@ -181,7 +227,10 @@ int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_s
 	e->fault_addr = 0;
 	e->sender_pid = 0;
 	e->exit_code = 0;
-	if (info) {
+	if (flags & FLAG_SENDER) {
+		e->si_code = from.code;
+		e->sender_pid = from.tgid;
+	} else if (info) {
 		flags |= FLAG_SIGINFO;
 		e->si_code = BPF_CORE_READ(info, si_code);
 		if (e->si_code <= 0)
@@ -206,6 +255,36 @@ int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_s
 }
 
 /*
+ * Remembers who sent a signal that made its target's thread group exit (see
+ * senders). It runs in the sender for every generated signal, so it first
+ * makes two plain loads and leaves unless the group is now exiting; during
+ * a core dump the kernel's own SIGKILLs to the dumper's siblings are no
+ * news.
+ */
+SEC("tp_btf/signal_generate")
+int BPF_PROG(on_signal_generate, int sig, struct kernel_siginfo *info_arg, struct task_struct *task, int group, int result)
+{
+	struct signal_struct *signal = task->signal;
+	if (!signal || !(signal->flags & SIGNAL_GROUP_EXIT) || signal->core_state ||
+	    !(signal->group_exit_code & 0x7f))
+		return 0;
+	__u32 tgid = task->tgid;
+	struct kernel_siginfo *info = nullable(ctx, 1);
+	struct sender s = {};
+	/* info may be SEND_SIG_NOINFO (0: a user-space sender without
+	 * details) or SEND_SIG_PRIV (1: the kernel itself, as the OOM killer). */
+	if ((unsigned long)info == 1) {
+		s.code = 0x80; /* SI_KERNEL */
+	} else {
+		s.tgid = bpf_get_current_pid_tgid() >> 32;
+		if (info)
+			s.code = BPF_CORE_READ(info, si_code);
+	}
+	bpf_map_update_elem(&senders, &tgid, &s, BPF_NOEXIST);
+	return 0;
+}
+
+/*
  * The outcome: when the last thread of a reported process exits, its
  * exit_code says whether the kernel dumped a core (0x80). A core event
  * without it is "core expected but none arrived".
@@ -224,6 +303,7 @@ int BPF_PROG(on_sched_process_exit, struct task_struct *task)
 		return 0;
 	__u8 reported_kind = r->kind;
 	bpf_map_delete_elem(&reported, &tgid);
+	bpf_map_delete_elem(&senders, &tgid);
 
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {

@@ -16,7 +16,8 @@ enum event_flags {
 	FLAG_SIGINFO = 1,    /* signal, si_code and addresses come from a siginfo */
 	FLAG_GROUP_EXIT = 2, /* seen by a thread the kernel had already marked for death */
 	FLAG_OOM = 4,        /* the process was chosen by the OOM killer */
-	FLAG_CORE_DUMPED = 8 /* KIND_EXIT: exit_code & 0x80, the kernel wrote a core */
+	FLAG_CORE_DUMPED = 8, /* KIND_EXIT: exit_code & 0x80, the kernel wrote a core */
+	FLAG_SENDER = 16      /* si_code and sender_pid come from signal_generate */
 };
 
 struct event {

@@ -129,6 +129,8 @@ struct signal_struct {
 	struct mm_struct *oom_mm;
 } __attribute__((preserve_access_index));
 
+struct sighand_struct;
+
 struct task_struct {
 	int pid;
 	int tgid;

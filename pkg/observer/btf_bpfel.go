@@ -53,6 +53,12 @@ type btfReport struct {
 	Signal    int32
 }
 
+type btfSender struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Code int32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -60,8 +66,10 @@ const (
 	btfMapEvents              = "events"
 	btfMapLost                = "lost"
 	btfMapReported            = "reported"
+	btfMapSenders             = "senders"
 	btfProgOnSchedProcessExit = "on_sched_process_exit"
 	btfProgOnSignalDeliver    = "on_signal_deliver"
+	btfProgOnSignalGenerate   = "on_signal_generate"
 	btfVarCoreMask            = "core_mask"
 	btfVarFatalMask           = "fatal_mask"
 	btfVarUnusedEvent         = "unused_event"
@@ -111,6 +119,7 @@ type btfSpecs struct {
 type btfProgramSpecs struct {
 	OnSchedProcessExit *ebpf.ProgramSpec `ebpf:"on_sched_process_exit"`
 	OnSignalDeliver    *ebpf.ProgramSpec `ebpf:"on_signal_deliver"`
+	OnSignalGenerate   *ebpf.ProgramSpec `ebpf:"on_signal_generate"`
 }
 
 // btfMapSpecs contains maps before they are loaded into the kernel.
@@ -120,6 +129,7 @@ type btfMapSpecs struct {
 	Events   *ebpf.MapSpec `ebpf:"events"`
 	Lost     *ebpf.MapSpec `ebpf:"lost"`
 	Reported *ebpf.MapSpec `ebpf:"reported"`
+	Senders  *ebpf.MapSpec `ebpf:"senders"`
 }
 
 // btfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -154,6 +164,7 @@ type btfMaps struct {
 	Events   *ebpf.Map `ebpf:"events"`
 	Lost     *ebpf.Map `ebpf:"lost"`
 	Reported *ebpf.Map `ebpf:"reported"`
+	Senders  *ebpf.Map `ebpf:"senders"`
 }
 
 func (m *btfMaps) Close() error {
@@ -161,6 +172,7 @@ func (m *btfMaps) Close() error {
 		m.Events,
 		m.Lost,
 		m.Reported,
+		m.Senders,
 	)
 }
 
@@ -179,12 +191,14 @@ type btfVariables struct {
 type btfPrograms struct {
 	OnSchedProcessExit *ebpf.Program `ebpf:"on_sched_process_exit"`
 	OnSignalDeliver    *ebpf.Program `ebpf:"on_signal_deliver"`
+	OnSignalGenerate   *ebpf.Program `ebpf:"on_signal_generate"`
 }
 
 func (p *btfPrograms) Close() error {
 	return _BtfClose(
 		p.OnSchedProcessExit,
 		p.OnSignalDeliver,
+		p.OnSignalGenerate,
 	)
 }
 

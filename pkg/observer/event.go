@@ -78,9 +78,12 @@ type Event struct {
 	ExeDev               uint32
 	Stack                []uint64
 	BuildIDStack         []Frame
-	// FromSiginfo is true when signal, si_code and the addresses came from
-	// a siginfo; GroupExit when the kernel had already marked the process
-	// for death (the signal is then the group's exit signal).
+	// FromSiginfo is true when si_code and the sender are known: from the
+	// siginfo at delivery, or, when the kernel had already marked the
+	// process for death (GroupExit; the signal is then the group's exit
+	// signal), from the signal's generation in the sender. A sender_pid
+	// of 0 with si_code 0x80 (SI_KERNEL) is the kernel itself, such as the
+	// OOM killer.
 	FromSiginfo, GroupExit bool
 	// OOM is true when the OOM killer chose the process.
 	OOM bool
@@ -97,7 +100,7 @@ func decode(r *btfEvent, offset time.Duration) Event {
 		Signal: int(r.Signal), SiCode: int(r.SiCode), FaultAddr: r.FaultAddr, SenderPID: int(r.SenderPid),
 		CgroupID: r.CgroupId, CgroupV1ID: r.CgroupV1Id, MntNS: r.MntNs, PidNS: r.PidNs,
 		ExeIno: r.ExeIno, ExeDev: r.ExeDev,
-		FromSiginfo: r.Flags&1 != 0, GroupExit: r.Flags&2 != 0, OOM: r.Flags&4 != 0,
+		FromSiginfo: r.Flags&(1|16) != 0, GroupExit: r.Flags&2 != 0, OOM: r.Flags&4 != 0,
 		ExitCode: int(r.ExitCode),
 	}
 	e.Time = time.Unix(0, int64(r.KtimeNs)+int64(offset)).UTC()

@@ -185,7 +185,7 @@ func (ob *Observer) loadBTF(coreMask, fatalMask uint64) (*ebpf.Map, error) {
 		return nil, explain("load the tp_btf observer (needs kernel BTF, /sys/kernel/btf/vmlinux)", err)
 	}
 	ob.objs, ob.lostMap = &objs, objs.Lost
-	for _, p := range []*ebpf.Program{objs.OnSignalDeliver, objs.OnSchedProcessExit} {
+	for _, p := range []*ebpf.Program{objs.OnSignalDeliver, objs.OnSignalGenerate, objs.OnSchedProcessExit} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p})
 		if err != nil {
 			return nil, explain("attach "+p.String(), err)
