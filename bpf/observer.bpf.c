@@ -108,10 +108,10 @@ static __always_inline void fill_task(struct event *e, struct task_struct *task)
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
-	/* The pid in the task's own namespace: numbers[level] of its struct
-	 * pid. numbers[] is a flexible array: its offset is relocated, the
-	 * index is ours. */
-	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	/* The process's pid in its own namespace: numbers[level] of its
+	 * leader's struct pid. numbers[] is a flexible array: its offset is
+	 * relocated, the index is ours. */
+	struct pid *pid = BPF_CORE_READ(task, group_leader, thread_pid);
 	unsigned int level = BPF_CORE_READ(pid, level);
 	struct upid up = {};
 	if (level < 32)

@@ -1,7 +1,8 @@
-// signals: dies of SIGSEGV, SIGABRT, SIGBUS or SIGFPE in a named function, optionally in a non-main thread, after a stdin line, under a chosen comm.
+// signals: dies of SIGSEGV, SIGABRT, SIGBUS or SIGFPE in a named function, optionally in a non-main thread, after a stdin line, under a chosen comm; "handled" survives its own SIGSEGV.
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,7 +11,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-// Usage: signals segv|abrt|bus|fpe [--threads] [--wait] [--name COMM] [--hole MIB]
+// Usage: signals segv|abrt|bus|fpe|handled [--threads] [--wait] [--name COMM] [--hole MIB]
+//   bus        prints the mapping's range ("START-END" in hex) before it faults
+//   handled    faults in crash_segv under its own SIGSEGV handler, which
+//              siglongjmps back; prints "survived" and exits 0
 //   --threads  crash in a new thread while two others block in read(2)
 //   --wait     print "ready" and wait for a line on stdin before crashing
 //   --name     set the task name (comm) with prctl(PR_SET_NAME)
@@ -32,12 +36,31 @@ __attribute__((noinline)) void crash_bus(void) {
     perror("mmap");
     exit(2);
   }
+  printf("%lx-%lx\n", (unsigned long)p, (unsigned long)p + 2 * page);
+  fflush(stdout);
   p[page] = 1; // the second page lies wholly past the end of the file
 }
 
 __attribute__((noinline)) int crash_fpe(int a) {
   volatile int zero = 0;
   return a / zero;
+}
+
+static sigjmp_buf recover;
+
+static void on_segv(int sig) {
+  (void)sig;
+  siglongjmp(recover, 1);
+}
+
+static void survive_segv(void) {
+  struct sigaction sa = {0};
+  sa.sa_handler = on_segv;
+  sigaction(SIGSEGV, &sa, 0);
+  if (!sigsetjmp(recover, 1))
+    crash_segv();
+  printf("survived\n");
+  exit(0);
 }
 
 static const char *mode;
@@ -52,6 +75,8 @@ static void crash(void) {
     crash_bus();
   else if (!strcmp(mode, "fpe"))
     printf("%d\n", crash_fpe(7));
+  else if (!strcmp(mode, "handled"))
+    survive_segv();
   fprintf(stderr, "signals: unknown mode %s or no crash\n", mode);
   exit(2);
 }
@@ -72,7 +97,7 @@ static void *crasher(void *arg) {
 int main(int argc, char **argv) {
   int threads = 0, wait = 0;
   if (argc < 2) {
-    fprintf(stderr, "usage: signals segv|abrt|bus|fpe [--threads] [--wait] [--name COMM] [--hole MIB]\n");
+    fprintf(stderr, "usage: signals segv|abrt|bus|fpe|handled [--threads] [--wait] [--name COMM] [--hole MIB]\n");
     return 2;
   }
   mode = argv[1];
