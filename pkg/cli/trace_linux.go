@@ -81,6 +81,7 @@ func observerOptions(cfg *config.Config) (observer.Options, error) {
 	if o.FatalSignals, err = signals(cfg.Observer.FatalSignals); err != nil {
 		return o, fmt.Errorf("observer.fatal_signals: %w", err)
 	}
+	o.Senders = cfg.Observer.Senders
 	return o, nil
 }
 

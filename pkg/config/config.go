@@ -49,6 +49,9 @@ type Config struct {
 type Observer struct {
 	CoreSignals  []string `json:"core_signals"`
 	FatalSignals []string `json:"fatal_signals"`
+	// Senders names the sender of signals that kill a whole process
+	// without a siginfo at delivery (kill -9); see observer.Options.
+	Senders bool `json:"senders"`
 }
 
 // Collect configures the pipe helper.

@@ -54,6 +54,13 @@ type Options struct {
 	CoreSignals, FatalSignals []syscall.Signal
 	// Mode forces a program; empty picks tp_btf when the kernel has BTF.
 	Mode Mode
+	// Senders names who sent the signal when the kernel marked a whole
+	// process for death (kill -9, SIGTERM without a handler), which
+	// delivery alone cannot tell. It attaches a second program to
+	// signal_generate, which runs for every signal sent on the node: on
+	// this project's VM (retpolines) it adds about 3% to a storm of
+	// handled signals, so it is off by default. tp_btf mode only.
+	Senders bool
 	// Buffer is how many decoded events may wait for the consumer before
 	// new ones are dropped (and counted); 0 means 4096.
 	Buffer int
@@ -131,7 +138,7 @@ func Load(o Options) (*Observer, error) {
 	var events *ebpf.Map
 	switch o.Mode {
 	case ModeBTF:
-		events, err = ob.loadBTF(coreMask, fatalMask)
+		events, err = ob.loadBTF(coreMask, fatalMask, o.Senders)
 	case ModeTracepoint:
 		events, err = ob.loadTracepoint(coreMask, fatalMask)
 	default:
@@ -172,7 +179,7 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-func (ob *Observer) loadBTF(coreMask, fatalMask uint64) (*ebpf.Map, error) {
+func (ob *Observer) loadBTF(coreMask, fatalMask uint64, senders bool) (*ebpf.Map, error) {
 	spec, err := loadBtf()
 	if err != nil {
 		return nil, err
@@ -185,7 +192,11 @@ func (ob *Observer) loadBTF(coreMask, fatalMask uint64) (*ebpf.Map, error) {
 		return nil, explain("load the tp_btf observer (needs kernel BTF, /sys/kernel/btf/vmlinux)", err)
 	}
 	ob.objs, ob.lostMap = &objs, objs.Lost
-	for _, p := range []*ebpf.Program{objs.OnSignalDeliver, objs.OnSignalGenerate, objs.OnSchedProcessExit} {
+	progs := []*ebpf.Program{objs.OnSignalDeliver, objs.OnSchedProcessExit}
+	if senders {
+		progs = append(progs, objs.OnSignalGenerate)
+	}
+	for _, p := range progs {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p})
 		if err != nil {
 			return nil, explain("attach "+p.String(), err)

@@ -142,16 +142,22 @@ func TestObserverHandledSegv(t *testing.T) {
 func TestObserverFatalSignals(t *testing.T) {
 	harness.Privileged(t)
 	exe := buildSignals(t, t.TempDir())
-	w := obsLoad(t, observer.Options{})
-	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
-		t.Run(sig.String(), func(t *testing.T) {
-			cgID, cg := obsCgroup(t)
-			cmd := obsCommand(t, exe, cg, "segv", "--wait")
-			obsKill(t, cmd, sig)
-			obsCheckDeath(t, w.waitKind(t, cmd.Process.Pid, observer.KindExit), cmd, obsDeath{
-				kind: observer.KindFatal, sig: sig, cgroup: cgID, groupExit: true,
+	for _, senders := range []bool{false, true} {
+		w := obsLoad(t, observer.Options{Senders: senders})
+		for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+			t.Run(fmt.Sprintf("%v/senders=%v", sig, senders), func(t *testing.T) {
+				cgID, cg := obsCgroup(t)
+				cmd := obsCommand(t, exe, cg, "segv", "--wait")
+				obsKill(t, cmd, sig)
+				want := obsDeath{kind: observer.KindFatal, sig: sig, cgroup: cgID, groupExit: true}
+				if senders {
+					// kill(2) from this test: SI_USER from our pid.
+					want.siginfo, want.siCode, want.sender = true, siUser, os.Getpid()
+				}
+				obsCheckDeath(t, w.waitKind(t, cmd.Process.Pid, observer.KindExit), cmd, want)
 			})
-		})
+		}
+		w.ob.Close()
 	}
 }
 
