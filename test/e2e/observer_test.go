@@ -658,3 +658,51 @@ func (j obsJSON) int(key string, want int64) {
 		j.t.Errorf("%s: %s %s, want %d", j.what, key, got, want)
 	}
 }
+
+// TestObserverOOMKill runs a process past a memory cgroup's limit: the OOM
+// killer's SIGKILL is one fatal event, flagged oom, and an exit event with
+// outcome killed. The limit lives in the v1 memory controller on v1 and
+// hybrid hosts, in memory.max on v2 hosts with the memory controller.
+func TestObserverOOMKill(t *testing.T) {
+	harness.Privileged(t)
+	dir, limitFile := "", ""
+	if _, err := os.Stat("/sys/fs/cgroup/memory/memory.limit_in_bytes"); err == nil {
+		dir, limitFile = "/sys/fs/cgroup/memory", "memory.limit_in_bytes"
+	} else if data, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers"); err == nil && strings.Contains(string(data), "memory") {
+		dir, limitFile = "/sys/fs/cgroup", "memory.max"
+	} else {
+		t.Fatal("no memory controller: neither /sys/fs/cgroup/memory (v1) nor memory in /sys/fs/cgroup/cgroup.controllers (v2)")
+	}
+	cg, err := os.MkdirTemp(dir, "corecatch-oom-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		deadline := time.Now().Add(obsWait)
+		for os.Remove(cg) != nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(cg, limitFile), []byte("33554432"), 0o644); err != nil {
+		t.Fatalf("limit %s: %v", cg, err)
+	}
+	exe := harness.CC(t, t.TempDir(), "lim_mem", []string{"lim_mem.c"}, "-O2")
+	w := obsLoad(t, observer.Options{})
+	// The shell joins the cgroup, then becomes the process that runs out.
+	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" 256 fill`, cg, exe)
+	err = cmd.Run()
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("the process ended with %v (%v), want the OOM killer's SIGKILL", cmd.ProcessState, err)
+	}
+	evs := w.waitKind(t, cmd.Process.Pid, observer.KindExit)
+	if len(evs) != 2 || evs[0].Kind != observer.KindFatal || evs[1].Kind != observer.KindExit {
+		t.Fatalf("want one fatal event and one exit event, got:\n%s", obsList(evs))
+	}
+	if e := evs[0]; e.Signal != int(syscall.SIGKILL) || !e.OOM || !e.GroupExit {
+		t.Errorf("fatal event: signal %d oom %v group_exit %v, want SIGKILL, oom, group_exit", e.Signal, e.OOM, e.GroupExit)
+	}
+	if x := evs[1]; x.Outcome != observer.OutcomeKilled {
+		t.Errorf("exit event outcome %q, want %q", x.Outcome, observer.OutcomeKilled)
+	}
+}
