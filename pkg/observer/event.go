@@ -161,6 +161,7 @@ func (e Event) MarshalJSON() ([]byte, error) {
 	}
 	return json.Marshal(struct {
 		Time         time.Time `json:"time"`
+		MonotonicNS  int64     `json:"monotonic_ns"`
 		Kind         string    `json:"kind"`
 		TGID         int       `json:"tgid"`
 		TID          int       `json:"tid"`
@@ -185,7 +186,7 @@ func (e Event) MarshalJSON() ([]byte, error) {
 		ExitCode     *int      `json:"exit_code,omitempty"`
 		Outcome      string    `json:"outcome,omitempty"`
 	}{
-		Time: e.Time, Kind: e.Kind.String(), TGID: e.TGID, TID: e.TID, NSPID: e.NSPID,
+		Time: e.Time, MonotonicNS: int64(e.Monotonic), Kind: e.Kind.String(), TGID: e.TGID, TID: e.TID, NSPID: e.NSPID,
 		Comm: comm, CommRaw: commRaw, Signal: e.Signal, SignalName: bundle.SignalName(e.Signal),
 		SiCode: e.SiCode, FaultAddr: hexAddr(e.FaultAddr), SenderPID: e.SenderPID,
 		CgroupID: e.CgroupID, CgroupV1ID: e.CgroupV1ID, MntNS: e.MntNS, PidNS: e.PidNS,
