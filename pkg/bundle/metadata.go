@@ -70,6 +70,11 @@ type Metadata struct {
 	Core  Core   `json:"core"`
 	Files []File `json:"files"`
 
+	// EBPF is what the observer saw of the fatal signal, when the agent
+	// ran; Freeze what the agent did to the crasher's container.
+	EBPF   *EBPF   `json:"ebpf,omitempty"`
+	Freeze *Freeze `json:"freeze,omitempty"`
+
 	// Collector describes the helper's own run, so that an SRE can see what
 	// collecting this crash cost the node.
 	Collector Collector `json:"collector"`
@@ -77,6 +82,36 @@ type Metadata struct {
 	// Warnings lists what the helper could not capture and why. A bundle with
 	// warnings is still complete in the sense that nothing more could be kept.
 	Warnings []string `json:"warnings,omitempty"`
+}
+
+// EBPF is the observer's record of the signal that killed the process,
+// taken in the dying task before the core streamed.
+type EBPF struct {
+	Time      time.Time `json:"time"`
+	Signal    int       `json:"signal"`
+	SiCode    int       `json:"si_code"`
+	FaultAddr string    `json:"fault_addr"`
+	SenderPID int       `json:"sender_pid,omitempty"`
+	// CgroupID is the crasher's cgroup v2 id at the signal (the helper may
+	// see it in the freezer's holding cgroup later); CgroupV1ID the v1
+	// freezer cgroup's.
+	CgroupID   uint64   `json:"cgroup_id"`
+	CgroupV1ID uint64   `json:"cgroup_v1_id,omitempty"`
+	Stack      []string `json:"stack,omitempty"`
+	// LatencyMS is from the signal's delivery to the helper's start.
+	LatencyMS float64 `json:"latency_ms"`
+}
+
+// Freeze says whether the agent froze the crasher's container while its
+// core streamed, and why not when it did not.
+type Freeze struct {
+	Frozen bool   `json:"frozen"`
+	Reason string `json:"reason,omitempty"`
+	Cgroup string `json:"cgroup,omitempty"`
+	// LatencyMS is from the signal to the container frozen; DurationMS
+	// how long it stayed frozen.
+	LatencyMS  float64 `json:"latency_ms,omitempty"`
+	DurationMS float64 `json:"duration_ms,omitempty"`
 }
 
 // Core describes the core dump stream and what of it was kept.

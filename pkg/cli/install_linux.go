@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/observer"
@@ -129,9 +129,11 @@ func newAgent(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node daemon: install the helper, report bundles, restore on exit",
-		Long: `agent installs corecatch as the core dump handler, logs every new bundle, and
-applies retention to a local store. On SIGTERM or SIGINT it restores the
-core_pattern it replaced. It serves /healthz on --listen.`,
+		Long: `agent installs corecatch as the core dump handler, runs the eBPF observer,
+answers the pipe helper on its unix socket (--socket), logs every bundle the
+helper reports (also those reported while it was down), and applies retention
+to a local store. On SIGTERM or SIGINT it restores the core_pattern it
+replaced. It serves /healthz on --listen.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := mustRoot("agent"); err != nil {
@@ -152,7 +154,7 @@ core_pattern it replaced. It serves /healthz on --listen.`,
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9977", "address for /healthz")
-	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often to look for new bundles")
+	cmd.Flags().DurationVar(&interval, "retention-interval", time.Minute, "how often to apply retention to a local store")
 	return cmd
 }
 
@@ -176,21 +178,19 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if opts, err := observerOptions(cfg); err != nil {
+	opts, err := observerOptions(cfg)
+	if err != nil {
 		return err
-	} else if ob, err := observer.Load(opts); err != nil {
+	}
+	ob, err := observer.Load(opts)
+	if err != nil {
 		// Cores still arrive through core_pattern without it.
 		log.Error("eBPF observer not loaded; crashes without a core will not be seen", zap.Error(err))
+		ob = nil
 	} else {
-		defer ob.Close()
 		log.Info("eBPF observer loaded", zap.String("mode", string(ob.Mode())))
-		go func() {
-			for ev := range ob.Events() {
-				log.Info("fatal signal", zap.Stringer("kind", ev.Kind), zap.Int("tgid", ev.TGID), zap.String("comm", ev.Comm),
-					zap.String("signal", bundle.SignalName(ev.Signal)), zap.Uint64("cgroup_id", ev.CgroupID), zap.String("outcome", ev.Outcome))
-			}
-		}()
 	}
+
 	srv := &http.Server{Addr: listen, ReadHeaderTimeout: 5 * time.Second}
 	http.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	go func() {
@@ -200,47 +200,24 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}()
 	defer srv.Close()
 
-	local, _ := st.(*store.File)
-	seen := map[string]bool{}
-	first := true
-	var vacuumed time.Time
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		list, err := st.List(ctx)
-		if err != nil {
-			log.Warn("list bundles", zap.Error(err))
-		}
-		for _, m := range list {
-			if seen[m.ID] {
-				continue
+	if local, ok := st.(*store.File); ok {
+		// Age-based retention must run on nodes that stop crashing too.
+		go func() {
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			for {
+				if gone, err := local.Vacuum(ctx, collector.RetentionFor(cfg, local), ""); err != nil {
+					log.Warn("retention", zap.Error(err))
+				} else if len(gone) > 0 {
+					log.Info("retention deleted bundles", zap.Strings("ids", gone))
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
 			}
-			seen[m.ID] = true
-			if !first {
-				logBundle(log, m)
-			}
-		}
-		first = false
-		if local != nil && time.Since(vacuumed) > time.Minute {
-			vacuumed = time.Now()
-			// Age-based retention must run on nodes that stop crashing too.
-			if gone, err := local.Vacuum(ctx, collector.RetentionFor(cfg, local), ""); err != nil {
-				log.Warn("retention", zap.Error(err))
-			} else if len(gone) > 0 {
-				log.Info("retention deleted bundles", zap.Strings("ids", gone))
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+		}()
 	}
-}
-
-func logBundle(log *zap.Logger, m *bundle.Metadata) {
-	log.Info("crash collected",
-		zap.String("id", m.ID), zap.String("exe", m.Exe), zap.String("signal", m.SignalName),
-		zap.Int("pid", m.PID), zap.Int64("raw_bytes", m.Core.RawBytes), zap.Int64("stored_bytes", m.Core.StoredBytes),
-		zap.Bool("truncated", m.Core.Truncated), zap.String("debug", "corecatch debug "+m.ID))
+	return agent.New(agent.Options{Config: cfg, Log: log, Observer: ob}).Run(ctx)
 }

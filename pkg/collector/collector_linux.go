@@ -7,6 +7,7 @@ package collector
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -21,9 +22,17 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/store"
+)
+
+// How long the helper waits for the agent: for the eBPF event (which
+// normally is there already), and to take its report.
+const (
+	lookupWait    = 300 * time.Millisecond
+	reportTimeout = time.Second
 )
 
 // PatternArgs are the core_pattern specifiers the helper takes, in the order
@@ -149,6 +158,21 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	cs := newCoreStream(limit, limitReason, zstdLevel(cfg.Collect.Compression))
 
 	var wg sync.WaitGroup
+	// The agent's record of the signal, and what it did to the container.
+	// It arrived before the core started (the observer runs in the dying
+	// task before do_coredump), so a short wait suffices; without an agent
+	// the helper goes on alone.
+	var agentResp *agentapi.Response
+	wg.Go(func() {
+		resp, err := agentapi.Lookup(cfg.Socket, req.PID, lookupWait)
+		if err != nil {
+			if !errors.Is(err, agentapi.ErrNoAgent) {
+				o.Log.Warn("no eBPF event from the agent", zap.Error(err))
+			}
+			return
+		}
+		agentResp = resp
+	})
 	cap := &capture{
 		proc:         fmt.Sprintf("%s/%d", o.Proc, req.PID),
 		w:            w,
@@ -213,6 +237,13 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 	m.Files = cap.files
 	m.Warnings = append(m.Warnings, cap.warnings...)
+	if agentResp != nil {
+		if ev := agentResp.Event; ev != nil {
+			ev.LatencyMS = float64(start.Sub(ev.Time).Microseconds()) / 1000
+			m.EBPF = ev
+		}
+		m.Freeze = agentResp.Freeze
+	}
 
 	m.Collector = bundle.Collector{
 		Version:         o.Version,
@@ -225,6 +256,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		return nil, fmt.Errorf("publish bundle %s in %s: %w", id, o.Store, err)
 	}
 	committed = true
+	if err := agentapi.Report(cfg.Socket, cfg.Spool, m, reportTimeout); err != nil {
+		o.Log.Warn("report the bundle to the agent", zap.Error(err))
+	}
 	if local != nil {
 		if _, err := local.Vacuum(ctx, retention, id); err != nil {
 			o.Log.Warn("retention after writing", zap.Error(err))

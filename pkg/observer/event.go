@@ -222,3 +222,15 @@ func (e Event) String() string {
 	fmt.Fprintf(&b, " cgroup=%d", e.CgroupID)
 	return b.String()
 }
+
+// Bundle renders the event as a bundle's ebpf section.
+func (e Event) Bundle() *bundle.EBPF {
+	b := &bundle.EBPF{
+		Time: e.Time, Signal: e.Signal, SiCode: e.SiCode, FaultAddr: hexAddr(e.FaultAddr),
+		SenderPID: e.SenderPID, CgroupID: e.CgroupID, CgroupV1ID: e.CgroupV1ID,
+	}
+	for _, a := range e.Stack {
+		b.Stack = append(b.Stack, hexAddr(a))
+	}
+	return b
+}

@@ -1,0 +1,181 @@
+// Package agent is the node daemon: it keeps corecatch installed as the
+// kernel's core dump handler, runs the eBPF observer, answers the pipe
+// helper's questions over a root-only unix socket, and takes the helper's
+// report of each bundle, including the reports helpers left in the spool
+// while the agent was down.
+package agent
+
+import (
+	"context"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/corecatch/corecatch/pkg/agentapi"
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/observer"
+)
+
+// Options configure an Agent.
+type Options struct {
+	Config *config.Config
+	Log    *zap.Logger
+	// Observer is the loaded observer, or nil when it could not load:
+	// cores still arrive through core_pattern without it.
+	Observer *observer.Observer
+	// OnBundle is called for every bundle the helper reports (live or
+	// from the spool); later parts count and alert there.
+	OnBundle func(*bundle.Metadata)
+}
+
+// Agent serves one node.
+type Agent struct {
+	o      Options
+	events *eventCache
+}
+
+// New prepares an agent.
+func New(o Options) *Agent {
+	if o.OnBundle == nil {
+		o.OnBundle = func(*bundle.Metadata) {}
+	}
+	return &Agent{o: o, events: newEventCache(5 * time.Minute)}
+}
+
+// Run serves until ctx ends. It ingests spooled reports first, then
+// listens on the socket; the socket is removed when Run returns, so that
+// helpers of later crashes know no agent runs.
+func (a *Agent) Run(ctx context.Context) error {
+	log := a.o.Log
+	a.ingestSpool()
+	ln, err := agentapi.Listen(a.o.Config.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(a.o.Config.Socket)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := agentapi.Serve(ln, a.handle); err != nil {
+			log.Error("agent socket", zap.Error(err))
+		}
+	})
+	if ob := a.o.Observer; ob != nil {
+		wg.Go(func() { a.watch(ob) })
+	}
+	<-ctx.Done()
+	ln.Close()
+	if a.o.Observer != nil {
+		a.o.Observer.Close()
+	}
+	wg.Wait()
+	return nil
+}
+
+// ingestSpool takes the reports helpers wrote while no agent listened.
+func (a *Agent) ingestSpool() {
+	reports, forget, err := agentapi.Spooled(a.o.Config.Spool)
+	if err != nil {
+		a.o.Log.Warn("read spooled reports", zap.Error(err))
+	}
+	for _, m := range reports {
+		a.bundle(m, true)
+		if err := forget(m.ID); err != nil {
+			a.o.Log.Warn("forget spooled report", zap.String("id", m.ID), zap.Error(err))
+		}
+	}
+}
+
+func (a *Agent) bundle(m *bundle.Metadata, spooled bool) {
+	a.o.Log.Info("crash collected",
+		zap.String("id", m.ID), zap.String("exe", m.Exe), zap.String("signal", m.SignalName),
+		zap.Int("pid", m.PID), zap.Int64("raw_bytes", m.Core.RawBytes), zap.Int64("stored_bytes", m.Core.StoredBytes),
+		zap.Bool("truncated", m.Core.Truncated), zap.String("truncate_reason", m.Core.TruncateReason),
+		zap.Bool("from_spool", spooled), zap.String("debug", "corecatch debug "+m.ID))
+	a.o.OnBundle(m)
+}
+
+// watch consumes the observer's events.
+func (a *Agent) watch(ob *observer.Observer) {
+	for ev := range ob.Events() {
+		if ev.Kind == observer.KindCore || ev.Kind == observer.KindFatal {
+			a.events.add(ev)
+		}
+		a.o.Log.Info("fatal signal", zap.Stringer("kind", ev.Kind), zap.Int("tgid", ev.TGID), zap.String("comm", ev.Comm),
+			zap.String("signal", bundle.SignalName(ev.Signal)), zap.Uint64("cgroup_id", ev.CgroupID), zap.String("outcome", ev.Outcome))
+	}
+}
+
+// handle answers one helper request.
+func (a *Agent) handle(req agentapi.Request) agentapi.Response {
+	switch req.Op {
+	case "event":
+		wait := min(time.Duration(req.WaitMS)*time.Millisecond, 2*time.Second)
+		ev, ok := a.events.wait(req.PID, wait)
+		if !ok {
+			return agentapi.Response{Error: "no eBPF event for this pid"}
+		}
+		return agentapi.Response{Event: ev.Bundle()}
+	case "report":
+		if req.Bundle == nil {
+			return agentapi.Response{Error: "report without a bundle"}
+		}
+		a.bundle(req.Bundle, false)
+		return agentapi.Response{}
+	}
+	return agentapi.Response{Error: "unknown op " + req.Op}
+}
+
+// eventCache keeps recent fatal-signal events by process, for the helper
+// that asks a moment later.
+type eventCache struct {
+	ttl     time.Duration
+	mu      sync.Mutex
+	byPID   map[int]cached
+	changed chan struct{}
+}
+
+type cached struct {
+	ev observer.Event
+	at time.Time
+}
+
+func newEventCache(ttl time.Duration) *eventCache {
+	return &eventCache{ttl: ttl, byPID: map[int]cached{}, changed: make(chan struct{})}
+}
+
+func (c *eventCache) add(ev observer.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for pid, e := range c.byPID {
+		if now.Sub(e.at) > c.ttl {
+			delete(c.byPID, pid)
+		}
+	}
+	c.byPID[ev.TGID] = cached{ev: ev, at: now}
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// wait returns the event of pid, waiting up to d for it to arrive.
+func (c *eventCache) wait(pid int, d time.Duration) (observer.Event, bool) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		c.mu.Lock()
+		e, ok := c.byPID[pid]
+		changed := c.changed
+		c.mu.Unlock()
+		if ok {
+			return e.ev, true
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return observer.Event{}, false
+		}
+	}
+}

@@ -1,0 +1,193 @@
+// Package agentapi is the wire between the kernel-run pipe helper and the
+// node agent: the helper asks the agent for the eBPF event of the process
+// whose core it receives, and reports each bundle it publishes. It lives
+// below both so that the helper never depends on the agent: every call has
+// a short deadline, and a helper whose agent is down still stores the core
+// and leaves its report in the spool for the agent's next start.
+package agentapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+)
+
+// Request is one call; each connection carries one request and one
+// response, as JSON.
+type Request struct {
+	// Op is "event" (wait up to WaitMS for the eBPF event of PID) or
+	// "report" (Bundle was published).
+	Op     string           `json:"op"`
+	PID    int              `json:"pid,omitempty"`
+	WaitMS int              `json:"wait_ms,omitempty"`
+	Bundle *bundle.Metadata `json:"bundle,omitempty"`
+}
+
+// Response answers a Request.
+type Response struct {
+	Event *bundle.EBPF `json:"event,omitempty"`
+	// Freeze says what the agent did to the crasher's container, for
+	// the bundle's freeze section.
+	Freeze *bundle.Freeze `json:"freeze,omitempty"`
+	Error  string         `json:"error,omitempty"`
+}
+
+// ReportsDir is where, under the spool, helpers leave reports the agent
+// could not take.
+const ReportsDir = "reports"
+
+// ErrNoAgent means no agent runs on this node: its socket does not exist
+// (`corecatch install` without an agent, or an agent that stopped cleanly).
+var ErrNoAgent = errors.New("no agent socket")
+
+// call sends one request and reads the response within timeout.
+func call(socket string, req Request, timeout time.Duration) (*Response, error) {
+	conn, err := net.DialTimeout("unix", socket, timeout)
+	if errors.Is(err, syscall.ENOENT) {
+		return nil, fmt.Errorf("%w at %s", ErrNoAgent, socket)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reach the agent at %s: %w", socket, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return nil, fmt.Errorf("send to the agent: %w", err)
+	}
+	var resp Response
+	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		return nil, fmt.Errorf("read the agent's answer: %w", err)
+	}
+	if resp.Error != "" {
+		return &resp, errors.New(resp.Error)
+	}
+	return &resp, nil
+}
+
+// Lookup asks the agent for the eBPF event of pid, letting it wait up to
+// wait for the event to arrive; the whole call takes at most wait plus
+// 100 ms.
+func Lookup(socket string, pid int, wait time.Duration) (*Response, error) {
+	return call(socket, Request{Op: "event", PID: pid, WaitMS: int(wait / time.Millisecond)}, wait+100*time.Millisecond)
+}
+
+// Report tells the agent a bundle is published. When the agent runs but
+// cannot be reached (killed: its socket is left behind), the report goes to
+// <spool>/reports/<id>.json for its next start; without any agent there is
+// no one to report to.
+func Report(socket, spool string, m *bundle.Metadata, timeout time.Duration) error {
+	_, err := call(socket, Request{Op: "report", Bundle: m}, timeout)
+	if err == nil || errors.Is(err, ErrNoAgent) {
+		return nil
+	}
+	if serr := Spool(spool, m); serr != nil {
+		return fmt.Errorf("%w; and keep the report in the spool: %w", err, serr)
+	}
+	return nil
+}
+
+// Spool writes a report file atomically.
+func Spool(spool string, m *bundle.Metadata) error {
+	dir := filepath.Join(spool, ReportsDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	data, err := bundle.Encode(m)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+m.ID+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, m.ID+".json"))
+}
+
+// Spooled reads the reports helpers left while the agent was away, oldest
+// first, and the function that forgets one once it is handled.
+func Spooled(spool string) ([]*bundle.Metadata, func(id string) error, error) {
+	dir := filepath.Join(spool, ReportsDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []*bundle.Metadata
+	var errs []error
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err == nil {
+			var m *bundle.Metadata
+			if m, err = bundle.Decode(data); err == nil {
+				out = append(out, m)
+				continue
+			}
+		}
+		errs = append(errs, fmt.Errorf("report %s: %w", e.Name(), err))
+	}
+	forget := func(id string) error {
+		if err := bundle.ValidID(id); err != nil {
+			return err
+		}
+		return os.Remove(filepath.Join(dir, id+".json"))
+	}
+	return out, forget, errors.Join(errs...)
+}
+
+// Listen opens the agent's socket, root only: the directory 0700 and the
+// socket 0600. A stale socket from an agent that died is replaced.
+func Listen(socket string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
+		return nil, fmt.Errorf("create the socket's directory: %w", err)
+	}
+	if conn, err := net.DialTimeout("unix", socket, 100*time.Millisecond); err == nil {
+		conn.Close()
+		return nil, fmt.Errorf("another agent is listening on %s: stop it first", socket)
+	}
+	os.Remove(socket)
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", socket, err)
+	}
+	if err := os.Chmod(socket, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// Serve answers requests on ln with handle until ln is closed.
+func Serve(ln net.Listener, handle func(Request) Response) error {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			var req Request
+			if err := json.NewDecoder(conn).Decode(&req); err != nil {
+				json.NewEncoder(conn).Encode(Response{Error: "bad request: " + err.Error()})
+				return
+			}
+			json.NewEncoder(conn).Encode(handle(req))
+		}()
+	}
+}
