@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/corecatch/corecatch/pkg/agentapi"
+	"github.com/corecatch/corecatch/test/harness"
+)
+
+// agentProc is a running `corecatch agent` and the lines it logs.
+type agentProc struct {
+	cmd   *exec.Cmd
+	lines chan string
+}
+
+// startAgent starts the agent on the node's config and waits until its
+// socket answers.
+func startAgent(t *testing.T, n *harness.Node, socket string) *agentProc {
+	t.Helper()
+	cmd := exec.Command(n.Bin, "--config", n.Config, "agent", "--listen", "127.0.0.1:0")
+	out, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &agentProc{cmd: cmd, lines: make(chan string, 1000)}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			a.lines <- sc.Text()
+		}
+		close(a.lines)
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := agentapi.Lookup(socket, 1, 0); err != nil && strings.Contains(err.Error(), "no eBPF event") {
+			return a
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("the agent's socket %s did not answer within 10s", socket)
+	return nil
+}
+
+// waitLine waits for a log line that contains every one of parts.
+func (a *agentProc) waitLine(t *testing.T, parts ...string) string {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case line, ok := <-a.lines:
+			if !ok {
+				t.Fatalf("the agent exited before logging %q", parts)
+			}
+			match := true
+			for _, p := range parts {
+				match = match && strings.Contains(line, p)
+			}
+			if match {
+				return line
+			}
+		case <-timeout:
+			t.Fatalf("the agent did not log %q within 10s", parts)
+		}
+	}
+}
+
+// TestAgentCorrelatesAndSurvivesRestarts runs the agent as a node would: a
+// crash's bundle gets the eBPF event of its signal; with the agent killed
+// (-9, its socket left behind) the helper still stores the bundle and
+// spools its report, which the next agent picks up at start; SIGINT then
+// restores the core_pattern that was there before.
+func TestAgentCorrelatesAndSurvivesRestarts(t *testing.T) {
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccagent-%d.sock", os.Getpid()))
+	n := harness.Install(t, "socket: "+socket+"\n")
+	n.Run("uninstall") // the agent installs, and restores on exit
+	before, err := os.ReadFile("/proc/sys/kernel/core_pattern")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := buildSignals(t, n.Dir)
+
+	a := startAgent(t, n, socket)
+	cmd := exec.Command(exe, "segv")
+	n.Crash(cmd)
+	m := n.WaitBundle(cmd.Process.Pid)
+	if m.EBPF == nil {
+		t.Fatalf("bundle %s has no ebpf section", m.ID)
+	}
+	if m.EBPF.Signal != int(syscall.SIGSEGV) || m.EBPF.SiCode != 1 || m.EBPF.FaultAddr != "0x0" || m.EBPF.CgroupID == 0 || len(m.EBPF.Stack) == 0 {
+		t.Errorf("ebpf section %+v, want SIGSEGV, SEGV_MAPERR at 0x0 with a cgroup and a stack", m.EBPF)
+	}
+	if m.EBPF.LatencyMS <= 0 || m.EBPF.LatencyMS > 5000 {
+		t.Errorf("signal to helper latency %.1f ms", m.EBPF.LatencyMS)
+	}
+	a.waitLine(t, "crash collected", m.ID, `"from_spool":false`)
+
+	// Killed: the socket stays behind, so helpers spool their reports.
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+	cmd = exec.Command(exe, "abrt")
+	n.Crash(cmd)
+	m = n.WaitBundle(cmd.Process.Pid)
+	if m.EBPF != nil {
+		t.Errorf("an ebpf section without an agent: %+v", m.EBPF)
+	}
+	report := filepath.Join(n.Spool, agentapi.ReportsDir, m.ID+".json")
+	deadline := time.Now().Add(5 * time.Second)
+	for _, err := os.Stat(report); err != nil; _, err = os.Stat(report) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no spooled report %s: %v", report, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	a = startAgent(t, n, socket)
+	a.waitLine(t, "crash collected", m.ID, `"from_spool":true`)
+	if _, err := os.Stat(report); !os.IsNotExist(err) {
+		t.Errorf("the spooled report is still there after the agent took it (%v)", err)
+	}
+	a.cmd.Process.Signal(syscall.SIGINT)
+	if err := a.cmd.Wait(); err != nil {
+		t.Errorf("agent exit after SIGINT: %v", err)
+	}
+	if after, _ := os.ReadFile("/proc/sys/kernel/core_pattern"); string(after) != string(before) {
+		t.Errorf("core_pattern %q after the agent stopped, want %q", after, before)
+	}
+	if _, err := os.Stat(socket); !os.IsNotExist(err) {
+		t.Errorf("the agent left its socket behind (%v)", err)
+	}
+}
