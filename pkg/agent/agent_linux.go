@@ -16,6 +16,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/observer"
 )
 
@@ -29,12 +30,17 @@ type Options struct {
 	// OnBundle is called for every bundle the helper reports (live or
 	// from the spool); later parts count and alert there.
 	OnBundle func(*bundle.Metadata)
+	// Freezer thaws what a previous agent left frozen and, with
+	// freeze.enabled, freezes a crasher's container while its core
+	// streams; nil when it could not be set up.
+	Freezer *freezer.Freezer
 }
 
 // Agent serves one node.
 type Agent struct {
-	o      Options
-	events *eventCache
+	o       Options
+	events  *eventCache
+	freezes *freezes
 }
 
 // New prepares an agent.
@@ -42,7 +48,11 @@ func New(o Options) *Agent {
 	if o.OnBundle == nil {
 		o.OnBundle = func(*bundle.Metadata) {}
 	}
-	return &Agent{o: o, events: newEventCache(5 * time.Minute)}
+	a := &Agent{o: o, events: newEventCache(5 * time.Minute)}
+	if o.Freezer != nil && o.Config.Freeze.Enabled {
+		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, byPID: map[int]*freezeState{}}
+	}
+	return a
 }
 
 // Run serves until ctx ends. It ingests spooled reports first, then
@@ -50,6 +60,16 @@ func New(o Options) *Agent {
 // helpers of later crashes know no agent runs.
 func (a *Agent) Run(ctx context.Context) error {
 	log := a.o.Log
+	if a.o.Freezer != nil {
+		// A previous agent killed mid-freeze left these frozen.
+		thawed, err := a.o.Freezer.ThawRecorded()
+		if err != nil {
+			log.Error("thaw cgroups a previous agent left frozen", zap.Error(err))
+		}
+		if len(thawed) > 0 {
+			log.Info("thawed cgroups a previous agent left frozen", zap.Strings("cgroups", thawed))
+		}
+	}
 	a.ingestSpool()
 	ln, err := agentapi.Listen(a.o.Config.Socket)
 	if err != nil {
@@ -100,6 +120,9 @@ func (a *Agent) bundle(m *bundle.Metadata, spooled bool) {
 // watch consumes the observer's events.
 func (a *Agent) watch(ob *observer.Observer) {
 	for ev := range ob.Events() {
+		if ev.Kind == observer.KindCore && a.freezes != nil {
+			a.freezes.start(ev)
+		}
 		if ev.Kind == observer.KindCore || ev.Kind == observer.KindFatal {
 			a.events.add(ev)
 		}
@@ -113,14 +136,27 @@ func (a *Agent) handle(req agentapi.Request) agentapi.Response {
 	switch req.Op {
 	case "event":
 		wait := min(time.Duration(req.WaitMS)*time.Millisecond, 2*time.Second)
+		deadline := time.Now().Add(wait)
 		ev, ok := a.events.wait(req.PID, wait)
 		if !ok {
 			return agentapi.Response{Error: "no eBPF event for this pid"}
 		}
-		return agentapi.Response{Event: ev.Bundle()}
+		resp := agentapi.Response{Event: ev.Bundle(), Freeze: &bundle.Freeze{Reason: "freezing is disabled"}}
+		if a.freezes != nil {
+			resp.Freeze = a.freezes.record(req.PID, time.Until(deadline))
+		}
+		return resp
+	case "release":
+		if a.freezes == nil {
+			return agentapi.Response{}
+		}
+		return agentapi.Response{Freeze: a.freezes.thaw(req.PID, "the core is in")}
 	case "report":
 		if req.Bundle == nil {
 			return agentapi.Response{Error: "report without a bundle"}
+		}
+		if a.freezes != nil {
+			a.freezes.thaw(req.Bundle.PID, "the bundle is published")
 		}
 		a.bundle(req.Bundle, false)
 		return agentapi.Response{}

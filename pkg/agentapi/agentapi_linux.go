@@ -23,8 +23,9 @@ import (
 // Request is one call; each connection carries one request and one
 // response, as JSON.
 type Request struct {
-	// Op is "event" (wait up to WaitMS for the eBPF event of PID) or
-	// "report" (Bundle was published).
+	// Op is "event" (wait up to WaitMS for the eBPF event of PID and the
+	// freeze of its container), "release" (the core of PID is in: thaw)
+	// or "report" (Bundle was published).
 	Op     string           `json:"op"`
 	PID    int              `json:"pid,omitempty"`
 	WaitMS int              `json:"wait_ms,omitempty"`
@@ -77,6 +78,13 @@ func call(socket string, req Request, timeout time.Duration) (*Response, error) 
 // 100 ms.
 func Lookup(socket string, pid int, wait time.Duration) (*Response, error) {
 	return call(socket, Request{Op: "event", PID: pid, WaitMS: int(wait / time.Millisecond)}, wait+100*time.Millisecond)
+}
+
+// Release tells the agent the core of pid is in (the helper closed the
+// kernel's pipe), so the container can thaw; it returns the freeze record
+// with its duration.
+func Release(socket string, pid int, timeout time.Duration) (*Response, error) {
+	return call(socket, Request{Op: "release", PID: pid}, timeout)
 }
 
 // Report tells the agent a bundle is published. When the agent runs but

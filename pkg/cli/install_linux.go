@@ -126,6 +126,7 @@ func newUninstall(g *globals) *cobra.Command {
 func newAgent(g *globals) *cobra.Command {
 	var listen string
 	var interval time.Duration
+	var freezeAllow, freezeDeny []string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node daemon: install the helper, report bundles, restore on exit",
@@ -143,6 +144,11 @@ replaced. It serves /healthz on --listen.`,
 			if err != nil {
 				return err
 			}
+			cfg.Freeze.Allow = append(cfg.Freeze.Allow, freezeAllow...)
+			cfg.Freeze.Deny = append(cfg.Freeze.Deny, freezeDeny...)
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
 			zc := zap.NewProductionConfig()
 			zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 			log, err := zc.Build()
@@ -154,6 +160,8 @@ replaced. It serves /healthz on --listen.`,
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9977", "address for /healthz")
+	cmd.Flags().StringArrayVar(&freezeAllow, "freeze-allow", nil, "regular expression over cgroup paths that may be frozen, added to freeze.allow (repeatable)")
+	cmd.Flags().StringArrayVar(&freezeDeny, "freeze-deny", nil, "regular expression over cgroup paths never to freeze, added to freeze.deny (repeatable)")
 	cmd.Flags().DurationVar(&interval, "retention-interval", time.Minute, "how often to apply retention to a local store")
 	return cmd
 }
@@ -219,5 +227,12 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 			}
 		}()
 	}
-	return agent.New(agent.Options{Config: cfg, Log: log, Observer: ob}).Run(ctx)
+	// The freezer is built even when freezing is off: a previous agent
+	// may have left cgroups frozen, and this one thaws them.
+	fz, err := agent.NewFreezer(cfg)
+	if err != nil {
+		log.Error("freezer unavailable; containers will not be frozen", zap.Error(err))
+		fz = nil
+	}
+	return agent.New(agent.Options{Config: cfg, Log: log, Observer: ob, Freezer: fz}).Run(ctx)
 }

@@ -207,6 +207,14 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	// release it (it waits for the pipe's last reader, not for our exit).
 	o.Core.Close()
 	held := time.Since(start)
+	if agentResp != nil && agentResp.Freeze != nil && agentResp.Freeze.Frozen {
+		// The container may run again: what it could change is captured.
+		if resp, err := agentapi.Release(cfg.Socket, req.PID, reportTimeout); err != nil {
+			o.Log.Warn("ask the agent to thaw", zap.Error(err))
+		} else if resp.Freeze != nil {
+			agentResp.Freeze = resp.Freeze
+		}
+	}
 
 	if len(cs.freed) > 0 {
 		o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", cs.freed))
@@ -243,6 +251,11 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			m.EBPF = ev
 		}
 		m.Freeze = agentResp.Freeze
+		if f := m.Freeze; f != nil && f.Cgroup != "" {
+			// /proc/PID/cgroup may already show the freezer's holding
+			// cgroup the crasher was moved to.
+			m.Cgroup = f.Cgroup
+		}
 	}
 
 	m.Collector = bundle.Collector{

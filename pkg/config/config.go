@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"math"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,23 @@ type Config struct {
 	Collect   Collect   `json:"collect"`
 	Retention Retention `json:"retention"`
 	Observer  Observer  `json:"observer"`
+	Freeze    Freeze    `json:"freeze"`
+}
+
+// Freeze configures how the agent keeps a crashing container still while
+// its core streams.
+type Freeze struct {
+	// Enabled turns freezing on.
+	Enabled bool `json:"enabled"`
+	// Max is the longest a container stays frozen, whatever the helper
+	// does.
+	Max Duration `json:"max"`
+	// Allow and Deny add regular expressions over cgroup paths to the
+	// built-in lists (containers of kubelet, CRI-O, docker, podman and
+	// containerd are allowed; the root, system.slice, user.slice and the
+	// agent's own cgroup are always refused).
+	Allow []string `json:"allow"`
+	Deny  []string `json:"deny"`
 }
 
 // Observer configures the eBPF observer's signal sets. Empty lists keep the
@@ -92,6 +110,7 @@ func Default() *Config {
 			KeepFree: Size{Percent: 15},
 		},
 		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}},
+		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
 	}
 }
 
@@ -124,6 +143,13 @@ func (c *Config) Validate() error {
 	}
 	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 {
 		return errors.New("collect.max_core_bytes and collect.max_file_bytes take sizes, not percentages")
+	}
+	for _, exprs := range [][]string{c.Freeze.Allow, c.Freeze.Deny} {
+		for _, e := range exprs {
+			if _, err := regexp.Compile(e); err != nil {
+				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
+			}
+		}
 	}
 	return nil
 }

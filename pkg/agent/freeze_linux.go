@@ -1,0 +1,183 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/freezer"
+	"github.com/corecatch/corecatch/pkg/observer"
+)
+
+// freezeTimeout bounds how long one freeze may take before it is given up
+// (and the cgroup thawed): a container that cannot freeze quickly is left
+// running rather than held half-frozen.
+const freezeTimeout = 2 * time.Second
+
+// NewFreezer builds the freezer the configuration asks for: its policy is
+// the built-in one plus freeze.allow and freeze.deny, and the agent's own
+// cgroup is never frozen. It records what it freezes under <spool>/frozen.
+func NewFreezer(cfg *config.Config) (*freezer.Freezer, error) {
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	p := freezer.DefaultPolicy(cgroupOf(self))
+	for _, e := range cfg.Freeze.Allow {
+		p.Allow = append(p.Allow, regexp.MustCompile(e)) // validated with the config
+	}
+	for _, e := range cfg.Freeze.Deny {
+		p.Deny = append(p.Deny, regexp.MustCompile(e))
+	}
+	return freezer.New(freezer.Options{StateDir: filepath.Join(cfg.Spool, "frozen"), Policy: p})
+}
+
+// cgroupOf returns the cgroup to freeze from a /proc/PID/cgroup text: the
+// v2 ("0::") path, unless it is the root (v1-only hosts, or hybrid ones
+// whose runtime places containers in v1 hierarchies only), then the v1
+// freezer path.
+func cgroupOf(data []byte) string {
+	v2, v1 := "", ""
+	for _, line := range strings.Split(string(data), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if parts[0] == "0" && parts[1] == "" {
+			v2 = parts[2]
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			if c == "freezer" {
+				v1 = parts[2]
+			}
+		}
+	}
+	if (v2 == "" || v2 == "/") && v1 != "" {
+		return v1
+	}
+	return v2
+}
+
+// freezeState is one crash's freeze, from the core event to the thaw.
+type freezeState struct {
+	done   chan struct{} // closed once the freeze attempt ended
+	signal time.Time     // the signal's time, from the event
+	mu     sync.Mutex
+	rec    bundle.Freeze
+	fr     *freezer.Frozen
+	at     time.Time // when the cgroup was frozen
+}
+
+// freezes tracks the freezes of recent crashes by pid.
+type freezes struct {
+	f   *freezer.Freezer
+	max time.Duration
+	log *zap.Logger
+
+	mu    sync.Mutex
+	byPID map[int]*freezeState
+}
+
+// start freezes the crasher's container, in the background: the observer's
+// reader must never wait on a cgroup.
+func (z *freezes) start(ev observer.Event) {
+	st := &freezeState{done: make(chan struct{}), signal: ev.Time}
+	z.mu.Lock()
+	for pid, old := range z.byPID {
+		select {
+		case <-old.done:
+			if time.Since(old.signal) > 2*z.max {
+				delete(z.byPID, pid)
+			}
+		default:
+		}
+	}
+	z.byPID[ev.TGID] = st
+	z.mu.Unlock()
+	go func() {
+		defer close(st.done)
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
+		if err != nil {
+			st.rec.Reason = "the process was gone before it could be frozen"
+			return
+		}
+		path := cgroupOf(data)
+		st.rec.Cgroup = path
+		fr, err := z.f.Freeze(path, ev.TGID, freezeTimeout)
+		if err != nil {
+			var denied *freezer.DeniedError
+			if errors.As(err, &denied) {
+				st.rec.Reason = denied.Reason
+			} else {
+				st.rec.Reason = err.Error()
+				z.log.Warn("freeze", zap.Int("pid", ev.TGID), zap.String("cgroup", path), zap.Error(err))
+			}
+			return
+		}
+		st.fr, st.at = fr, time.Now()
+		st.rec.Frozen = true
+		st.rec.LatencyMS = ms(st.at.Sub(ev.Time))
+		z.log.Info("froze the crasher's container", zap.Int("pid", ev.TGID), zap.String("cgroup", path),
+			zap.String("mode", fr.Mode), zap.Float64("latency_ms", st.rec.LatencyMS))
+		time.AfterFunc(z.max, func() { z.thaw(ev.TGID, "freeze.max") })
+	}()
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// record waits up to d for pid's freeze attempt and returns what it did,
+// or nil when the agent saw no core event for pid.
+func (z *freezes) record(pid int, d time.Duration) *bundle.Freeze {
+	z.mu.Lock()
+	st := z.byPID[pid]
+	z.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	select {
+	case <-st.done:
+	case <-time.After(d):
+		return &bundle.Freeze{Reason: "still freezing when the helper asked"}
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	rec := st.rec
+	return &rec
+}
+
+// thaw thaws pid's container if it is still frozen and returns the record
+// with the freeze's duration.
+func (z *freezes) thaw(pid int, why string) *bundle.Freeze {
+	z.mu.Lock()
+	st := z.byPID[pid]
+	z.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	<-st.done
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.fr != nil {
+		if err := z.f.Thaw(st.fr); err != nil {
+			z.log.Error("thaw", zap.Int("pid", pid), zap.String("cgroup", st.fr.Path), zap.Error(err))
+		} else {
+			st.rec.DurationMS = ms(time.Since(st.at))
+			z.log.Info("thawed the crasher's container", zap.Int("pid", pid), zap.String("cgroup", st.fr.Path),
+				zap.String("why", why), zap.Float64("frozen_ms", st.rec.DurationMS))
+		}
+		st.fr = nil
+	}
+	rec := st.rec
+	return &rec
+}
