@@ -18,6 +18,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/store"
 )
 
 // Options configure an Agent.
@@ -30,6 +31,9 @@ type Options struct {
 	// OnBundle is called for every bundle the helper reports (live or
 	// from the spool); later parts count and alert there.
 	OnBundle func(*bundle.Metadata)
+	// Store receives the metadata-only bundles of crashes whose core
+	// never arrived; nil disables them.
+	Store store.Store
 	// Freezer thaws what a previous agent left frozen and, with
 	// freeze.enabled, freezes a crasher's container while its core
 	// streams; nil when it could not be set up.
@@ -41,6 +45,7 @@ type Agent struct {
 	o       Options
 	events  *eventCache
 	freezes *freezes
+	missing *missing
 }
 
 // New prepares an agent.
@@ -51,6 +56,10 @@ func New(o Options) *Agent {
 	a := &Agent{o: o, events: newEventCache(5 * time.Minute)}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
 		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, byPID: map[int]*freezeState{}}
+	}
+	if o.Store != nil {
+		a.missing = &missing{store: o.Store, after: time.Duration(o.Config.Observer.MissingAfter), node: o.Config.Node,
+			log: o.Log, freezeCgroup: a.freezeCgroup, pending: map[int]*pendingCore{}}
 	}
 	return a
 }
@@ -108,7 +117,21 @@ func (a *Agent) ingestSpool() {
 	}
 }
 
+// freezeCgroup returns the cgroup the freeze of pid's container recorded.
+func (a *Agent) freezeCgroup(pid int) string {
+	if a.freezes == nil {
+		return ""
+	}
+	if rec := a.freezes.record(pid, 0); rec != nil {
+		return rec.Cgroup
+	}
+	return ""
+}
+
 func (a *Agent) bundle(m *bundle.Metadata, spooled bool) {
+	if a.missing != nil {
+		a.missing.reported(m.PID)
+	}
 	a.o.Log.Info("crash collected",
 		zap.String("id", m.ID), zap.String("exe", m.Exe), zap.String("signal", m.SignalName),
 		zap.Int("pid", m.PID), zap.Int64("raw_bytes", m.Core.RawBytes), zap.Int64("stored_bytes", m.Core.StoredBytes),
@@ -122,6 +145,14 @@ func (a *Agent) watch(ob *observer.Observer) {
 	for ev := range ob.Events() {
 		if ev.Kind == observer.KindCore && a.freezes != nil {
 			a.freezes.start(ev)
+		}
+		if a.missing != nil {
+			switch ev.Kind {
+			case observer.KindCore:
+				a.missing.core(ev)
+			case observer.KindExit:
+				a.missing.exit(ev)
+			}
 		}
 		if ev.Kind == observer.KindCore || ev.Kind == observer.KindFatal {
 			a.events.add(ev)

@@ -147,8 +147,12 @@ func (z *freezes) record(pid int, d time.Duration) *bundle.Freeze {
 	}
 	select {
 	case <-st.done:
-	case <-time.After(d):
-		return &bundle.Freeze{Reason: "still freezing when the helper asked"}
+	default:
+		select {
+		case <-st.done:
+		case <-time.After(d):
+			return &bundle.Freeze{Reason: "still freezing when the helper asked"}
+		}
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()

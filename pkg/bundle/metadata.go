@@ -143,6 +143,11 @@ const (
 	ReasonDiskFull     = "disk_full"
 	ReasonQuota        = "quota"
 	ReasonError        = "error"
+	// ReasonMissing marks a crash the observer saw whose core never
+	// arrived: the kernel skipped the dump (core_pipe_limit reached, a
+	// non-dumpable process, RLIMIT_CORE of 1), the process was killed
+	// before it began, or the helper failed. The bundle holds metadata only.
+	ReasonMissing = "missing"
 )
 
 // File is one captured file: the executable, a mapped library or another

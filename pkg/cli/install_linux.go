@@ -234,5 +234,5 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		log.Error("freezer unavailable; containers will not be frozen", zap.Error(err))
 		fz = nil
 	}
-	return agent.New(agent.Options{Config: cfg, Log: log, Observer: ob, Freezer: fz}).Run(ctx)
+	return agent.New(agent.Options{Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: st}).Run(ctx)
 }

@@ -70,6 +70,9 @@ type Observer struct {
 	// Senders names the sender of signals that kill a whole process
 	// without a siginfo at delivery (kill -9); see observer.Options.
 	Senders bool `json:"senders"`
+	// MissingAfter is how long after a process died of a core signal the
+	// agent waits for its bundle before recording a crash without a core.
+	MissingAfter Duration `json:"missing_after"`
 }
 
 // Collect configures the pipe helper.
@@ -109,7 +112,7 @@ func Default() *Config {
 			MaxUse:   Size{Percent: 10},
 			KeepFree: Size{Percent: 15},
 		},
-		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}},
+		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}, MissingAfter: Duration(time.Minute)},
 		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
 	}
 }

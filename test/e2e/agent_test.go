@@ -145,3 +145,27 @@ func TestAgentCorrelatesAndSurvivesRestarts(t *testing.T) {
 		t.Errorf("the agent left its socket behind (%v)", err)
 	}
 }
+
+// TestAgentRecordsMissingCore crashes a process the kernel will not dump
+// (non-dumpable): no helper runs, and after observer.missing_after the
+// agent records the crash as a bundle without a core, which `corecatch ls`
+// lists.
+func TestAgentRecordsMissingCore(t *testing.T) {
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccmiss-%d.sock", os.Getpid()))
+	n := harness.Install(t, "socket: "+socket+"\nobserver:\n  missing_after: 1s\n")
+	startAgent(t, n, socket)
+	cmd := exec.Command(harness.CC(t, n.Dir, "nodump", []string{"nodump.c"}))
+	if err := cmd.Run(); cmd.ProcessState == nil || cmd.ProcessState.Sys().(syscall.WaitStatus).CoreDump() {
+		t.Fatalf("nodump: %v (%v), want a SIGSEGV death without a core", cmd.ProcessState, err)
+	}
+	m := n.WaitBundle(cmd.Process.Pid)
+	if !m.Core.Truncated || m.Core.TruncateReason != "missing" || m.Core.StoredBytes != 0 {
+		t.Errorf("core %+v, want no core, truncate_reason missing", m.Core)
+	}
+	if m.EBPF == nil || m.EBPF.Signal != int(syscall.SIGSEGV) || m.SignalName != "SIGSEGV" || m.Comm != "nodump" {
+		t.Errorf("bundle %s: comm %q signal %s ebpf %+v", m.ID, m.Comm, m.SignalName, m.EBPF)
+	}
+	if out := n.Run("ls"); !strings.Contains(out, m.ID) || !strings.Contains(out, "truncated: missing") {
+		t.Errorf("corecatch ls does not show the crash without a core:\n%s", out)
+	}
+}

@@ -1,0 +1,110 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/store"
+)
+
+// missing makes sure no crash the observer saw is silently lost: a process
+// that died of a core signal and whose bundle was not reported within
+// observer.missing_after of its exit gets a metadata-only bundle that says
+// so (core.truncate_reason "missing").
+type missing struct {
+	store store.Store
+	after time.Duration
+	node  string
+	log   *zap.Logger
+	// freezeCgroup returns the cgroup a crash's freeze recorded, if any:
+	// the process is gone by the time its bundle is written.
+	freezeCgroup func(pid int) string
+
+	mu      sync.Mutex
+	pending map[int]*pendingCore
+}
+
+type pendingCore struct {
+	ev    observer.Event
+	timer *time.Timer
+}
+
+// core notes a core event: a bundle should follow.
+func (x *missing) core(ev observer.Event) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if old := x.pending[ev.TGID]; old != nil && old.timer != nil {
+		old.timer.Stop()
+	}
+	x.pending[ev.TGID] = &pendingCore{ev: ev}
+}
+
+// exit starts the grace period once the process is gone.
+func (x *missing) exit(ev observer.Event) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	p := x.pending[ev.TGID]
+	if p == nil || p.timer != nil {
+		return
+	}
+	outcome := ev.Outcome
+	p.timer = time.AfterFunc(x.after, func() { x.record(ev.TGID, outcome) })
+}
+
+// reported cancels the wait: the bundle arrived.
+func (x *missing) reported(pid int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if p := x.pending[pid]; p != nil {
+		if p.timer != nil {
+			p.timer.Stop()
+		}
+		delete(x.pending, pid)
+	}
+}
+
+// record writes the metadata-only bundle of a crash whose core never came.
+func (x *missing) record(pid int, outcome string) {
+	x.mu.Lock()
+	p := x.pending[pid]
+	delete(x.pending, pid)
+	x.mu.Unlock()
+	if p == nil {
+		return
+	}
+	ev := p.ev
+	m := &bundle.Metadata{
+		Schema: bundle.Schema, ID: bundle.NewID(ev.Time, []byte(ev.Comm)), Time: ev.Time.Truncate(time.Second), Node: x.node,
+		PID: ev.TGID, NSPID: ev.NSPID, TID: ev.TID, Signal: ev.Signal, SignalName: bundle.SignalName(ev.Signal),
+		EBPF: ev.Bundle(), Cgroup: x.freezeCgroup(pid),
+		Core: bundle.Core{Truncated: true, TruncateReason: bundle.ReasonMissing, RlimitCore: -1},
+	}
+	m.Comm, m.CommRaw = bundle.Text([]byte(ev.Comm))
+	if m.Node == "" {
+		m.Node, _ = os.Hostname()
+	}
+	why := "the kernel dumped no core: the dump was skipped (core_pipe_limit reached, a non-dumpable process, RLIMIT_CORE of 1) or the process was killed during it"
+	if outcome == observer.OutcomeCoreDumped {
+		why = "the kernel dumped a core, but no bundle arrived: the helper failed (see dmesg)"
+	}
+	m.Warnings = []string{why}
+	ctx := context.Background()
+	w, err := x.store.Put(ctx, m.ID)
+	if err == nil {
+		if err = w.Commit(ctx, m); err != nil {
+			w.Abort()
+		}
+	}
+	if err != nil {
+		x.log.Error("record a crash without a core", zap.Int("pid", pid), zap.Error(err))
+		return
+	}
+	x.log.Warn("crash without a core", zap.String("id", m.ID), zap.Int("pid", pid), zap.String("comm", ev.Comm),
+		zap.String("signal", m.SignalName), zap.String("why", why))
+}
