@@ -43,17 +43,18 @@ func main() {
 	size := flag.Int("size", 1024, "MiB the crasher maps (bigcrash.c argument)")
 	runs := flag.Int("runs", 3, "crashes per helper; the median is reported")
 	shared := flag.String("shared", filepath.Join(harness.RepoRoot(), "..", "shared"), "the shared/ directory with bench/bigcrash.c and bench/seed_helper.sh")
-	only := flag.String("only", "", "run one part: collect or observer")
+	only := flag.String("only", "", "run one part: collect, observer or freeze")
+	crashes := flag.Int("freeze-crashes", 50, "crashes whose freeze latency is measured")
 	storm := flag.Int("storm", 1000000, "handled signals in the observer's signal storm")
 	burst := flag.Int("burst", 1000, "crashing processes in the observer's burst")
 	flag.Parse()
-	if err := run(*size, *runs, *shared, *only, *storm, *burst); err != nil {
+	if err := run(*size, *runs, *shared, *only, *storm, *burst, *crashes); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(size, runs int, shared, only string, storm, burst int) error {
+func run(size, runs int, shared, only string, storm, burst, crashes int) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("bench sets kernel.core_pattern: run it as root (sudo make bench)")
 	}
@@ -80,23 +81,28 @@ func run(size, runs int, shared, only string, storm, burst int) error {
 	}
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755)
-	if only != "collect" {
-		if err := benchObserver(dir, storm, burst); err != nil {
-			return fmt.Errorf("observer: %w", err)
-		}
-	}
-	if only == "observer" {
-		return nil
-	}
-	crasher := filepath.Join(dir, "bigcrash")
-	if out, err := exec.Command("gcc", "-O2", "-o", crasher, filepath.Join(shared, "bench", "bigcrash.c")).CombinedOutput(); err != nil {
-		return fmt.Errorf("build bigcrash: %v\n%s", err, out)
-	}
 	bin := filepath.Join(dir, "corecatch")
 	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/corecatch")
 	build.Dir = harness.RepoRoot()
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("build corecatch: %v\n%s", err, out)
+	}
+	if only == "" || only == "observer" {
+		if err := benchObserver(dir, storm, burst); err != nil {
+			return fmt.Errorf("observer: %w", err)
+		}
+	}
+	if only == "" || only == "freeze" {
+		if err := benchFreeze(dir, bin, crashes); err != nil {
+			return fmt.Errorf("freeze: %w", err)
+		}
+	}
+	if only != "" && only != "collect" {
+		return nil
+	}
+	crasher := filepath.Join(dir, "bigcrash")
+	if out, err := exec.Command("gcc", "-O2", "-o", crasher, filepath.Join(shared, "bench", "bigcrash.c")).CombinedOutput(); err != nil {
+		return fmt.Errorf("build bigcrash: %v\n%s", err, out)
 	}
 	helpers, err := setupHelpers(dir, bin, filepath.Join(shared, "bench", "seed_helper.sh"))
 	if err != nil {

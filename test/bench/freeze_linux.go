@@ -1,0 +1,128 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/test/harness"
+)
+
+// benchFreeze measures the agent's freeze latency, from the signal to the
+// crasher's container frozen, over crashes in a container cgroup of the v2
+// hierarchy (where runc puts containers here) that also holds a sibling.
+func benchFreeze(dir, bin string, crashes int) error {
+	v2 := ""
+	for _, d := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		if _, err := os.Stat(filepath.Join(d, "cgroup.controllers")); err == nil {
+			v2 = d
+			break
+		}
+	}
+	if v2 == "" {
+		return fmt.Errorf("no cgroup v2 hierarchy")
+	}
+	ns := fmt.Sprintf("ccbench%d", os.Getpid())
+	cg := filepath.Join(v2, ns, "c1")
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		return err
+	}
+	sibling := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec sleep 3600`, cg)
+	if err := sibling.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0o644)
+		sibling.Process.Kill()
+		sibling.Wait()
+		for i := 0; i < 100 && os.Remove(cg) != nil; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		os.Remove(filepath.Dir(cg))
+	}()
+
+	crasher := filepath.Join(dir, "lim_mem")
+	if out, err := exec.Command("gcc", "-O2", "-o", crasher, filepath.Join(harness.RepoRoot(), "test", "crashers", "lim_mem.c")).CombinedOutput(); err != nil {
+		return fmt.Errorf("build crasher: %v\n%s", err, out)
+	}
+	work := filepath.Join(dir, "f") // core_pattern holds the spool path: keep it short
+	cfg := filepath.Join(work, "config.yaml")
+	socket := filepath.Join(work, "agent.sock")
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("store: file://%s/store\nspool: %s/s\nsocket: %s\n", work, work, socket)), 0o644); err != nil {
+		return err
+	}
+	agent := exec.Command(bin, "--config", cfg, "agent", "--listen", "127.0.0.1:0")
+	logf, err := os.Create(filepath.Join(work, "agent.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	agent.Stderr = logf
+	if err := agent.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		agent.Process.Signal(syscall.SIGINT)
+		agent.Wait()
+	}()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(socket); err == nil {
+			break
+		}
+		if i > 200 {
+			log, _ := os.ReadFile(logf.Name())
+			return fmt.Errorf("the agent did not start:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	var lat []float64
+	for i := 0; i < crashes; i++ {
+		cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" 8 fill`, cg, crasher)
+		cmd.Run()
+		m, err := waitBundle(bin, cfg, cmd.Process.Pid)
+		if err != nil {
+			return err
+		}
+		if m.Freeze == nil || !m.Freeze.Frozen {
+			return fmt.Errorf("crash %d was not frozen: %+v", i, m.Freeze)
+		}
+		lat = append(lat, m.Freeze.LatencyMS)
+	}
+	sort.Float64s(lat)
+	p99 := lat[min(len(lat)-1, int(float64(len(lat))*0.99))]
+	fmt.Printf("\nfreeze: %d crashes in a container cgroup (v2) with a sibling, signal to frozen\n", crashes)
+	fmt.Printf("freeze latency: median %.2f ms, p99 %.2f ms, max %.2f ms  (target p99 <= 20 ms: %s)\n",
+		lat[len(lat)/2], p99, lat[len(lat)-1], verdict(p99 <= 20))
+	return nil
+}
+
+// waitBundle waits for the bundle of pid through `corecatch ls --json`.
+func waitBundle(bin, cfg string, pid int) (*bundle.Metadata, error) {
+	var found *bundle.Metadata
+	err := waitFor(func() bool {
+		out, err := exec.Command(bin, "--config", cfg, "ls", "--json").Output()
+		if err != nil {
+			return false
+		}
+		var list []*bundle.Metadata
+		json.Unmarshal(out, &list)
+		for _, m := range list {
+			if m.PID == pid {
+				found = m
+				return true
+			}
+		}
+		return false
+	})
+	return found, err
+}
