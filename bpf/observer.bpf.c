@@ -23,16 +23,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define SIGNAL_GROUP_EXIT 0x00000004
 #define SIGNAL_UNKILLABLE 0x00000040
 
-/* The signal sets, as bit (sig - 1). pkg/observer sets them at load time. */
-volatile const __u64 core_mask = 0;
-volatile const __u64 fatal_mask = 0;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	/* About 5,800 events: a burst of a thousand crashes (a core or fatal
-	 * event and an exit event each) fits while the reader catches up. */
-	__uint(max_entries, 8 << 20);
-} events SEC(".maps");
 
 /*
  * reported: the thread groups an event was sent for, until their last thread
@@ -68,21 +58,6 @@ struct {
 	__type(value, struct sender);
 } senders SEC(".maps");
 
-/* stats: [0] events lost because the ring buffer was full. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
-
-static __always_inline void count_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
-	if (n)
-		(*n)++;
-}
 
 /* first_report claims the thread group's one event; false when a thread of
  * the same process (same leader start time) already reported. */

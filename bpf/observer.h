@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* The event both observer programs send to user space (pkg/observer decodes
- * it through the bpf2go-generated type). */
+/* What both observer programs share: the event they send to user space
+ * (pkg/observer decodes it through the bpf2go-generated type), the ring
+ * buffer and loss counter they send it through, and their signal sets. */
 #ifndef __CORECATCH_OBSERVER_H__
 #define __CORECATCH_OBSERVER_H__
 
@@ -53,6 +54,34 @@ struct report {
 	__u32 kind;
 	__s32 signal;
 };
+
+/* Both programs send events through this ring buffer: about 5,800 events,
+ * so that a burst of a thousand crashes (a core or fatal event and an exit
+ * event each) fits while the reader catches up. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* lost: [0] events lost because the ring buffer was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	if (n)
+		(*n)++;
+}
+
+/* The signal sets, as bit (sig - 1). pkg/observer sets them at load time. */
+volatile const __u64 core_mask = 0;
+volatile const __u64 fatal_mask = 0;
 
 /* Keeps struct event in the object's BTF for bpf2go's generated Go type. */
 const struct event *unused_event __attribute__((unused));

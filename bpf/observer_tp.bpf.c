@@ -13,8 +13,6 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-volatile const __u64 core_mask = 0;
-volatile const __u64 fatal_mask = 0;
 
 /* /sys/kernel/tracing/events/signal/signal_deliver/format */
 struct signal_deliver_args {
@@ -26,10 +24,6 @@ struct signal_deliver_args {
 	unsigned long sa_flags;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
-} events SEC(".maps");
 
 /* reported: tgid -> time of its event. Without the leader's start time, a
  * thread group's siblings are recognised by a report of the same tgid
@@ -41,12 +35,6 @@ struct {
 	__type(value, __u64);
 } reported SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
 
 SEC("tracepoint/signal/signal_deliver")
 int on_signal_deliver_tp(struct signal_deliver_args *args)
@@ -72,10 +60,7 @@ int on_signal_deliver_tp(struct signal_deliver_args *args)
 
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		__u32 zero = 0;
-		__u64 *n = bpf_map_lookup_elem(&lost, &zero);
-		if (n)
-			(*n)++;
+		count_lost();
 		return 0;
 	}
 	__u64 id = bpf_get_current_pid_tgid();

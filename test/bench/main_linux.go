@@ -8,7 +8,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -178,22 +177,7 @@ func setupHelpers(dir, bin, seed string) ([]helper, error) {
 			stored: fileSize("seed/core_*_pid_%d_*.tgz", "_pid_%d_")},
 		{name: "corecatch", pattern: func(string) string { return "" },
 			stored: func(dir string, pid int) (int64, *bundle.Metadata, error) {
-				var meta *bundle.Metadata
-				err := waitFor(func() bool {
-					out, err := exec.Command(bin, "--config", cfg, "ls", "--json").Output()
-					if err != nil {
-						return false
-					}
-					var list []*bundle.Metadata
-					json.Unmarshal(out, &list)
-					for _, m := range list {
-						if m.PID == pid {
-							meta = m
-							return true
-						}
-					}
-					return false
-				})
+				meta, err := waitBundle(bin, cfg, pid)
 				if meta == nil {
 					return 0, nil, err
 				}
