@@ -97,7 +97,7 @@ func removeCgroup(t *testing.T, dir string) {
 func start(t *testing.T, h *hierarchy, dir string, argv ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command("/bin/sh", append([]string{"-c",
-		`echo $$ > "$0/cgroup.procs" && ulimit -c unlimited && exec "$@"`, dir}, argv...)...)
+		`echo $$ > "$0/cgroup.procs" && exec "$@"`, dir}, argv...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
