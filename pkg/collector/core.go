@@ -17,6 +17,10 @@ import (
 // pipe to the same size, so one read takes what the kernel wrote in one go.
 const chunk = 1 << 20
 
+// readAhead is how many chunks the pipe reader may fill ahead of the
+// compressor.
+const readAhead = 4
+
 // quotaMargin is how far below the room left in the store the helper stops
 // feeding the compressor: the encoder compresses synchronously, so what
 // lands after that is at most the block it is filling and the frame's end.
@@ -95,27 +99,51 @@ func (s *coreStream) run(in io.Reader, out io.Writer) error {
 		}
 		s.enc = enc
 	}
-	buf := make([]byte, chunk)
-	for {
-		n, err := in.Read(buf)
-		if n > 0 {
-			p := buf[:n]
+	// A reader goroutine keeps draining the pipe while the chunk before is
+	// compressed: the kernel, which blocks whenever the pipe is full, keeps
+	// dumping meanwhile. readAhead chunks bound the memory this takes.
+	type chunkRead struct {
+		buf []byte
+		n   int
+		err error
+	}
+	free := make(chan []byte, readAhead)
+	for range readAhead {
+		free <- make([]byte, chunk)
+	}
+	full := make(chan chunkRead, readAhead)
+	go func() {
+		defer close(full)
+		for {
+			buf := <-free
+			n, err := in.Read(buf)
+			if err != nil && (errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN)) {
+				err = nil
+			}
+			full <- chunkRead{buf, n, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for r := range full {
+		if r.n > 0 {
+			p := r.buf[:r.n]
 			s.layout.feed(p)
-			s.core.RawBytes += int64(n)
+			s.core.RawBytes += int64(r.n)
 			if keeping {
 				keeping = s.keep(p)
 			}
 		}
-		if errors.Is(err, io.EOF) {
+		free <- r.buf
+		if errors.Is(r.err, io.EOF) {
 			return nil
 		}
-		if err != nil {
-			if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN) {
-				continue
-			}
-			return fmt.Errorf("read core from the kernel: %w", err)
+		if r.err != nil {
+			return fmt.Errorf("read core from the kernel: %w", r.err)
 		}
 	}
+	return nil
 }
 
 // keep compresses p, or the part of it within the limit, and reports
