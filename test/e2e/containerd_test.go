@@ -272,34 +272,7 @@ func TestAgentFreezeContainerd(t *testing.T) {
 			}
 		}
 	}()
-	sawFrozen := false
-	timeout := time.After(2 * time.Minute)
-wait:
-	for {
-		select {
-		case <-done:
-			break wait
-		case <-timeout:
-			t.Fatalf("the crasher %d still runs after 2 minutes", crasher)
-		case <-time.After(2 * time.Millisecond):
-			sawFrozen = sawFrozen || h.frozen(dir)
-		}
-	}
-	if !sawFrozen {
-		t.Errorf("the container's cgroup %s was never seen frozen while the core streamed", dir)
-	}
-	m := n.WaitBundle(crasher)
-	f := m.Freeze
-	if f == nil || !f.Frozen || f.Cgroup != path || f.LatencyMS <= 0 || f.DurationMS <= 0 {
-		t.Fatalf("freeze section %+v, want frozen %s with a latency and a duration", f, path)
-	}
-	t.Logf("signal to frozen %.2f ms, frozen for %.0f ms", f.LatencyMS, f.DurationMS)
-	if m.Cgroup != path {
-		t.Errorf("metadata cgroup %q, want the container's %q", m.Cgroup, path)
-	}
-	if h.frozen(dir) {
-		t.Errorf("the container is still frozen after its bundle was published")
-	}
+	m := checkFrozenCrash(t, n, h, dir, path, crasher, done)
 	if procsNamed(dir)["sleep"] != sibling || syscall.Kill(sibling, 0) != nil {
 		t.Errorf("the sibling sleep %d is gone from the container: %v", sibling, procsNamed(dir))
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/test/harness"
 )
 
@@ -85,6 +86,43 @@ func crashInto(t *testing.T, n *harness.Node, dir string) *exec.Cmd {
 	return cmd
 }
 
+// checkFrozenCrash watches the container's cgroup until the crasher is gone
+// (done), and checks that it was frozen meanwhile and is thawed now, and
+// that the crasher's bundle has a freeze section and metadata naming the
+// container's cgroup (path), not the holding cgroup. It returns the bundle.
+func checkFrozenCrash(t *testing.T, n *harness.Node, h freezeHier, dir, path string, pid int, done <-chan struct{}) *bundle.Metadata {
+	t.Helper()
+	sawFrozen := false
+	timeout := time.After(2 * time.Minute)
+wait:
+	for {
+		select {
+		case <-done:
+			break wait
+		case <-timeout:
+			t.Fatalf("the crasher %d still runs after 2 minutes", pid)
+		case <-time.After(2 * time.Millisecond):
+			sawFrozen = sawFrozen || h.frozen(dir)
+		}
+	}
+	if !sawFrozen {
+		t.Errorf("the container's cgroup %s was never seen frozen while the core streamed", dir)
+	}
+	m := n.WaitBundle(pid)
+	f := m.Freeze
+	if f == nil || !f.Frozen || f.Cgroup != path || f.LatencyMS <= 0 || f.DurationMS <= 0 {
+		t.Fatalf("freeze section %+v, want frozen %s with a latency and a duration", f, path)
+	}
+	t.Logf("signal to frozen %.2f ms, frozen for %.0f ms", f.LatencyMS, f.DurationMS)
+	if m.Cgroup != path {
+		t.Errorf("metadata cgroup %q, want the container's %q (not the holding cgroup)", m.Cgroup, path)
+	}
+	if h.frozen(dir) {
+		t.Errorf("the container is still frozen after its bundle was published")
+	}
+	return m
+}
+
 // TestAgentFreeze runs the agent and crashes a multi-threaded process with
 // a 1.5 GB core in a container cgroup holding a sibling, in v2 and v1: the
 // sibling is frozen while the core streams, runs again afterwards, and the
@@ -97,33 +135,12 @@ func TestAgentFreeze(t *testing.T) {
 			a := startAgent(t, n, socket)
 			path, dir, sibling := freezeContainer(t, h)
 			crasher := crashInto(t, n, dir)
-			sawFrozen := false
-			done := make(chan error, 1)
-			go func() { done <- crasher.Wait() }()
-		wait:
-			for {
-				select {
-				case <-done:
-					break wait
-				case <-time.After(2 * time.Millisecond):
-					sawFrozen = sawFrozen || h.frozen(dir)
-				}
-			}
-			if !sawFrozen {
-				t.Errorf("the container's cgroup was never seen frozen while the core streamed")
-			}
-			m := n.WaitBundle(crasher.Process.Pid)
-			f := m.Freeze
-			if f == nil || !f.Frozen || f.Cgroup != path || f.LatencyMS <= 0 || f.DurationMS <= 0 {
-				t.Fatalf("freeze section %+v, want frozen %s with a latency and a duration", f, path)
-			}
-			t.Logf("signal to frozen %.2f ms, frozen for %.0f ms", f.LatencyMS, f.DurationMS)
-			if m.Cgroup != path {
-				t.Errorf("metadata cgroup %q, want the container's %q (not the holding cgroup)", m.Cgroup, path)
-			}
-			if h.frozen(dir) {
-				t.Errorf("the container is still frozen after its bundle was published")
-			}
+			done := make(chan struct{})
+			go func() {
+				crasher.Wait()
+				close(done)
+			}()
+			m := checkFrozenCrash(t, n, h, dir, path, crasher.Process.Pid, done)
 			if err := sibling.Process.Signal(syscall.Signal(0)); err != nil {
 				t.Errorf("the sibling is gone: %v", err)
 			}
