@@ -70,6 +70,16 @@ type Metadata struct {
 	Core  Core   `json:"core"`
 	Files []File `json:"files"`
 
+	// Container, Pod and Workload say whose crash it is, from the
+	// crasher's cgroup and the container runtime's CRI API;
+	// IdentitySource says which ("cri", "cgroup" or "none") and
+	// IdentityReason why not more.
+	Container      *Container `json:"container,omitempty"`
+	Pod            *Pod       `json:"pod,omitempty"`
+	Workload       *Workload  `json:"workload,omitempty"`
+	IdentitySource string     `json:"identity_source,omitempty"`
+	IdentityReason string     `json:"identity_reason,omitempty"`
+
 	// EBPF is what the observer saw of the fatal signal, when the agent
 	// ran; Freeze what the agent did to the crasher's container.
 	EBPF   *EBPF   `json:"ebpf,omitempty"`
@@ -83,6 +93,35 @@ type Metadata struct {
 	// warnings is still complete in the sense that nothing more could be kept.
 	Warnings []string `json:"warnings,omitempty"`
 }
+
+// Container is the crasher's container.
+type Container struct {
+	ID      string `json:"id"`
+	Name    string `json:"name,omitempty"`
+	Image   string `json:"image,omitempty"`
+	Runtime string `json:"runtime,omitempty"`
+}
+
+// Pod is the crasher's Kubernetes pod.
+type Pod struct {
+	Name      string `json:"name,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	UID       string `json:"uid,omitempty"`
+}
+
+// Workload is what owns the pod: kind Deployment, StatefulSet, DaemonSet,
+// Job, CronJob, or "unknown" with the pod's name when it cannot be told.
+type Workload struct {
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+}
+
+// Identity sources.
+const (
+	IdentityCRI    = "cri"
+	IdentityCgroup = "cgroup"
+	IdentityNone   = "none"
+)
 
 // EBPF is the observer's record of the signal that killed the process,
 // taken in the dying task before the core streamed.
