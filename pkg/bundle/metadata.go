@@ -20,6 +20,8 @@ const Schema = 1
 // every file's role from its name alone.
 const (
 	MetadataFile = "metadata.json"
+	// ContainerLog is the end of the container's log, when it has one.
+	ContainerLog = "container.log"
 	CoreFile     = "core.zst"
 	SysrootDir   = "sysroot"
 	ProcDir      = "proc"

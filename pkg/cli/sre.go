@@ -43,14 +43,21 @@ func newLs(g *globals) *cobra.Command {
 				return listErr
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TIME\tNODE\tEXE\tSIGNAL\tSIZE\tID")
+			fmt.Fprintln(tw, "TIME\tNODE\tNAMESPACE\tPOD\tCONTAINER\tEXE\tSIGNAL\tSIZE\tID")
 			for _, m := range list {
 				size := human(m.Core.StoredBytes)
 				if m.Core.Truncated {
 					size += " (truncated: " + m.Core.TruncateReason + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Time.Local().Format("2006-01-02 15:04:05"),
-					m.Node, displayExe(m), m.SignalName, size, m.ID)
+				ns, pod, ctr := "-", "-", "-"
+				if m.Pod != nil {
+					ns, pod = orDash(m.Pod.Namespace), orDash(m.Pod.Name)
+				}
+				if m.Container != nil {
+					ctr = orDash(m.Container.Name)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Time.Local().Format("2006-01-02 15:04:05"),
+					m.Node, ns, pod, ctr, displayExe(m), m.SignalName, size, m.ID)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -60,6 +67,13 @@ func newLs(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of metadata objects")
 	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // displayExe renders a bundle's executable on one line, whatever bytes its
@@ -130,6 +144,18 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 	row("uid/gid", fmt.Sprintf("%d/%d", m.UID, m.GID))
 	row("signal", fmt.Sprintf("%s (%d)", m.SignalName, m.Signal))
 	row("cgroup", m.Cgroup)
+	if m.Pod != nil {
+		row("pod", fmt.Sprintf("%s/%s (uid %s)", m.Pod.Namespace, m.Pod.Name, m.Pod.UID))
+	}
+	if m.Container != nil {
+		row("container", fmt.Sprintf("%s %s (%s, %s)", m.Container.Name, m.Container.Image, m.Container.Runtime, m.Container.ID))
+	}
+	if m.Workload != nil {
+		row("workload", m.Workload.Kind+"/"+m.Workload.Name)
+	}
+	if m.IdentitySource != "" {
+		row("identity", strings.TrimSpace(m.IdentitySource+" "+m.IdentityReason))
+	}
 	c := m.Core
 	core := fmt.Sprintf("%s raw, %s stored (%s)", human(c.RawBytes), human(c.StoredBytes), c.Compression)
 	if c.Truncated {

@@ -25,6 +25,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -255,6 +256,19 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			// /proc/PID/cgroup may already show the freezer's holding
 			// cgroup the crasher was moved to.
 			m.Cgroup = f.Cgroup
+		}
+	}
+
+	// Whose crash it is. The process is released already: this needs
+	// only its cgroup and the runtime.
+	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout))
+	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
+	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
+	if tail, err := ident.LogTail(cfg.Identity.LogTail.Bytes); err != nil {
+		m.Warnings = append(m.Warnings, fmt.Sprintf("container log: %v", err))
+	} else if len(tail) > 0 {
+		if err := cap.put(bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
+			m.Warnings = append(m.Warnings, fmt.Sprintf("store container log: %v", err))
 		}
 	}
 

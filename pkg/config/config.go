@@ -43,6 +43,19 @@ type Config struct {
 	Retention Retention `json:"retention"`
 	Observer  Observer  `json:"observer"`
 	Freeze    Freeze    `json:"freeze"`
+	Identity  Identity  `json:"identity"`
+}
+
+// Identity configures how the helper learns whose crash it is.
+type Identity struct {
+	// CRIEndpoint is the runtime's CRI socket (unix:///path); empty tries
+	// containerd's, CRI-O's and k3s's usual paths.
+	CRIEndpoint string `json:"cri_endpoint"`
+	// LogTail is how much of the end of the container's log goes into the
+	// bundle.
+	LogTail Size `json:"log_tail"`
+	// Timeout bounds the CRI calls of one crash.
+	Timeout Duration `json:"timeout"`
 }
 
 // Freeze configures how the agent keeps a crashing container still while
@@ -114,6 +127,7 @@ func Default() *Config {
 		},
 		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}, MissingAfter: Duration(time.Minute)},
 		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
+		Identity: Identity{LogTail: Size{Bytes: 64 << 10}, Timeout: Duration(2 * time.Second)},
 	}
 }
 

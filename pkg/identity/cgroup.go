@@ -1,0 +1,83 @@
+// Package identity answers an SRE's first question about a crash: whose is
+// it? It reads the crasher's cgroup path, which the kernel keeps for every
+// process and containers cannot forge, for the runtime, the container id and
+// the pod uid, and asks the runtime's CRI API for names, image, namespace and
+// the owning workload. It never uses the hostname (%h): pods share names
+// across namespaces, and hostNetwork pods carry the node's.
+package identity
+
+import (
+	"path"
+	"regexp"
+	"strings"
+)
+
+// Cgroup is what a cgroup path alone says about a process.
+type Cgroup struct {
+	// Runtime is "containerd", "cri-o", "docker" or "podman"; empty for a
+	// process that runs in no container.
+	Runtime string
+	// ContainerID is the runtime's id of the container.
+	ContainerID string
+	// PodUID is the Kubernetes pod's uid, for kubelet-made cgroups.
+	PodUID string
+	// Namespace is containerd's namespace for containers it runs itself
+	// (/<namespace>/<id>), not a Kubernetes namespace.
+	Namespace string
+}
+
+var (
+	// kubelet's cgroupfs driver: /kubepods[/<qos>]/pod<uid>/<id>.
+	kubeCgroupfs = regexp.MustCompile(`^/kubepods(?:/(?:besteffort|burstable|guaranteed))?/pod([0-9a-f-]{36})/([0-9a-f]{64})$`)
+	// kubelet's systemd driver: .../kubepods[-<qos>]-pod<uid with _>.slice/<runtime>-<id>.scope,
+	// with crun's /container leaf on cgroup v2.
+	kubeSystemd = regexp.MustCompile(`^/kubepods\.slice(?:/kubepods-(?:besteffort|burstable|guaranteed)\.slice)?/kubepods(?:-(?:besteffort|burstable|guaranteed))?-pod([0-9a-f_]{36})\.slice/(cri-containerd|crio|docker)-([0-9a-f]{64})\.scope(?:/container)?$`)
+	docker      = regexp.MustCompile(`^/docker/([0-9a-f]{64})$`)
+	dockerUnit  = regexp.MustCompile(`/docker-([0-9a-f]{64})\.scope$`)
+	podman      = regexp.MustCompile(`/libpod-([0-9a-f]{64})\.scope(?:/container)?$`)
+	crioUnit    = regexp.MustCompile(`/crio-([0-9a-f]{64})\.scope(?:/container)?$`)
+	// containerd without Kubernetes: /<namespace>/<id>.
+	containerd = regexp.MustCompile(`^/([A-Za-z0-9][A-Za-z0-9._-]*)/([A-Za-z0-9][A-Za-z0-9._-]{0,75})$`)
+)
+
+// runtimeOfUnit maps the systemd driver's scope prefix to the runtime.
+var runtimeOfUnit = map[string]string{"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
+
+// ParseCgroup reads a cgroup path as /proc/PID/cgroup shows it (the "0::"
+// line, or a v1 line on v1-only hosts). Paths read inside a cgroup
+// namespace start with "/.." components up to that namespace's root; they
+// are dropped, since container cgroups are recognised by their own names.
+func ParseCgroup(p string) Cgroup {
+	for strings.HasPrefix(p, "/..") {
+		p = strings.TrimPrefix(p, "/..")
+	}
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	p = path.Clean(p)
+	if m := kubeCgroupfs.FindStringSubmatch(p); m != nil {
+		return Cgroup{PodUID: m[1], ContainerID: m[2]}
+	}
+	if m := kubeSystemd.FindStringSubmatch(p); m != nil {
+		return Cgroup{PodUID: strings.ReplaceAll(m[1], "_", "-"), Runtime: runtimeOfUnit[m[2]], ContainerID: m[3]}
+	}
+	if m := docker.FindStringSubmatch(p); m != nil {
+		return Cgroup{Runtime: "docker", ContainerID: m[1]}
+	}
+	if m := podman.FindStringSubmatch(p); m != nil {
+		return Cgroup{Runtime: "podman", ContainerID: m[1]}
+	}
+	if m := crioUnit.FindStringSubmatch(p); m != nil {
+		return Cgroup{Runtime: "cri-o", ContainerID: m[1]}
+	}
+	if m := dockerUnit.FindStringSubmatch(p); m != nil {
+		return Cgroup{Runtime: "docker", ContainerID: m[1]}
+	}
+	if top := strings.SplitN(p, "/", 3)[1]; top == "system.slice" || top == "user.slice" || top == "init.scope" || top == "kubepods" || top == "kubepods.slice" {
+		return Cgroup{}
+	}
+	if m := containerd.FindStringSubmatch(p); m != nil {
+		return Cgroup{Runtime: "containerd", Namespace: m[1], ContainerID: m[2]}
+	}
+	return Cgroup{}
+}

@@ -1,0 +1,49 @@
+package identity
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestParseCgroup covers each runtime's and driver's cgroup naming, as
+// /proc/PID/cgroup shows it on real hosts.
+func TestParseCgroup(t *testing.T) {
+	id := strings.Repeat("0123456789abcdef", 4)
+	uid := "8f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8"
+	uidU := strings.ReplaceAll(uid, "-", "_")
+	for _, tc := range []struct {
+		name, path string
+		want       Cgroup
+	}{
+		{"systemd driver, burstable, containerd",
+			"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice/cri-containerd-" + id + ".scope",
+			Cgroup{Runtime: "containerd", ContainerID: id, PodUID: uid}},
+		{"systemd driver, besteffort, cri-o with crun's leaf",
+			"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + uidU + ".slice/crio-" + id + ".scope/container",
+			Cgroup{Runtime: "cri-o", ContainerID: id, PodUID: uid}},
+		{"systemd driver, guaranteed (no QoS level), docker",
+			"/kubepods.slice/kubepods-pod" + uidU + ".slice/docker-" + id + ".scope",
+			Cgroup{Runtime: "docker", ContainerID: id, PodUID: uid}},
+		{"cgroupfs driver, burstable", "/kubepods/burstable/pod" + uid + "/" + id, Cgroup{ContainerID: id, PodUID: uid}},
+		{"cgroupfs driver, guaranteed", "/kubepods/pod" + uid + "/" + id, Cgroup{ContainerID: id, PodUID: uid}},
+		{"plain containerd", "/default/myapp", Cgroup{Runtime: "containerd", Namespace: "default", ContainerID: "myapp"}},
+		{"containerd k8s.io namespace", "/k8s.io/" + id, Cgroup{Runtime: "containerd", Namespace: "k8s.io", ContainerID: id}},
+		{"docker cgroupfs", "/docker/" + id, Cgroup{Runtime: "docker", ContainerID: id}},
+		{"docker systemd", "/system.slice/docker-" + id + ".scope", Cgroup{Runtime: "docker", ContainerID: id}},
+		{"podman", "/machine.slice/libpod-" + id + ".scope/container", Cgroup{Runtime: "podman", ContainerID: id}},
+		{"rootless podman", "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + id + ".scope", Cgroup{Runtime: "podman", ContainerID: id}},
+		{"podman's conmon is no container", "/machine.slice/libpod-conmon-" + id + ".scope", Cgroup{}},
+		{"inside a cgroup namespace", "/../../kubepods/burstable/pod" + uid + "/" + id, Cgroup{ContainerID: id, PodUID: uid}},
+		{"a pod's own cgroup is no container", "/kubepods/burstable/pod" + uid, Cgroup{}},
+		{"a QoS cgroup is no container", "/kubepods/burstable", Cgroup{}},
+		{"host root", "/", Cgroup{}},
+		{"host service", "/system.slice/sshd.service", Cgroup{}},
+		{"login session", "/user.slice/user-0.slice/session-3.scope", Cgroup{}},
+		{"init", "/init.scope", Cgroup{}},
+		{"empty", "", Cgroup{}},
+	} {
+		if got := ParseCgroup(tc.path); got != tc.want {
+			t.Errorf("%s: ParseCgroup(%q) = %+v, want %+v", tc.name, tc.path, got, tc.want)
+		}
+	}
+}

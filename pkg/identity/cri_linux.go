@@ -1,0 +1,171 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+)
+
+// DefaultEndpoints are the CRI sockets of the usual runtimes, tried in
+// order when none is configured: containerd, CRI-O, k3s's containerd.
+var DefaultEndpoints = []string{
+	"unix:///run/containerd/containerd.sock",
+	"unix:///var/run/crio/crio.sock",
+	"unix:///run/k3s/containerd/containerd.sock",
+}
+
+// Pod labels kubelet puts on every container, which name its pod without a
+// second call.
+const (
+	labelPodName      = "io.kubernetes.pod.name"
+	labelPodNamespace = "io.kubernetes.pod.namespace"
+	labelPodUID       = "io.kubernetes.pod.uid"
+)
+
+// Identity is everything known about a crashed process's container.
+type Identity struct {
+	Container *bundle.Container
+	Pod       *bundle.Pod
+	Workload  *bundle.Workload
+	// Source is bundle.IdentityCRI, IdentityCgroup or IdentityNone, and
+	// Reason says why not more.
+	Source, Reason string
+	// LogPath is the container's log file on the host, from its CRI status.
+	LogPath string
+}
+
+// Resolve finds the identity of the process in cgroupPath: from the cgroup
+// alone, then, for a container, from the runtime's CRI API at endpoint
+// (empty: the first of DefaultEndpoints that exists). The runtime being
+// unreachable is no error: the identity then comes from the cgroup, with
+// the reason.
+func Resolve(ctx context.Context, cgroupPath, endpoint string, timeout time.Duration) *Identity {
+	cg := ParseCgroup(cgroupPath)
+	if cg.ContainerID == "" {
+		return &Identity{Source: bundle.IdentityNone, Reason: fmt.Sprintf("cgroup %q is not a container's", cgroupPath)}
+	}
+	id := &Identity{
+		Container: &bundle.Container{ID: cg.ContainerID, Runtime: cg.Runtime},
+		Source:    bundle.IdentityCgroup,
+	}
+	if cg.PodUID != "" {
+		id.Pod = &bundle.Pod{UID: cg.PodUID}
+	}
+	if cg.Runtime == "docker" || cg.Runtime == "podman" {
+		id.Reason = cg.Runtime + " containers have no CRI API to ask"
+		return id
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := id.fromCRI(ctx, endpoint); err != nil {
+		id.Reason = err.Error()
+	}
+	return id
+}
+
+// endpointPath returns the socket path of a unix:// endpoint, or the
+// first default one that exists.
+func endpointPath(endpoint string) (string, error) {
+	candidates := DefaultEndpoints
+	if endpoint != "" {
+		candidates = []string{endpoint}
+	}
+	for _, e := range candidates {
+		p, ok := strings.CutPrefix(e, "unix://")
+		if !ok {
+			return "", fmt.Errorf("CRI endpoint %q: only unix:// sockets are supported", e)
+		}
+		if _, err := os.Stat(p); err == nil || endpoint != "" {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no CRI socket at %s; set identity.cri_endpoint", strings.Join(DefaultEndpoints, ", "))
+}
+
+// fromCRI fills the identity from the runtime.
+func (id *Identity) fromCRI(ctx context.Context, endpoint string) error {
+	sock, err := endpointPath(endpoint)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient("passthrough:///"+sock,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}))
+	if err != nil {
+		return fmt.Errorf("CRI %s: %w", sock, err)
+	}
+	defer conn.Close()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	st, err := rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id.Container.ID})
+	if err != nil {
+		return fmt.Errorf("CRI %s: container %s: %w", sock, id.Container.ID, err)
+	}
+	cs := st.GetStatus()
+	if cs == nil {
+		return errors.New("CRI: empty container status")
+	}
+	id.Source = bundle.IdentityCRI
+	id.Container.Name = cs.GetMetadata().GetName()
+	id.Container.Image = cs.GetImage().GetImage()
+	if id.Container.Image == "" {
+		id.Container.Image = cs.GetImageRef()
+	}
+	id.LogPath = cs.GetLogPath()
+	if v, err := rt.Version(ctx, &runtimeapi.VersionRequest{}); err == nil && v.GetRuntimeName() != "" {
+		id.Container.Runtime = v.GetRuntimeName()
+	}
+	labels := cs.GetLabels()
+	pod := &bundle.Pod{Name: labels[labelPodName], Namespace: labels[labelPodNamespace], UID: labels[labelPodUID]}
+	if pod.Name == "" && pod.UID == "" {
+		id.Reason = "the container has no pod labels: not made by kubelet"
+		return nil
+	}
+	id.Pod = pod
+	// The pod's own labels say which controller made it.
+	podLabels := map[string]string{}
+	list, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{Id: id.Container.ID}})
+	if err == nil && len(list.GetContainers()) == 1 {
+		sb, err := rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: list.GetContainers()[0].GetPodSandboxId()})
+		if err == nil {
+			podLabels = sb.GetStatus().GetLabels()
+		}
+	}
+	id.Workload, id.Reason = Workload(pod.Name, podLabels)
+	return nil
+}
+
+// LogTail returns the last max bytes of the container's log file.
+func (id *Identity) LogTail(max int64) ([]byte, error) {
+	if id.LogPath == "" {
+		return nil, nil
+	}
+	f, err := os.Open(id.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > max {
+		if _, err := f.Seek(st.Size()-max, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	return io.ReadAll(io.LimitReader(f, max))
+}
