@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,30 +24,31 @@ import (
 // bytes), so it neither needs nor disturbs a system containerd.
 type containerd struct {
 	dir, addr string
+	config    string    // the config file
+	cmd       *exec.Cmd // the running containerd, nil while stopped
+	log       *os.File
 }
 
 // containerdConfig keeps containerd to what `ctr run --rootfs` needs: no
-// CRI plugin (it would want CNI and an image), /opt left alone.
-const containerdConfig = `version = 2
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[plugins."io.containerd.internal.v1.opt"]
-  path = %q
+// CRI plugin (it would want CNI and an image). Configs are formats whose
+// one argument is containerd's directory.
+const containerdConfig = `disabled_plugins = ["io.containerd.grpc.v1.cri"]
 `
 
-// startContainerd starts containerd and waits until it answers; the test's
-// cleanup stops it and removes its directory, and the shims' socket
-// directory and the namespace's parent cgroups if they are new and empty.
-func startContainerd(t *testing.T) *containerd {
+// startContainerd starts containerd with config (see containerdConfig) and
+// waits until it answers. The test's cleanup stops it, kills the shims it
+// left, and removes its directory, and the shims' socket directory and the
+// parent cgroups of its containers if they are new.
+func startContainerd(t *testing.T, config string) *containerd {
 	t.Helper()
 	for _, tool := range []string{"containerd", "ctr", "runc", "busybox", "ldd"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is missing: run make deps", tool)
 		}
 	}
-	outside := []string{"/run/containerd/s", "/run/containerd", "/sys/fs/cgroup/default"}
-	procs, _ := filepath.Glob("/sys/fs/cgroup/*/cgroup.procs")
-	for _, p := range procs {
-		outside = append(outside, filepath.Join(filepath.Dir(p), "default"))
+	outside := []string{"/run/containerd/s", "/run/containerd"}
+	for _, root := range cgroupRoots() {
+		outside = append(outside, filepath.Join(root, "default"), filepath.Join(root, "kubepods"))
 	}
 	var created []string
 	for _, p := range outside {
@@ -57,52 +60,78 @@ func startContainerd(t *testing.T) *containerd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &containerd{dir: dir, addr: filepath.Join(dir, "sock")}
-	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(containerdConfig, filepath.Join(dir, "opt"))), 0o644); err != nil {
+	c := &containerd{dir: dir, addr: filepath.Join(dir, "sock"), config: filepath.Join(dir, "config.toml")}
+	// The opt plugin would otherwise make /opt/containerd.
+	cfg := fmt.Sprintf("version = 2\n"+config+"[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"%[1]s/opt\"\n", dir)
+	if err := os.WriteFile(c.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logFile, err := os.Create(filepath.Join(dir, "containerd.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("containerd", "--config", cfg, "--root", filepath.Join(dir, "root"),
-		"--state", filepath.Join(dir, "state"), "--address", c.addr)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
+	if c.log, err = os.Create(filepath.Join(dir, "containerd.log")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		logFile.Close()
+		c.stop()
+		c.log.Close()
 		if t.Failed() {
-			log, _ := os.ReadFile(logFile.Name())
+			log, _ := os.ReadFile(c.log.Name())
 			t.Logf("containerd's log:\n%s", log)
 		}
+		// Shims outlive containerd; a test's own cleanup should have
+		// deleted their tasks, this is for when it could not.
+		for _, pid := range pidsWithArgs("-address", c.addr) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		unmountUnder(dir)
 		os.RemoveAll(dir)
 		for _, p := range created {
-			os.Remove(p) // only if empty: never what others still use
+			rmdirs(p) // only empty directories: never what others still use
 		}
 	})
+	if err := c.start(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// start runs containerd on its root, state and socket (again, after stop)
+// and waits until it answers.
+func (c *containerd) start() error {
+	cmd := exec.Command("containerd", "--config", c.config, "--root", filepath.Join(c.dir, "root"),
+		"--state", filepath.Join(c.dir, "state"), "--address", c.addr)
+	cmd.Stdout, cmd.Stderr = c.log, c.log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	c.cmd = cmd
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, err := c.try("version")
 		if err == nil {
-			return c
+			return nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("containerd did not answer within 20s: %v", err)
+			return fmt.Errorf("containerd did not answer within 20s: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// stop ends containerd, if it runs, and waits for it; its shims and their
+// containers go on.
+func (c *containerd) stop() {
+	if c.cmd == nil {
+		return
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan struct{})
+	go func() { c.cmd.Wait(); close(exited) }()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		c.cmd.Process.Kill()
+		<-exited
+	}
+	c.cmd = nil
 }
 
 // try runs ctr against this containerd and returns its combined output.
@@ -118,10 +147,7 @@ func (c *containerd) run(t *testing.T, rootfs, id, script string) {
 	t.Helper()
 	t.Cleanup(func() {
 		// Never leave anything frozen; a frozen task cannot be killed.
-		for _, v2 := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-			os.WriteFile(filepath.Join(v2, "default", id, "cgroup.freeze"), []byte("0"), 0o644)
-		}
-		os.WriteFile(filepath.Join("/sys/fs/cgroup/freezer/default", id, "freezer.state"), []byte("THAWED"), 0o644)
+		thawCgroup(filepath.Join("default", id))
 		c.try("task", "kill", "--signal", "SIGKILL", id)
 		deadline := time.Now().Add(10 * time.Second)
 		for {
@@ -143,6 +169,113 @@ func (c *containerd) run(t *testing.T, rootfs, id, script string) {
 		"--log-uri", "file://"+filepath.Join(c.dir, id+".log"), rootfs, id, "/bin/sh", "-c", script)
 	if err != nil {
 		t.Fatalf("ctr run: %v\n%s", err, out)
+	}
+}
+
+// cgroupRoots lists the mounted cgroup hierarchies: every v1 controller's
+// and the v2 one, at /sys/fs/cgroup/unified on hybrid hosts or at
+// /sys/fs/cgroup itself.
+func cgroupRoots() []string {
+	procs, _ := filepath.Glob("/sys/fs/cgroup/*/cgroup.procs")
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.procs"); err == nil {
+		procs = append(procs, "/sys/fs/cgroup/cgroup.procs")
+	}
+	var roots []string
+	for _, p := range procs {
+		roots = append(roots, filepath.Dir(p))
+	}
+	return roots
+}
+
+// thawCgroup thaws the cgroup at path (relative to the hierarchies' roots)
+// in v2 and in the v1 freezer, wherever it exists.
+func thawCgroup(path string) {
+	for _, v2 := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		os.WriteFile(filepath.Join(v2, path, "cgroup.freeze"), []byte("0"), 0o644)
+	}
+	os.WriteFile(filepath.Join("/sys/fs/cgroup/freezer", path, "freezer.state"), []byte("THAWED"), 0o644)
+}
+
+// clearCgroup removes the cgroup at path and those below it from every
+// hierarchy, after thawing it and killing whatever still runs there.
+func clearCgroup(path string) {
+	thawCgroup(path)
+	for _, root := range cgroupRoots() {
+		filepath.WalkDir(filepath.Join(root, path), func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.Name() == "cgroup.procs" {
+				data, _ := os.ReadFile(p)
+				for _, f := range strings.Fields(string(data)) {
+					pid, _ := strconv.Atoi(f)
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+			return nil
+		})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, root := range cgroupRoots() {
+		dir := filepath.Join(root, path)
+		for rmdirs(dir) != nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond) // the killed are not reaped yet
+		}
+	}
+}
+
+// rmdirs removes dir and the directories below it, deepest first, if they
+// hold nothing else (which in cgroupfs means no process). It returns the
+// first error of those that remain.
+func rmdirs(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			rmdirs(filepath.Join(dir, e.Name()))
+		}
+	}
+	if err := syscall.Rmdir(dir); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("rmdir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// pidsWithArgs returns the processes whose command line has flag followed
+// by value.
+func pidsWithArgs(flag, value string) []int {
+	var pids []int
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range cmdlines {
+		data, _ := os.ReadFile(p)
+		if strings.Contains("\x00"+string(data), "\x00"+flag+"\x00"+value+"\x00") {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// unmountUnder detaches every mount at or below dir, deepest first: the
+// rootfs and shm mounts of containers that were never deleted.
+func unmountUnder(dir string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var points []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fields := strings.Fields(sc.Text()); len(fields) > 4 {
+			// Mount points are octal-escaped; a temporary directory's need not.
+			if p := fields[4]; p == dir || strings.HasPrefix(p, dir+"/") {
+				points = append(points, p)
+			}
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(points)))
+	for _, p := range points {
+		unix.Unmount(p, unix.MNT_DETACH)
 	}
 }
 
@@ -197,6 +330,25 @@ func procsNamed(dir string) map[string]int {
 	return byName
 }
 
+// releaseFifo writes a line into fifo once a reader waits on it (a
+// container's shell that holds its crash until the test is ready), by
+// deadline.
+func releaseFifo(t *testing.T, fifo string, deadline time.Time) {
+	t.Helper()
+	for {
+		f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err == nil {
+			f.WriteString("go\n")
+			f.Close()
+			return
+		}
+		if !errors.Is(err, syscall.ENXIO) || time.Now().After(deadline) {
+			t.Fatalf("no shell waits on %s: %v", fifo, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestAgentFreezeContainerd crashes a multi-threaded process with a 1.5 GB
 // core in a real containerd + runc container that also runs a sleep: the
 // agent freezes the container's cgroup (/default/<id>) while the core
@@ -206,7 +358,7 @@ func TestAgentFreezeContainerd(t *testing.T) {
 	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccctrd-%d.sock", os.Getpid()))
 	n := harness.Install(t, "socket: "+socket+"\n")
 	a := startAgent(t, n, socket)
-	c := startContainerd(t)
+	c := startContainerd(t, containerdConfig)
 
 	root := busyboxRoot(t, n.Dir)
 	// Dynamic, with the container's own libc: checkDebuggable wants gdb to
@@ -237,18 +389,7 @@ func TestAgentFreezeContainerd(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// Everything is ready: let the container's shell start the crasher.
-	for {
-		f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0)
-		if err == nil {
-			f.WriteString("go\n")
-			f.Close()
-			break
-		}
-		if !errors.Is(err, syscall.ENXIO) || time.Now().After(deadline) {
-			t.Fatalf("the container's shell does not wait on %s: %v", fifo, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	releaseFifo(t, fifo, deadline)
 	var crasher int
 	for crasher == 0 {
 		crasher = procsNamed(dir)["lim_mem"]
