@@ -81,6 +81,12 @@ func startContainerd(t *testing.T, config string) *containerd {
 		for _, pid := range pidsWithArgs("-address", c.addr) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
+		// They leave their sockets behind.
+		addrs, _ := filepath.Glob(filepath.Join(dir, "state", "io.containerd.runtime.v2.task", "*", "*", "address"))
+		for _, a := range addrs {
+			data, _ := os.ReadFile(a)
+			os.Remove(strings.TrimPrefix(strings.TrimSpace(string(data)), "unix://"))
+		}
 		unmountUnder(dir)
 		os.RemoveAll(dir)
 		for _, p := range created {
@@ -103,16 +109,22 @@ func (c *containerd) start() error {
 		return err
 	}
 	c.cmd = cmd
-	deadline := time.Now().Add(20 * time.Second)
+	if err := within(20*time.Second, func() error { _, err := c.try("version"); return err }); err != nil {
+		return fmt.Errorf("containerd did not answer within 20s: %v", err)
+	}
+	return nil
+}
+
+// within calls f until it succeeds, for at most d, and returns its last
+// error.
+func within(d time.Duration, f func() error) error {
+	deadline := time.Now().Add(d)
 	for {
-		_, err := c.try("version")
-		if err == nil {
-			return nil
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("containerd did not answer within 20s: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -222,8 +234,8 @@ func clearCgroup(path string) {
 }
 
 // rmdirs removes dir and the directories below it, deepest first, if they
-// hold nothing else (which in cgroupfs means no process). It returns the
-// first error of those that remain.
+// hold nothing else (which in cgroupfs means no process), and says why
+// when dir remains.
 func rmdirs(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if os.IsNotExist(err) {
