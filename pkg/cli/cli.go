@@ -25,6 +25,7 @@ type globals struct {
 	store  string
 	spool  string
 	socket string
+	cri    string
 }
 
 // load reads the config file and applies the global flags over it.
@@ -42,6 +43,9 @@ func (g *globals) load(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if g.socket != "" {
 		c.Socket = g.socket
+	}
+	if g.cri != "" {
+		c.Identity.CRIEndpoint = g.cri
 	}
 	return c, c.Validate()
 }
@@ -97,6 +101,7 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 	pf.StringVar(&g.store, "store", "", "bundle store URL (file:///path); overrides the config file")
 	pf.StringVar(&g.spool, "spool", "", "node-local state directory; overrides the config file")
 	pf.StringVar(&g.socket, "socket", "", "agent socket path; overrides the config file")
+	pf.StringVar(&g.cri, "cri-endpoint", "", "container runtime's CRI socket (unix:///path); overrides identity.cri_endpoint")
 	root.AddCommand(
 		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
 		newLs(g), newShow(g), newPull(g), newDebug(g),

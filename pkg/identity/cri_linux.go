@@ -35,22 +35,23 @@ const (
 
 // Identity is everything known about a crashed process's container.
 type Identity struct {
-	Container *bundle.Container
-	Pod       *bundle.Pod
-	Workload  *bundle.Workload
+	Container *bundle.Container `json:"container"`
+	Pod       *bundle.Pod       `json:"pod,omitempty"`
+	Workload  *bundle.Workload  `json:"workload,omitempty"`
 	// Source is bundle.IdentityCRI, IdentityCgroup or IdentityNone, and
 	// Reason says why not more.
-	Source, Reason string
+	Source string `json:"source"`
+	Reason string `json:"reason,omitempty"`
 	// LogPath is the container's log file on the host, from its CRI status.
-	LogPath string
+	LogPath string `json:"log_path,omitempty"`
 }
 
 // Resolve finds the identity of the process in cgroupPath: from the cgroup
-// alone, then, for a container, from the runtime's CRI API at endpoint
-// (empty: the first of DefaultEndpoints that exists). The runtime being
-// unreachable is no error: the identity then comes from the cgroup, with
-// the reason.
-func Resolve(ctx context.Context, cgroupPath, endpoint string, timeout time.Duration) *Identity {
+// alone, then, for a container, from the cache or the runtime's CRI API at
+// endpoint (empty: the first of DefaultEndpoints that exists). The runtime
+// being unreachable is no error: the identity then comes from the cgroup,
+// with the reason.
+func Resolve(ctx context.Context, cgroupPath, endpoint string, timeout time.Duration, cache Cache) *Identity {
 	cg := ParseCgroup(cgroupPath)
 	if cg.ContainerID == "" {
 		return &Identity{Source: bundle.IdentityNone, Reason: fmt.Sprintf("cgroup %q is not a container's", cgroupPath)}
@@ -66,11 +67,15 @@ func Resolve(ctx context.Context, cgroupPath, endpoint string, timeout time.Dura
 		id.Reason = cg.Runtime + " containers have no CRI API to ask"
 		return id
 	}
+	if cached, ok := cache.Get(cg.ContainerID); ok {
+		return cached
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := id.fromCRI(ctx, endpoint); err != nil {
 		id.Reason = err.Error()
 	}
+	cache.Put(id)
 	return id
 }
 
