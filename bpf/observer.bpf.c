@@ -171,13 +171,8 @@ int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info_arg, struct
 		return 0;
 	}
 
-	__u64 bit = 1ULL << (real - 1);
-	__u8 kind;
-	if (core_mask & bit)
-		kind = KIND_CORE;
-	else if (fatal_mask & bit)
-		kind = KIND_FATAL;
-	else
+	__u8 kind = kind_of(real);
+	if (!kind)
 		return 0;
 
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;

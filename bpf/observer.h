@@ -83,6 +83,20 @@ static __always_inline void count_lost(void)
 volatile const __u64 core_mask = 0;
 volatile const __u64 fatal_mask = 0;
 
+/* kind_of returns the event kind of a signal with its default action, or
+ * 0 when the configured sets do not count it. */
+static __always_inline __u8 kind_of(int sig)
+{
+	if (sig <= 0 || sig > 64)
+		return 0;
+	__u64 bit = 1ULL << (sig - 1);
+	if (core_mask & bit)
+		return KIND_CORE;
+	if (fatal_mask & bit)
+		return KIND_FATAL;
+	return 0;
+}
+
 /* Keeps struct event in the object's BTF for bpf2go's generated Go type. */
 const struct event *unused_event __attribute__((unused));
 

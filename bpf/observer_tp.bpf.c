@@ -42,13 +42,8 @@ int on_signal_deliver_tp(struct signal_deliver_args *args)
 	int sig = args->sig;
 	if (sig <= 0 || sig > 64 || args->sa_handler != 0)
 		return 0;
-	__u64 bit = 1ULL << (sig - 1);
-	__u8 kind;
-	if (core_mask & bit)
-		kind = KIND_CORE;
-	else if (fatal_mask & bit)
-		kind = KIND_FATAL;
-	else
+	__u8 kind = kind_of(sig);
+	if (!kind)
 		return 0;
 
 	__u64 now = bpf_ktime_get_ns();
