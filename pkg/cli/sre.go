@@ -156,6 +156,20 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 	if m.IdentitySource != "" {
 		row("identity", strings.TrimSpace(m.IdentitySource+" "+m.IdentityReason))
 	}
+	if e := m.EBPF; e != nil {
+		ev := fmt.Sprintf("si_code %d, fault address %s", e.SiCode, e.FaultAddr)
+		if e.SiCode <= 0 {
+			ev = fmt.Sprintf("si_code %d, sent by pid %d", e.SiCode, e.SenderPID)
+		}
+		row("ebpf", fmt.Sprintf("%s; helper started %.1f ms after the signal", ev, e.LatencyMS))
+	}
+	if f := m.Freeze; f != nil {
+		if f.Frozen {
+			row("freeze", fmt.Sprintf("froze %s %.1f ms after the signal, for %.0f ms", f.Cgroup, f.LatencyMS, f.DurationMS))
+		} else {
+			row("freeze", "not frozen: "+f.Reason)
+		}
+	}
 	c := m.Core
 	core := fmt.Sprintf("%s raw, %s stored (%s)", human(c.RawBytes), human(c.StoredBytes), c.Compression)
 	if c.Truncated {
