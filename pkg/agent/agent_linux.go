@@ -29,8 +29,11 @@ type Options struct {
 	// cores still arrive through core_pattern without it.
 	Observer *observer.Observer
 	// OnBundle is called for every bundle the helper reports (live or
-	// from the spool); later parts count and alert there.
+	// from the spool), OnSignal for every fatal signal the observer sees,
+	// and OnReady once the socket listens.
 	OnBundle func(*bundle.Metadata)
+	OnSignal func(observer.Event)
+	OnReady  func()
 	// Store receives the metadata-only bundles of crashes whose core
 	// never arrived; nil disables them.
 	Store store.Store
@@ -52,6 +55,12 @@ type Agent struct {
 func New(o Options) *Agent {
 	if o.OnBundle == nil {
 		o.OnBundle = func(*bundle.Metadata) {}
+	}
+	if o.OnSignal == nil {
+		o.OnSignal = func(observer.Event) {}
+	}
+	if o.OnReady == nil {
+		o.OnReady = func() {}
 	}
 	a := &Agent{o: o, events: newEventCache(5 * time.Minute)}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
@@ -85,6 +94,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer os.Remove(a.o.Config.Socket)
+	a.o.OnReady()
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := agentapi.Serve(ln, a.handle); err != nil {
@@ -156,6 +166,7 @@ func (a *Agent) watch(ob *observer.Observer) {
 		}
 		if ev.Kind == observer.KindCore || ev.Kind == observer.KindFatal {
 			a.events.add(ev)
+			a.o.OnSignal(ev)
 		}
 		a.o.Log.Info("fatal signal", zap.Stringer("kind", ev.Kind), zap.Int("tgid", ev.TGID), zap.String("comm", ev.Comm),
 			zap.String("signal", bundle.SignalName(ev.Signal)), zap.Uint64("cgroup_id", ev.CgroupID), zap.String("outcome", ev.Outcome))

@@ -8,16 +8,20 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/corecatch/corecatch/pkg/agent"
+	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/sysctl"
@@ -134,7 +138,8 @@ func newAgent(g *globals) *cobra.Command {
 answers the pipe helper on its unix socket (--socket), logs every bundle the
 helper reports (also those reported while it was down), and applies retention
 to a local store. On SIGTERM or SIGINT it restores the core_pattern it
-replaced. It serves /healthz on --listen.`,
+replaced. It serves Prometheus metrics on /metrics, and /healthz and
+/readyz, on --listen.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := mustRoot("agent"); err != nil {
@@ -159,7 +164,7 @@ replaced. It serves /healthz on --listen.`,
 			return runAgent(cmd.Context(), cfg, listen, interval, log)
 		},
 	}
-	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9977", "address for /healthz")
+	cmd.Flags().StringVar(&listen, "listen", ":9977", "address for /metrics, /healthz and /readyz")
 	cmd.Flags().StringArrayVar(&freezeAllow, "freeze-allow", nil, "regular expression over cgroup paths that may be frozen, added to freeze.allow (repeatable)")
 	cmd.Flags().StringArrayVar(&freezeDeny, "freeze-deny", nil, "regular expression over cgroup paths never to freeze, added to freeze.deny (repeatable)")
 	cmd.Flags().DurationVar(&interval, "retention-interval", time.Minute, "how often to apply retention to a local store")
@@ -199,11 +204,26 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		log.Info("eBPF observer loaded", zap.String("mode", string(ob.Mode())))
 	}
 
-	srv := &http.Server{Addr: listen, ReadHeaderTimeout: 5 * time.Second}
-	http.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	var lost func() float64
+	if ob != nil {
+		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped) }
+	}
+	met := metrics.New(Version, lost)
+	var ready atomic.Bool
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready: the helper socket is not listening yet", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	srv := &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
-			log.Error("serve /healthz", zap.String("listen", listen), zap.Error(err))
+			log.Error("serve /metrics", zap.String("listen", listen), zap.Error(err))
 		}
 	}()
 	defer srv.Close()
@@ -234,5 +254,10 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		log.Error("freezer unavailable; containers will not be frozen", zap.Error(err))
 		fz = nil
 	}
-	return agent.New(agent.Options{Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: st}).Run(ctx)
+	return agent.New(agent.Options{
+		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: st,
+		OnBundle: met.Bundle,
+		OnSignal: func(ev observer.Event) { met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal)) },
+		OnReady:  func() { ready.Store(true) },
+	}).Run(ctx)
 }

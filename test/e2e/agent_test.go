@@ -3,6 +3,9 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,8 +27,13 @@ type agentProc struct {
 // startAgent starts the agent on the node's config and waits until its
 // socket answers.
 func startAgent(t *testing.T, n *harness.Node, socket string) *agentProc {
+	return startAgentListen(t, n, socket, "127.0.0.1:0")
+}
+
+// startAgentListen is startAgent with the agent's HTTP address.
+func startAgentListen(t *testing.T, n *harness.Node, socket, listen string) *agentProc {
 	t.Helper()
-	cmd := exec.Command(n.Bin, "--config", n.Config, "agent", "--listen", "127.0.0.1:0")
+	cmd := exec.Command(n.Bin, "--config", n.Config, "agent", "--listen", listen)
 	out, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -167,5 +175,55 @@ func TestAgentRecordsMissingCore(t *testing.T) {
 	}
 	if out := n.Run("ls"); !strings.Contains(out, m.ID) || !strings.Contains(out, "truncated: missing") {
 		t.Errorf("corecatch ls does not show the crash without a core:\n%s", out)
+	}
+}
+
+// TestAgentMetrics scrapes a real agent after a real crash: the crash, its
+// stored core and its signal are counted, drop reasons exist at 0, and
+// /readyz answers once the helper socket listens.
+func TestAgentMetrics(t *testing.T) {
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccmet-%d.sock", os.Getpid()))
+	n := harness.Install(t, "socket: "+socket+"\n")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	a := startAgentListen(t, n, socket, addr)
+	get := func(path string) string {
+		t.Helper()
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s\n%s", path, resp.Status, body)
+		}
+		return string(body)
+	}
+	get("/readyz")
+	cmd := exec.Command(buildSignals(t, n.Dir), "segv")
+	n.Crash(cmd)
+	m := n.WaitBundle(cmd.Process.Pid)
+	a.waitLine(t, "crash collected", m.ID)
+	body := get("/metrics")
+	for _, want := range []string{
+		`corecatch_crashes_total{container="",exe="signals",namespace="",signal="SIGSEGV",workload=""} 1`,
+		`corecatch_cores_stored_total 1`,
+		`corecatch_cores_dropped_total{reason="missing"} 0`,
+		`corecatch_fatal_signals_total{kind="core",signal="SIGSEGV"}`,
+		`corecatch_ebpf_events_lost_total 0`,
+		`corecatch_build_info{version=`,
+		`corecatch_collect_duration_seconds_count 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", body)
 	}
 }

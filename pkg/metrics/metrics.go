@@ -1,0 +1,164 @@
+// Package metrics is what the agent tells Prometheus: the node's crashes
+// and fatal signals, what became of their cores, and corecatch's own health
+// (its losses and latencies are metrics too). Labels stay bounded: pod names
+// are not labels, workloads are; the node comes from the scrape target.
+package metrics
+
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+)
+
+// DropReasons are the values of corecatch_cores_dropped_total's reason
+// label. Each exists at 0 from the start, so that an alert on increase()
+// sees the first drop.
+var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "error"}
+
+// Metrics holds the agent's collectors.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	crashes        *prometheus.CounterVec
+	fatalSignals   *prometheus.CounterVec
+	coresStored    prometheus.Counter
+	coresDropped   *prometheus.CounterVec
+	coreBytes      *prometheus.CounterVec
+	collectSeconds prometheus.Histogram
+	freezeLatency  prometheus.Histogram
+	freezeDuration prometheus.Histogram
+	lastCrash      prometheus.Gauge
+}
+
+// New registers every corecatch metric, and the Go and process collectors,
+// in a registry of its own. ebpfLost reads the observer's loss counters
+// (nil: no observer).
+func New(version string, ebpfLost func() float64) *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	register := func(c prometheus.Collector) { m.Registry.MustRegister(c) }
+	m.crashes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corecatch_crashes_total",
+		Help: "Core-dumping crashes collected on this node, deduplicated or not.",
+	}, []string{"namespace", "workload", "container", "exe", "signal"})
+	m.fatalSignals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corecatch_fatal_signals_total",
+		Help: "Process-fatal signals the eBPF observer saw, kills without a core (SIGKILL, OOM kills) included.",
+	}, []string{"kind", "signal"})
+	m.coresStored = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "corecatch_cores_stored_total",
+		Help: "Cores stored whole.",
+	})
+	m.coresDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corecatch_cores_dropped_total",
+		Help: "Cores not stored or stored truncated, by reason.",
+	}, []string{"reason"})
+	m.coreBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corecatch_core_bytes_total",
+		Help: "Core bytes the kernel sent (kind=raw) and corecatch stored compressed (kind=stored).",
+	}, []string{"kind"})
+	m.collectSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "corecatch_collect_duration_seconds",
+		Help:    "Pipe helper wall time per crash, from its start to the bundle's publication.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+	})
+	m.freezeLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "corecatch_freeze_latency_seconds",
+		Help:    "Time from a fatal signal to its container frozen.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12),
+	})
+	m.freezeDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "corecatch_freeze_duration_seconds",
+		Help:    "How long a crashing container stayed frozen.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 12),
+	})
+	m.lastCrash = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "corecatch_last_crash_timestamp_seconds",
+		Help: "Unix time of the last crash collected on this node.",
+	})
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "corecatch_build_info",
+		Help:        "The running corecatch's version, as a label; always 1.",
+		ConstLabels: prometheus.Labels{"version": version},
+	})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{m.crashes, m.fatalSignals, m.coresStored, m.coresDropped, m.coreBytes,
+		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, info,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		register(c)
+	}
+	if ebpfLost != nil {
+		register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "corecatch_ebpf_events_lost_total",
+			Help: "eBPF events lost: the kernel's ring buffer was full, or the agent's reader was too slow.",
+		}, ebpfLost))
+	}
+	for _, r := range DropReasons {
+		m.coresDropped.WithLabelValues(r)
+	}
+	for _, k := range []string{"raw", "stored"} {
+		m.coreBytes.WithLabelValues(k)
+	}
+	return m
+}
+
+// Bundle counts one published bundle.
+func (m *Metrics) Bundle(b *bundle.Metadata) {
+	ns, workload, container := "", "", ""
+	if b.Pod != nil {
+		ns = b.Pod.Namespace
+	}
+	if b.Workload != nil {
+		workload = b.Workload.Kind + "/" + b.Workload.Name
+	}
+	if b.Container != nil {
+		container = b.Container.Name
+	}
+	exe := b.Exe
+	if i := strings.LastIndexByte(exe, '/'); i >= 0 {
+		exe = exe[i+1:] // the base name: paths differ between images of one program
+	}
+	m.crashes.WithLabelValues(ns, workload, container, exe, b.SignalName).Inc()
+	m.lastCrash.Set(float64(b.Time.Unix()))
+	m.coreBytes.WithLabelValues("raw").Add(float64(b.Core.RawBytes))
+	m.coreBytes.WithLabelValues("stored").Add(float64(b.Core.StoredBytes))
+	switch reason := dropReason(b.Core); {
+	case reason == "":
+		m.coresStored.Inc()
+	default:
+		m.coresDropped.WithLabelValues(reason).Inc()
+	}
+	if b.Collector.DurationSeconds > 0 {
+		m.collectSeconds.Observe(b.Collector.DurationSeconds)
+	}
+	if f := b.Freeze; f != nil && f.Frozen {
+		m.freezeLatency.Observe(f.LatencyMS / 1000)
+		if f.DurationMS > 0 {
+			m.freezeDuration.Observe(f.DurationMS / 1000)
+		}
+	}
+}
+
+// dropReason maps a core's truncation to a drop reason, "" for a whole core.
+func dropReason(c bundle.Core) string {
+	switch c.TruncateReason {
+	case "":
+		return ""
+	case bundle.ReasonMaxCoreBytes:
+		return "too_large"
+	case bundle.ReasonQuota, bundle.ReasonDiskFull:
+		return "disk_full"
+	case bundle.ReasonRlimit:
+		return "rlimit"
+	case bundle.ReasonMissing:
+		return "missing"
+	}
+	return "error"
+}
+
+// Signal counts one fatal signal the observer saw.
+func (m *Metrics) Signal(kind, signal string) {
+	m.fatalSignals.WithLabelValues(kind, signal).Inc()
+}
