@@ -34,6 +34,8 @@ type Options struct {
 	OnBundle func(*bundle.Metadata)
 	OnSignal func(observer.Event)
 	OnReady  func()
+	// OnStoreOp is called for each operation the agent makes on the store.
+	OnStoreOp func(op string, err error)
 	// Store receives the metadata-only bundles of crashes whose core
 	// never arrived; nil disables them.
 	Store store.Store
@@ -62,13 +64,16 @@ func New(o Options) *Agent {
 	if o.OnReady == nil {
 		o.OnReady = func() {}
 	}
+	if o.OnStoreOp == nil {
+		o.OnStoreOp = func(string, error) {}
+	}
 	a := &Agent{o: o, events: newEventCache(5 * time.Minute)}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
 		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, byPID: map[int]*freezeState{}}
 	}
 	if o.Store != nil {
 		a.missing = &missing{store: o.Store, after: time.Duration(o.Config.Observer.MissingAfter), node: o.Config.Node,
-			log: o.Log, freezeCgroup: a.freezeCgroup, pending: map[int]*pendingCore{}}
+			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, pending: map[int]*pendingCore{}}
 	}
 	return a
 }

@@ -25,6 +25,7 @@ type missing struct {
 	// freezeCgroup returns the cgroup a crash's freeze recorded, if any:
 	// the process is gone by the time its bundle is written.
 	freezeCgroup func(pid int) string
+	storeOp      func(op string, err error)
 
 	mu      sync.Mutex
 	pending map[int]*pendingCore
@@ -101,6 +102,7 @@ func (x *missing) record(pid int, outcome string) {
 			w.Abort()
 		}
 	}
+	x.storeOp("put", err)
 	if err != nil {
 		x.log.Error("record a crash without a core", zap.Int("pid", pid), zap.Error(err))
 		return

@@ -234,7 +234,12 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 			t := time.NewTicker(interval)
 			defer t.Stop()
 			for {
-				if gone, err := local.Vacuum(ctx, collector.RetentionFor(cfg, local), ""); err != nil {
+				gone, err := local.Vacuum(ctx, collector.RetentionFor(cfg, local), "")
+				for range gone {
+					met.StoreOp("delete", nil)
+				}
+				if err != nil {
+					met.StoreOp("delete", err)
 					log.Warn("retention", zap.Error(err))
 				} else if len(gone) > 0 {
 					log.Info("retention deleted bundles", zap.Strings("ids", gone))
@@ -256,8 +261,9 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}
 	return agent.New(agent.Options{
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: st,
-		OnBundle: met.Bundle,
-		OnSignal: func(ev observer.Event) { met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal)) },
-		OnReady:  func() { ready.Store(true) },
+		OnBundle:  met.Bundle,
+		OnSignal:  func(ev observer.Event) { met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal)) },
+		OnReady:   func() { ready.Store(true) },
+		OnStoreOp: met.StoreOp,
 	}).Run(ctx)
 }

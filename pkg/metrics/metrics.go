@@ -31,6 +31,8 @@ type Metrics struct {
 	freezeLatency  prometheus.Histogram
 	freezeDuration prometheus.Histogram
 	lastCrash      prometheus.Gauge
+	storeOps       *prometheus.CounterVec
+	uploadBacklog  prometheus.Gauge
 }
 
 // New registers every corecatch metric, and the Go and process collectors,
@@ -78,6 +80,14 @@ func New(version string, ebpfLost func() float64) *Metrics {
 		Name: "corecatch_last_crash_timestamp_seconds",
 		Help: "Unix time of the last crash collected on this node.",
 	})
+	m.storeOps = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corecatch_store_operations_total",
+		Help: "Operations of the agent on the bundle store (put, delete), by result.",
+	}, []string{"op", "result"})
+	m.uploadBacklog = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "corecatch_upload_backlog_bytes",
+		Help: "Bytes of bundles waiting in the spool for upload to the object store; 0 with a local store.",
+	})
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "corecatch_build_info",
 		Help:        "The running corecatch's version, as a label; always 1.",
@@ -85,7 +95,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.crashes, m.fatalSignals, m.coresStored, m.coresDropped, m.coreBytes,
-		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, info,
+		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		register(c)
 	}
@@ -100,6 +110,11 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	}
 	for _, k := range []string{"raw", "stored"} {
 		m.coreBytes.WithLabelValues(k)
+	}
+	for _, op := range []string{"put", "delete"} {
+		for _, r := range []string{"ok", "error"} {
+			m.storeOps.WithLabelValues(op, r)
+		}
 	}
 	return m
 }
@@ -156,6 +171,15 @@ func dropReason(c bundle.Core) string {
 		return "missing"
 	}
 	return "error"
+}
+
+// StoreOp counts one store operation; err nil is a success.
+func (m *Metrics) StoreOp(op string, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.storeOps.WithLabelValues(op, result).Inc()
 }
 
 // Signal counts one fatal signal the observer saw.
