@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/freezer"
+	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/observer"
 )
 
@@ -31,7 +31,7 @@ func NewFreezer(cfg *config.Config) (*freezer.Freezer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := freezer.DefaultPolicy(cgroupOf(self))
+	p := freezer.DefaultPolicy(identity.ProcCgroup(self))
 	for _, e := range cfg.Freeze.Allow {
 		p.Allow = append(p.Allow, regexp.MustCompile(e)) // validated with the config
 	}
@@ -39,32 +39,6 @@ func NewFreezer(cfg *config.Config) (*freezer.Freezer, error) {
 		p.Deny = append(p.Deny, regexp.MustCompile(e))
 	}
 	return freezer.New(freezer.Options{StateDir: filepath.Join(cfg.Spool, "frozen"), Policy: p})
-}
-
-// cgroupOf returns the cgroup to freeze from a /proc/PID/cgroup text: the
-// v2 ("0::") path, unless it is the root (v1-only hosts, or hybrid ones
-// whose runtime places containers in v1 hierarchies only), then the v1
-// freezer path.
-func cgroupOf(data []byte) string {
-	v2, v1 := "", ""
-	for _, line := range strings.Split(string(data), "\n") {
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		if parts[0] == "0" && parts[1] == "" {
-			v2 = parts[2]
-		}
-		for _, c := range strings.Split(parts[1], ",") {
-			if c == "freezer" {
-				v1 = parts[2]
-			}
-		}
-	}
-	if (v2 == "" || v2 == "/") && v1 != "" {
-		return v1
-	}
-	return v2
 }
 
 // freezeState is one crash's freeze, from the core event to the thaw.
@@ -112,7 +86,7 @@ func (z *freezes) start(ev observer.Event) {
 			st.rec.Reason = "the process was gone before it could be frozen"
 			return
 		}
-		path := cgroupOf(data)
+		path := identity.ProcCgroup(data)
 		st.rec.Cgroup = path
 		fr, err := z.f.Freeze(path, ev.TGID, freezeTimeout)
 		if err != nil {

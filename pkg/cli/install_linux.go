@@ -21,6 +21,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
@@ -261,8 +262,17 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}
 	return agent.New(agent.Options{
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: st,
-		OnBundle:  met.Bundle,
-		OnSignal:  func(ev observer.Event) { met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal)) },
+		OnBundle: met.Bundle,
+		OnSignal: func(ev observer.Event) {
+			// The process is still there at its fatal signal: its cgroup
+			// names its container; the runtime, asked meanwhile, the rest.
+			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
+			go func() {
+				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
+					identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
+				met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)
+			}()
+		},
 		OnReady:   func() { ready.Store(true) },
 		OnStoreOp: met.StoreOp,
 	}).Run(ctx)

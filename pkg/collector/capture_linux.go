@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -94,32 +95,13 @@ func (c *capture) captureTexts() {
 				c.cmdline = append(c.cmdline, s)
 			}
 		case "cgroup":
-			c.cgroup = cgroupPath(data)
+			c.cgroup = identity.ProcCgroup(data)
 		case "status":
 			c.nsPID = nsPID(data)
 		case "auxv":
 			c.auxv = data
 		}
 	}
-}
-
-// cgroupPath returns the v2 ("0::") path of a /proc/PID/cgroup text, or the
-// first v1 path when there is none (v1-only hosts).
-func cgroupPath(data []byte) string {
-	first := ""
-	for _, line := range strings.Split(string(data), "\n") {
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		if parts[0] == "0" && parts[1] == "" {
-			return parts[2]
-		}
-		if first == "" {
-			first = parts[2]
-		}
-	}
-	return first
 }
 
 // nsPID returns the innermost pid of a /proc/PID/status "NSpid:" line.

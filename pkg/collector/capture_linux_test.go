@@ -88,20 +88,6 @@ func TestNoteBuildID(t *testing.T) {
 	}
 }
 
-func TestCgroupPath(t *testing.T) {
-	for _, tc := range []struct{ text, want string }{
-		{"0::/kubepods/burstable/pod1/c1\n", "/kubepods/burstable/pod1/c1"},
-		{"12:freezer:/default/x\n1:name=systemd:/default/x\n0::/default/x\n", "/default/x"},
-		{"12:freezer:/v1only\n3:cpu:/other\n", "/v1only"},
-		{"0::/with:colons\n", "/with:colons"},
-		{"", ""},
-	} {
-		if got := cgroupPath([]byte(tc.text)); got != tc.want {
-			t.Errorf("cgroupPath(%q) = %q, want %q", tc.text, got, tc.want)
-		}
-	}
-}
-
 func TestNSPID(t *testing.T) {
 	for _, tc := range []struct {
 		text string

@@ -37,10 +37,6 @@ const (
 	reportTimeout = time.Second
 )
 
-// identityTTL is how long a container's identity from the CRI is reused
-// by later crashes of the same container.
-const identityTTL = 10 * time.Minute
-
 // PatternArgs are the core_pattern specifiers the helper takes, in the order
 // Request parses them. %e comes last: it is the only one that can be empty
 // or hold spaces (the kernel splits the pattern before expanding it, so it
@@ -267,7 +263,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	// Whose crash it is. The process is released already: this needs
 	// only its cgroup and the runtime.
 	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-		identity.Cache{Dir: filepath.Join(cfg.Spool, "identity"), TTL: identityTTL})
+		identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
 	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
 	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
 	if tail, err := ident.LogTail(cfg.Identity.LogTail.Bytes); err != nil {

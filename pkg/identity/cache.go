@@ -20,6 +20,13 @@ type Cache struct {
 	TTL time.Duration
 }
 
+// CacheTTL is how long a container's identity from the CRI is reused, and
+// CacheDir where, under the spool, helpers and the agent keep it.
+const (
+	CacheTTL = 10 * time.Minute
+	CacheDir = "identity"
+)
+
 // cacheable ids are safe file names.
 var cacheable = regexp.MustCompile(`^[0-9A-Za-z._-]{1,128}$`)
 

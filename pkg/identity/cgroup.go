@@ -81,3 +81,29 @@ func ParseCgroup(p string) Cgroup {
 	}
 	return Cgroup{}
 }
+
+// ProcCgroup returns a process's cgroup from a /proc/PID/cgroup text: the
+// v2 ("0::") path, unless it is the root (v1-only hosts, or hybrid ones
+// whose runtime places containers in v1 hierarchies only), then the v1
+// freezer path.
+func ProcCgroup(data []byte) string {
+	v2, v1 := "", ""
+	for _, line := range strings.Split(string(data), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if parts[0] == "0" && parts[1] == "" {
+			v2 = parts[2]
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			if c == "freezer" {
+				v1 = parts[2]
+			}
+		}
+	}
+	if (v2 == "" || v2 == "/") && v1 != "" {
+		return v1
+	}
+	return v2
+}

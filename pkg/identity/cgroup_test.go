@@ -47,3 +47,21 @@ func TestParseCgroup(t *testing.T) {
 		}
 	}
 }
+
+// TestProcCgroup picks the cgroup that names a container from a
+// /proc/PID/cgroup text: the v2 path, or the v1 freezer's where the v2 path
+// is the root (v1-only runtimes on hybrid hosts) or absent.
+func TestProcCgroup(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"0::/kubepods/burstable/pod1/c1\n", "/kubepods/burstable/pod1/c1"},
+		{"12:freezer:/default/x\n1:name=systemd:/default/x\n0::/default/x\n", "/default/x"},
+		{"12:freezer:/v1only\n3:cpu:/other\n", "/v1only"},
+		{"12:freezer:/default/x\n0::/\n", "/default/x"},
+		{"0::/with:colons\n", "/with:colons"},
+		{"", ""},
+	} {
+		if got := ProcCgroup([]byte(tc.text)); got != tc.want {
+			t.Errorf("ProcCgroup(%q) = %q, want %q", tc.text, got, tc.want)
+		}
+	}
+}

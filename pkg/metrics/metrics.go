@@ -48,7 +48,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	m.fatalSignals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_fatal_signals_total",
 		Help: "Process-fatal signals the eBPF observer saw, kills without a core (SIGKILL, OOM kills) included.",
-	}, []string{"kind", "signal"})
+	}, []string{"namespace", "workload", "container", "kind", "signal"})
 	m.coresStored = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "corecatch_cores_stored_total",
 		Help: "Cores stored whole.",
@@ -121,16 +121,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 
 // Bundle counts one published bundle.
 func (m *Metrics) Bundle(b *bundle.Metadata) {
-	ns, workload, container := "", "", ""
-	if b.Pod != nil {
-		ns = b.Pod.Namespace
-	}
-	if b.Workload != nil {
-		workload = b.Workload.Kind + "/" + b.Workload.Name
-	}
-	if b.Container != nil {
-		container = b.Container.Name
-	}
+	ns, workload, container := labels(b.Pod, b.Workload, b.Container)
 	exe := b.Exe
 	if i := strings.LastIndexByte(exe, '/'); i >= 0 {
 		exe = exe[i+1:] // the base name: paths differ between images of one program
@@ -182,7 +173,25 @@ func (m *Metrics) StoreOp(op string, err error) {
 	m.storeOps.WithLabelValues(op, result).Inc()
 }
 
-// Signal counts one fatal signal the observer saw.
-func (m *Metrics) Signal(kind, signal string) {
-	m.fatalSignals.WithLabelValues(kind, signal).Inc()
+// Signal counts one fatal signal the observer saw, of kind core or fatal,
+// in a container of pod (either may be nil).
+func (m *Metrics) Signal(kind, signal string, pod *bundle.Pod, workload *bundle.Workload, container *bundle.Container) {
+	ns, wl, ctr := labels(pod, workload, container)
+	m.fatalSignals.WithLabelValues(ns, wl, ctr, kind, signal).Inc()
+}
+
+// labels renders identity as metric labels: namespace, workload
+// ("Kind/name") and container name, empty when unknown.
+func labels(pod *bundle.Pod, workload *bundle.Workload, container *bundle.Container) (string, string, string) {
+	ns, wl, ctr := "", "", ""
+	if pod != nil {
+		ns = pod.Namespace
+	}
+	if workload != nil {
+		wl = workload.Kind + "/" + workload.Name
+	}
+	if container != nil {
+		ctr = container.Name
+	}
+	return ns, wl, ctr
 }

@@ -214,7 +214,7 @@ func TestAgentMetrics(t *testing.T) {
 		`corecatch_crashes_total{container="",exe="signals",namespace="",signal="SIGSEGV",workload=""} 1`,
 		`corecatch_cores_stored_total 1`,
 		`corecatch_cores_dropped_total{reason="missing"} 0`,
-		`corecatch_fatal_signals_total{kind="core",signal="SIGSEGV"}`,
+		`corecatch_fatal_signals_total{container="",kind="core",namespace="",signal="SIGSEGV",workload=""}`,
 		`corecatch_ebpf_events_lost_total 0`,
 		`corecatch_build_info{version=`,
 		`corecatch_collect_duration_seconds_count 1`,
