@@ -8,7 +8,8 @@ BIN       := bin/corecatch
 # Debian packages the tests and benchmarks use: a C compiler for the crasher
 # programs, readelf (binutils) for build-id checks, gdb (and its gcore) to
 # open bundles, the zstd CLI as the reference decoder and baseline;
-# containerd, runc and busybox-static run a real container (no image needed).
+# containerd, runc and busybox-static run a real container (no image needed);
+# prometheus scrapes a real agent and gives promtool for the rule tests.
 TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus
 # What `make generate` needs to rebuild the committed BPF objects exactly.
 GEN_DEBS  := clang-14 llvm-14 libbpf-dev
