@@ -36,10 +36,19 @@ type pendingCore struct {
 	timer *time.Timer
 }
 
+// forgetAfter drops a core event whose exit was never seen (its exit event
+// was lost), so that the pending set stays bounded.
+const forgetAfter = time.Hour
+
 // core notes a core event: a bundle should follow.
 func (x *missing) core(ev observer.Event) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	for pid, p := range x.pending {
+		if p.timer == nil && time.Since(p.ev.Time) > forgetAfter {
+			delete(x.pending, pid)
+		}
+	}
 	if old := x.pending[ev.TGID]; old != nil && old.timer != nil {
 		old.timer.Stop()
 	}
