@@ -114,9 +114,10 @@ collect:
 	return nil
 }
 
-// stormOnce runs sigstorm and returns the CPU seconds it used.
+// stormOnce runs sigstorm, pinned to one CPU so that both sides of the
+// ratio run alike, and returns the CPU seconds it used.
 func stormOnce(exe string, n int) (float64, error) {
-	cmd := exec.Command(exe, strconv.Itoa(n))
+	cmd := exec.Command("taskset", "-c", "1", exe, strconv.Itoa(n))
 	out, err := cmd.Output()
 	if err != nil {
 		return 0, fmt.Errorf("sigstorm: %w", err)
