@@ -207,7 +207,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 
 	var lost func() float64
 	if ob != nil {
-		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped) }
+		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped + st.Undecodable) }
 	}
 	met := metrics.New(Version, lost)
 	var ready atomic.Bool

@@ -103,9 +103,6 @@ type Options struct {
 	Core    *os.File
 	Log     *zap.Logger
 	Version string
-	// Proc is the proc mount to read the crasher from; "/proc" unless a
-	// test says otherwise.
-	Proc string
 }
 
 // Run collects one crash into one bundle. It returns the published
@@ -114,13 +111,10 @@ type Options struct {
 func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	start := time.Now()
 	req, cfg := o.Request, o.Config
-	if o.Proc == "" {
-		o.Proc = "/proc"
-	}
 	defer o.Core.Close()
 	enlargePipe(o.Core)
 
-	req.Comm = taskComm(o.Proc, req)
+	req.Comm = taskComm(req)
 	id := bundle.NewID(req.Time, req.Comm)
 	m := &bundle.Metadata{
 		Schema: bundle.Schema, ID: id, Time: req.Time, Node: cfg.Node,
@@ -176,7 +170,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		agentResp = resp
 	})
 	cap := &capture{
-		proc:         fmt.Sprintf("%s/%d", o.Proc, req.PID),
+		proc:         fmt.Sprintf("/proc/%d", req.PID),
 		w:            w,
 		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
 		withEnviron:  cfg.Collect.CaptureEnviron,
@@ -299,12 +293,12 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 // taskComm returns the crashing thread's exact name. The kernel escapes %e
 // ('/' and a leading '.' become '!'), so the name is read from
 // /proc/PID/task/TID/comm, and %e serves only when that fails.
-func taskComm(proc string, req Request) []byte {
+func taskComm(req Request) []byte {
 	tid := req.TID
 	if tid == 0 {
 		tid = req.PID
 	}
-	data, err := os.ReadFile(fmt.Sprintf("%s/%d/task/%d/comm", proc, req.PID, tid))
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", req.PID, tid))
 	if err != nil || len(data) == 0 {
 		return req.Comm
 	}
