@@ -10,7 +10,7 @@ BIN       := bin/corecatch
 # open bundles, the zstd CLI as the reference decoder and baseline;
 # containerd, runc and busybox-static run a real container (no image needed);
 # prometheus scrapes a real agent and gives promtool for the rule tests.
-TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus
+TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus prometheus-alertmanager
 # What `make generate` needs to rebuild the committed BPF objects exactly.
 GEN_DEBS  := clang-14 llvm-14 libbpf-dev
 

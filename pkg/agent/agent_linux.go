@@ -73,7 +73,7 @@ func New(o Options) *Agent {
 	}
 	if o.Store != nil {
 		a.missing = &missing{store: o.Store, after: time.Duration(o.Config.Observer.MissingAfter), node: o.Config.Node,
-			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, pending: map[int]*pendingCore{}}
+			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, published: o.OnBundle, pending: map[int]*pendingCore{}}
 	}
 	return a
 }

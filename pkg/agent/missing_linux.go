@@ -26,6 +26,8 @@ type missing struct {
 	// the process is gone by the time its bundle is written.
 	freezeCgroup func(pid int) string
 	storeOp      func(op string, err error)
+	// published counts and announces the bundle like any other.
+	published func(*bundle.Metadata)
 
 	mu      sync.Mutex
 	pending map[int]*pendingCore
@@ -118,4 +120,5 @@ func (x *missing) record(pid int, outcome string) {
 	}
 	x.log.Warn("crash without a core", zap.String("id", m.ID), zap.Int("pid", pid), zap.String("comm", ev.Comm),
 		zap.String("signal", m.SignalName), zap.String("why", why))
+	x.published(m)
 }

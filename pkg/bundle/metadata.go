@@ -109,6 +109,9 @@ type Pod struct {
 	Name      string `json:"name,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	UID       string `json:"uid,omitempty"`
+	// Labels are the pod's own labels (kubelet's io.kubernetes.* ones
+	// left out), which alerts are routed by.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Workload is what owns the pod: kind Deployment, StatefulSet, DaemonSet,
@@ -305,4 +308,19 @@ func Encode(m *Metadata) ([]byte, error) {
 		return nil, fmt.Errorf("encode %s: %w", MetadataFile, err)
 	}
 	return append(data, '\n'), nil
+}
+
+// HumanBytes renders a size as SREs read it in listings and alerts: 512B,
+// 1.5GiB.
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

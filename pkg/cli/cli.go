@@ -105,7 +105,7 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 	root.AddCommand(
 		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
 		newLs(g), newShow(g), newPull(g), newDebug(g),
-		newTrace(g), newConfigCmd(g), newVersion(),
+		newTrace(g), newConfigCmd(g), newFeishuBridge(g), newVersion(),
 	)
 	return root
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -132,6 +130,7 @@ func newAgent(g *globals) *cobra.Command {
 	var listen string
 	var interval time.Duration
 	var freezeAllow, freezeDeny []string
+	var nf notifyFlags
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node daemon: install the helper, report bundles, restore on exit",
@@ -140,24 +139,20 @@ answers the pipe helper on its unix socket (--socket), logs every bundle the
 helper reports (also those reported while it was down), and applies retention
 to a local store. On SIGTERM or SIGINT it restores the core_pattern it
 replaced. It serves Prometheus metrics on /metrics, and /healthz and
-/readyz, on --listen.`,
+/readyz, on --listen. It sends each crash to the Feishu bots of
+notify.feishu and to Alertmanager (notify.alertmanager), and turns
+Alertmanager's webhook, POSTed to ` + bridgePath + ` on --listen, into Feishu
+cards.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := mustRoot("agent"); err != nil {
 				return err
 			}
-			cfg, err := g.load(cmd)
-			if err != nil {
-				return err
-			}
-			cfg.Freeze.Allow = append(cfg.Freeze.Allow, freezeAllow...)
-			cfg.Freeze.Deny = append(cfg.Freeze.Deny, freezeDeny...)
-			if err := cfg.Validate(); err != nil {
-				return err
-			}
-			zc := zap.NewProductionConfig()
-			zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-			log, err := zc.Build()
+			cfg, log, err := g.daemon(cmd, func(cfg *config.Config) {
+				cfg.Freeze.Allow = append(cfg.Freeze.Allow, freezeAllow...)
+				cfg.Freeze.Deny = append(cfg.Freeze.Deny, freezeDeny...)
+				nf.apply(cfg)
+			})
 			if err != nil {
 				return err
 			}
@@ -169,6 +164,7 @@ replaced. It serves Prometheus metrics on /metrics, and /healthz and
 	cmd.Flags().StringArrayVar(&freezeAllow, "freeze-allow", nil, "regular expression over cgroup paths that may be frozen, added to freeze.allow (repeatable)")
 	cmd.Flags().StringArrayVar(&freezeDeny, "freeze-deny", nil, "regular expression over cgroup paths never to freeze, added to freeze.deny (repeatable)")
 	cmd.Flags().DurationVar(&interval, "retention-interval", time.Minute, "how often to apply retention to a local store")
+	nf.add(cmd.Flags(), true)
 	return cmd
 }
 
@@ -190,7 +186,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		}
 	}()
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signalContext(ctx)
 	defer stop()
 	opts, err := observerOptions(cfg)
 	if err != nil {
@@ -210,23 +206,15 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped + st.Undecodable) }
 	}
 	met := metrics.New(Version, lost)
+	nt, err := newNotifier(cfg, st, met, log)
+	if err != nil {
+		return err
+	}
+	go nt.Run(ctx)
 	var ready atomic.Bool
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "not ready: the helper socket is not listening yet", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ok\n")
-	})
-	srv := &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
-			log.Error("serve /metrics", zap.String("listen", listen), zap.Error(err))
-		}
-	}()
+	mux := newMux(met, ready.Load)
+	mux.Handle(bridgePath, nt.Bridge())
+	srv := serveHTTP(listen, mux, log)
 	defer srv.Close()
 
 	if local, ok := st.(*store.File); ok {
@@ -262,7 +250,10 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}
 	return agent.New(agent.Options{
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: st,
-		OnBundle: met.Bundle,
+		OnBundle: func(m *bundle.Metadata) {
+			met.Bundle(m)
+			nt.Crash(ctx, m)
+		},
 		OnSignal: func(ev observer.Event) {
 			// The process is still there at its fatal signal: its cgroup
 			// names its container; the runtime, asked meanwhile, the rest.
@@ -276,4 +267,26 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		OnReady:   func() { ready.Store(true) },
 		OnStoreOp: met.StoreOp,
 	}).Run(ctx)
+}
+
+// daemon loads the config of a long-running command, lets adjust lay its
+// flags over it, validates it and makes the daemon's JSON logger.
+func (g *globals) daemon(cmd *cobra.Command, adjust func(*config.Config)) (*config.Config, *zap.Logger, error) {
+	cfg, err := g.load(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	adjust(cfg)
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	zc := zap.NewProductionConfig()
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	log, err := zc.Build()
+	return cfg, log, err
+}
+
+// signalContext ends at SIGINT or SIGTERM.
+func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 }

@@ -45,7 +45,7 @@ func newLs(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TIME\tNODE\tNAMESPACE\tPOD\tCONTAINER\tEXE\tSIGNAL\tSIZE\tID")
 			for _, m := range list {
-				size := human(m.Core.StoredBytes)
+				size := bundle.HumanBytes(m.Core.StoredBytes)
 				if m.Core.Truncated {
 					size += " (truncated: " + m.Core.TruncateReason + ")"
 				}
@@ -84,19 +84,6 @@ func displayExe(m *bundle.Metadata) string {
 		exe = m.Comm
 	}
 	return strings.Trim(strconv.Quote(exe), `"`)
-}
-
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func newShow(g *globals) *cobra.Command {
@@ -171,7 +158,7 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 		}
 	}
 	c := m.Core
-	core := fmt.Sprintf("%s raw, %s stored (%s)", human(c.RawBytes), human(c.StoredBytes), c.Compression)
+	core := fmt.Sprintf("%s raw, %s stored (%s)", bundle.HumanBytes(c.RawBytes), bundle.HumanBytes(c.StoredBytes), c.Compression)
 	if c.Truncated {
 		core += fmt.Sprintf(", TRUNCATED (%s): kept %d of %d bytes", c.TruncateReason, c.KeptBytes, max(c.ExpectedBytes, c.RawBytes))
 	}
@@ -183,7 +170,7 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 		if f.Skipped != "" {
 			note = "not captured: " + f.Skipped
 		}
-		fmt.Fprintf(w, "  %-6s %s %s %s\n", f.Role, strings.Trim(strconv.Quote(f.Path), `"`), human(f.Size), note)
+		fmt.Fprintf(w, "  %-6s %s %s %s\n", f.Role, strings.Trim(strconv.Quote(f.Path), `"`), bundle.HumanBytes(f.Size), note)
 	}
 	for _, warning := range m.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warning)

@@ -8,9 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math"
+	"net/url"
 	"os"
+	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +48,73 @@ type Config struct {
 	Observer  Observer  `json:"observer"`
 	Freeze    Freeze    `json:"freeze"`
 	Identity  Identity  `json:"identity"`
+	Notify    Notify    `json:"notify"`
+}
+
+// Notify configures the agent's alerts: Feishu/Lark cards and Alertmanager.
+// Notifications wait in a queue in the spool, so that a dead service never
+// slows collection and nothing is lost across agent restarts.
+type Notify struct {
+	// DownloadURL is the download button's target for stores that cannot
+	// presign a URL; "{id}" is replaced by the bundle id. Empty: no button.
+	DownloadURL string `json:"download_url"`
+	// Aggregate is the window in which crashes of one program (namespace,
+	// workload or executable, signal) go into one card after the first.
+	Aggregate Duration `json:"aggregate"`
+	// QueueMax bounds each sink's queue of pending notifications; the
+	// oldest are dropped (and counted) beyond it.
+	QueueMax int `json:"queue_max"`
+	// Mute silences crashes that match any entry.
+	Mute         []Match      `json:"mute"`
+	Feishu       []Feishu     `json:"feishu"`
+	Alertmanager Alertmanager `json:"alertmanager"`
+}
+
+// Match selects crashes by glob patterns (path.Match) over their identity;
+// empty fields match anything, Labels match the pod's labels.
+type Match struct {
+	Namespace string            `json:"namespace,omitempty"`
+	Workload  string            `json:"workload,omitempty"`
+	Container string            `json:"container,omitempty"`
+	Exe       string            `json:"exe,omitempty"`
+	Signal    string            `json:"signal,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+// Feishu is one Feishu/Lark custom bot and what it receives.
+type Feishu struct {
+	// Name tells bots apart in metrics and logs; default "feishu<index>".
+	Name string `json:"name"`
+	// Webhook is the bot's URL; WebhookFile reads it from a file (a
+	// mounted Secret) instead.
+	Webhook     string `json:"webhook"`
+	WebhookFile string `json:"webhook_file,omitempty"`
+	// Secret signs every request (the bot's "signature verification");
+	// SecretFile reads it from a file.
+	Secret     string `json:"secret"`
+	SecretFile string `json:"secret_file,omitempty"`
+	// Keyword is put into every card, for bots set to require one.
+	Keyword string `json:"keyword"`
+	// Lang is the cards' language: zh or en.
+	Lang string `json:"lang"`
+	// Routes select the crashes this bot gets (any route matches); none:
+	// every crash.
+	Routes []Match `json:"routes"`
+	// Crashes and Alerts turn off the bot's crash cards or the cards of
+	// Alertmanager's webhook (/alertmanager/feishu).
+	Crashes *bool `json:"crashes,omitempty"`
+	Alerts  *bool `json:"alerts,omitempty"`
+}
+
+// Alertmanager configures the push of every crash to Alertmanager.
+type Alertmanager struct {
+	// URL is Alertmanager's base URL (http://alertmanager:9093); empty
+	// disables the push.
+	URL string `json:"url"`
+	// Duration is how long after a crash its alert stays firing.
+	Duration Duration `json:"duration"`
+	// Severity is the crash alerts' severity label.
+	Severity string `json:"severity"`
 }
 
 // Identity configures how the helper learns whose crash it is.
@@ -128,6 +199,8 @@ func Default() *Config {
 		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}, MissingAfter: Duration(time.Minute)},
 		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
 		Identity: Identity{LogTail: Size{Bytes: 64 << 10}, Timeout: Duration(2 * time.Second)},
+		Notify: Notify{Aggregate: Duration(5 * time.Minute), QueueMax: 1000, Mute: []Match{}, Feishu: []Feishu{},
+			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"}},
 	}
 }
 
@@ -166,6 +239,44 @@ func (c *Config) Validate() error {
 			if _, err := regexp.Compile(e); err != nil {
 				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
 			}
+		}
+	}
+	return c.Notify.validate()
+}
+
+func (n *Notify) validate() error {
+	if n.QueueMax < 1 {
+		return fmt.Errorf("notify.queue_max %d: keep at least 1 pending notification per sink", n.QueueMax)
+	}
+	matches := n.Mute
+	for i, f := range n.Feishu {
+		where := fmt.Sprintf("notify.feishu[%d]", i)
+		if (f.Webhook == "") == (f.WebhookFile == "") {
+			return fmt.Errorf("%s: set exactly one of webhook and webhook_file", where)
+		}
+		if f.Secret != "" && f.SecretFile != "" {
+			return fmt.Errorf("%s: set secret or secret_file, not both", where)
+		}
+		if f.Lang != "" && f.Lang != "zh" && f.Lang != "en" {
+			return fmt.Errorf("%s.lang %q: use zh or en", where, f.Lang)
+		}
+		matches = append(matches, f.Routes...)
+	}
+	for _, m := range matches {
+		for _, p := range append([]string{m.Namespace, m.Workload, m.Container, m.Exe, m.Signal}, slices.Collect(maps.Values(m.Labels))...) {
+			if _, err := path.Match(p, ""); err != nil {
+				return fmt.Errorf("notify: pattern %q: %w (patterns are globs: *, ?, [a-z])", p, err)
+			}
+		}
+	}
+	switch n.Alertmanager.Severity {
+	case "critical", "warning", "info":
+	default:
+		return fmt.Errorf("notify.alertmanager.severity %q: use critical, warning or info", n.Alertmanager.Severity)
+	}
+	if u := n.Alertmanager.URL; u != "" {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("notify.alertmanager.url %q: write http(s)://host:port", u)
 		}
 	}
 	return nil

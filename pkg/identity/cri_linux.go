@@ -150,6 +150,14 @@ func (id *Identity) fromCRI(ctx context.Context, endpoint string) error {
 		}
 	}
 	id.Workload, id.Reason = Workload(pod.Name, podLabels)
+	for k, v := range podLabels {
+		if !strings.HasPrefix(k, "io.kubernetes.") {
+			if pod.Labels == nil {
+				pod.Labels = map[string]string{}
+			}
+			pod.Labels[k] = v
+		}
+	}
 	return nil
 }
 

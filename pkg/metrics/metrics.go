@@ -33,6 +33,7 @@ type Metrics struct {
 	lastCrash      prometheus.Gauge
 	storeOps       *prometheus.CounterVec
 	uploadBacklog  prometheus.Gauge
+	notifications  *prometheus.CounterVec
 }
 
 // New registers every corecatch metric, and the Go and process collectors,
@@ -88,6 +89,10 @@ func New(version string, ebpfLost func() float64) *Metrics {
 		Name: "corecatch_upload_backlog_bytes",
 		Help: "Bytes of bundles waiting in the spool for upload to the object store; 0 with a local store.",
 	})
+	m.notifications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corecatch_notifications_total",
+		Help: "Notification attempts by sink (feishu/NAME, alertmanager) and result: ok, error (retried), rejected, dropped (queue full), muted.",
+	}, []string{"sink", "result"})
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "corecatch_build_info",
 		Help:        "The running corecatch's version, as a label; always 1.",
@@ -95,7 +100,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.crashes, m.fatalSignals, m.coresStored, m.coresDropped, m.coreBytes,
-		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, info,
+		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.notifications, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		register(c)
 	}
@@ -194,4 +199,36 @@ func labels(pod *bundle.Pod, workload *bundle.Workload, container *bundle.Contai
 		ctr = container.Name
 	}
 	return ns, wl, ctr
+}
+
+// Notification counts one notification outcome of sink.
+func (m *Metrics) Notification(sink, result string) {
+	m.notifications.WithLabelValues(sink, result).Inc()
+}
+
+// Notifier creates the notification counters of every sink at 0, so that
+// an alert on their increase sees the first failure, and exports how many
+// notifications wait in each sink's queue, read by pending at each scrape.
+func (m *Metrics) Notifier(sinks, results []string, pending func() map[string]int) {
+	for _, s := range sinks {
+		for _, r := range results {
+			m.notifications.WithLabelValues(s, r)
+		}
+	}
+	m.Registry.MustRegister(&pendingCollector{pending: pending, desc: prometheus.NewDesc("corecatch_notifications_pending",
+		"Notifications waiting in a sink's queue in the spool: the service is down, refusing, or rate-limiting.", []string{"sink"}, nil)})
+}
+
+// pendingCollector reads the notification queues' lengths at scrape time.
+type pendingCollector struct {
+	pending func() map[string]int
+	desc    *prometheus.Desc
+}
+
+func (c *pendingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *pendingCollector) Collect(ch chan<- prometheus.Metric) {
+	for sink, n := range c.pending() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), sink)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"syscall"
@@ -196,6 +197,7 @@ func jsonBytes(t *testing.T, v any) []byte {
 // before it execs the crasher.
 type criPod struct {
 	name, namespace, uid string
+	labels               map[string]string // the pod's own labels
 	sandbox, container   string
 	cgroup               string // the container's cgroup path
 	log                  string // the container's log on the host
@@ -210,7 +212,7 @@ type criPod struct {
 // containerd if the test stopped it, and removes its cgroups.
 func (c *cri) runPod(t *testing.T, dir, name, namespace string, labels map[string]string) *criPod {
 	t.Helper()
-	p := &criPod{name: name, namespace: namespace, uid: newUID(t)}
+	p := &criPod{name: name, namespace: namespace, uid: newUID(t), labels: labels}
 	dir = filepath.Join(dir, namespace+"_"+name+"_"+p.uid) // kubelet's /var/log/pods/<ns>_<name>_<uid>
 	trigger := filepath.Join(dir, "trigger")
 	if err := os.MkdirAll(trigger, 0o755); err != nil {
@@ -365,8 +367,11 @@ func criNode(t *testing.T) (*harness.Node, *cri) {
 // checkPod checks the pod section of a bundle against the pod.
 func checkPod(t *testing.T, m *bundle.Metadata, p *criPod) {
 	t.Helper()
-	want := bundle.Pod{Name: p.name, Namespace: p.namespace, UID: p.uid}
-	if m.Pod == nil || *m.Pod != want {
+	want := bundle.Pod{Name: p.name, Namespace: p.namespace, UID: p.uid, Labels: p.labels}
+	if len(want.Labels) == 0 {
+		want.Labels = nil
+	}
+	if m.Pod == nil || !reflect.DeepEqual(*m.Pod, want) {
 		t.Errorf("pod %+v, want %+v", m.Pod, want)
 	}
 }

@@ -3,16 +3,13 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,7 +23,10 @@ import (
 // each crash.
 func TestPrometheusDashboardAndAlerts(t *testing.T) {
 	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccprom-%d.sock", os.Getpid()))
-	n := harness.Install(t, "socket: "+socket+"\n")
+	// A Feishu bot, so that the notification panels have series.
+	f := startFeishu(t)
+	n := harness.Install(t, "socket: "+socket+"\nnotify:\n  feishu:\n  - name: sre\n    webhook: "+f.URL("tok")+
+		"\n    secret: s3cr3t\n    keyword: corecatch\n")
 	t.Cleanup(func() { os.Remove(socket) }) // after the agent's kill, which leaves it
 	agentAddr := freeAddr(t)
 	a := startAgentListen(t, n, socket, agentAddr)
@@ -117,22 +117,23 @@ func freeAddr(t *testing.T) string {
 }
 
 // prometheus is a Prometheus server of the test's own.
-type prometheus struct {
-	base string
-	log  string // its output
-}
+type prometheus struct{ *service }
 
 // startPrometheus starts Prometheus on a free loopback port, with its own
 // storage, scraping target every second and evaluating the repository's
-// alerting rules every second; the test's cleanup stops it.
-func startPrometheus(t *testing.T, dir, target string) *prometheus {
+// alerting rules every second, sending alerts to alertmanagers (base URLs,
+// may be none); the test's cleanup stops it.
+func startPrometheus(t *testing.T, dir, target string, alertmanagers ...string) *prometheus {
 	t.Helper()
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		t.Fatal("prometheus is missing: run make deps")
-	}
 	rules := filepath.Join(harness.RepoRoot(), "deploy", "prometheus", "corecatch-rules.yaml")
 	config := filepath.Join(dir, "prometheus.yml")
+	am := ""
+	for _, a := range alertmanagers {
+		am += "          - " + strings.TrimPrefix(a, "http://") + "\n"
+	}
+	if am != "" {
+		am = "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets:\n" + am
+	}
 	if err := os.WriteFile(config, []byte(fmt.Sprintf(`global:
   scrape_interval: 1s
   scrape_timeout: 1s
@@ -143,75 +144,12 @@ scrape_configs:
   - job_name: corecatch
     static_configs:
       - targets: ['%s']
-`, rules, target)), 0o644); err != nil {
+%s`, rules, target, am)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
-	p := &prometheus{base: "http://" + addr, log: filepath.Join(dir, "prometheus.log")}
-	log, err := os.Create(p.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer log.Close()
-	cmd := exec.Command(bin, "--config.file", config, "--storage.tsdb.path", filepath.Join(dir, "prometheus-data"),
-		"--web.listen-address", addr)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("%s, last lines:\n%s", p.log, p.logTail())
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case <-exited:
-			t.Fatalf("prometheus exited at start: %v\n%s", cmd.ProcessState, p.logTail())
-		default:
-		}
-		if resp, err := http.Get(p.base + "/-/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus on %s not ready after 20s:\n%s", addr, p.logTail())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// logTail returns the last lines Prometheus logged.
-func (p *prometheus) logTail() string {
-	data, _ := os.ReadFile(p.log)
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	return strings.Join(lines[max(0, len(lines)-20):], "\n")
-}
-
-// get returns the body of a GET of path, or the error as text.
-func (p *prometheus) get(path string) string {
-	resp, err := http.Get(p.base + path)
-	if err != nil {
-		return err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return string(body)
+	return &prometheus{startService(t, dir, addr, "/-/ready", "prometheus", "--config.file", config,
+		"--storage.tsdb.path", filepath.Join(dir, "prometheus-data"), "--web.listen-address", addr)}
 }
 
 // promSample is one series of an instant query's result.
