@@ -253,8 +253,11 @@ func alertCard(w *Webhook, t texts) map[string]any {
 			mark = "🟢"
 		}
 		fmt.Fprintf(&sb, "%s **%s**\n", mark, mdEscape.Replace(clip(summary, 200)))
-		if d := a.Annotations["description"]; d != "" {
-			sb.WriteString(mdEscape.Replace(clip(d, 400)) + "\n")
+		// The description, then what corecatch's own alerts carry.
+		for _, k := range []string{"description", "backtrace", "pull_command"} {
+			if d := a.Annotations[k]; d != "" {
+				sb.WriteString(mdEscape.Replace(clip(d, 400)) + "\n")
+			}
 		}
 		var labels []string
 		for _, k := range slices.Sorted(maps.Keys(a.Labels)) {
