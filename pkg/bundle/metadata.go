@@ -273,6 +273,9 @@ type Collector struct {
 	DurationSeconds float64 `json:"duration_seconds"`
 	HeldSeconds     float64 `json:"held_seconds"`
 	MaxRSSBytes     int64   `json:"max_rss_bytes"`
+	// CPUSeconds is the helper's user plus system CPU time: what a crash
+	// costs the node, and what a crash storm multiplies.
+	CPUSeconds float64 `json:"cpu_seconds"`
 	// DiskWriteBytes is what the helper caused to be written to storage
 	// (/proc/self/io write_bytes) up to the bundle's publication.
 	DiskWriteBytes int64 `json:"disk_write_bytes"`

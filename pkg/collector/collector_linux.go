@@ -268,11 +268,13 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		}
 	}
 
+	rss, cpu := usage()
 	m.Collector = bundle.Collector{
 		Version:         o.Version,
 		HeldSeconds:     held.Seconds(),
 		DurationSeconds: time.Since(start).Seconds(),
-		MaxRSSBytes:     maxRSS(),
+		MaxRSSBytes:     rss,
+		CPUSeconds:      cpu,
 		DiskWriteBytes:  diskWrites(),
 	}
 	if err := w.Commit(ctx, m); err != nil {
@@ -347,12 +349,14 @@ func drain(f *os.File) {
 	}
 }
 
-func maxRSS() int64 {
+// usage returns this process's peak RSS and its CPU time so far.
+func usage() (rss int64, cpu float64) {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
+		return 0, 0
 	}
-	return ru.Maxrss * 1024
+	cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	return ru.Maxrss * 1024, cpu
 }
 
 // diskWrites returns write_bytes of /proc/self/io: what this process caused

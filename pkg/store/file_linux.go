@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -210,7 +211,7 @@ func (s *File) Get(ctx context.Context, id string) (*bundle.Metadata, error) {
 // OS path that cannot leave the bundle.
 func cleanName(name string) (string, error) {
 	c := path.Clean(name)
-	if c != name || c == "." || path.IsAbs(c) || c == ".." || strings.HasPrefix(c, "../") || c == lockFile {
+	if c != name || c == "." || path.IsAbs(c) || c == ".." || strings.HasPrefix(c, "../") || c == lockFile || c == sizeFile {
 		return "", fmt.Errorf("bundle file name %q is not a clean relative name", name)
 	}
 	return filepath.FromSlash(c), nil
@@ -268,6 +269,23 @@ func diskBytes(dir string) int64 {
 	return n
 }
 
+// sizeFile records, in each published bundle, what it takes on disk: every
+// helper measures the store before and after writing, and reading one small
+// file per bundle keeps that cheap in a crash storm, where walking every
+// file of every bundle made each crash slower than the last.
+const sizeFile = ".disk_bytes"
+
+// bundleBytes is what a published bundle takes on disk, from its size file
+// or, for bundles written before it existed, by walking it.
+func bundleBytes(dir string) int64 {
+	if data, err := os.ReadFile(filepath.Join(dir, sizeFile)); err == nil {
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64); err == nil {
+			return n
+		}
+	}
+	return diskBytes(dir)
+}
+
 // Usage reports the bytes published bundles take on disk and what their
 // filesystem has left.
 func (s *File) Usage(ctx context.Context) (Usage, error) {
@@ -278,7 +296,7 @@ func (s *File) Usage(ctx context.Context) (Usage, error) {
 	u := Usage{Bundles: len(ids)}
 	for _, id := range ids {
 		dir, _ := s.bundleDir(id)
-		u.Bytes += diskBytes(dir)
+		u.Bytes += bundleBytes(dir)
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(s.root, &st); err == nil {
@@ -394,7 +412,7 @@ func (sp *Space) remove(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	size := diskBytes(dir)
+	size := bundleBytes(dir)
 	if err := sp.store.Delete(ctx, id); err != nil {
 		return err
 	}
@@ -502,6 +520,14 @@ func (w *fileWriter) Commit(ctx context.Context, m *bundle.Metadata) error {
 		for d := filepath.Dir(p); strings.HasPrefix(d, w.tmp); d = filepath.Dir(d) {
 			dirs[d] = true
 		}
+	}
+	// The size file's own block is counted in advance.
+	size := strconv.FormatInt(diskBytes(w.tmp)+4096, 10)
+	if err := os.WriteFile(filepath.Join(w.tmp, sizeFile), []byte(size), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", sizeFile, err)
+	}
+	if err := syncPath(filepath.Join(w.tmp, sizeFile)); err != nil {
+		return err
 	}
 	for d := range dirs {
 		if err := syncPath(d); err != nil {
