@@ -8,12 +8,14 @@ package agent
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/corecatch/corecatch/pkg/agentapi"
+	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/freezer"
@@ -51,7 +53,16 @@ type Agent struct {
 	events  *eventCache
 	freezes *freezes
 	missing *missing
+	// analyze feeds the worker that runs gdb on stored cores, one at a
+	// time; queued holds the ids it has, so that none is done twice.
+	analyze chan *bundle.Metadata
+	mu      sync.Mutex
+	queued  map[string]bool
 }
+
+// analyzeQueue bounds the bundles waiting for gdb; beyond it a bundle is
+// announced with its frame-pointer backtrace only.
+const analyzeQueue = 256
 
 // New prepares an agent.
 func New(o Options) *Agent {
@@ -67,7 +78,7 @@ func New(o Options) *Agent {
 	if o.OnStoreOp == nil {
 		o.OnStoreOp = func(string, error) {}
 	}
-	a := &Agent{o: o, events: newEventCache(5 * time.Minute)}
+	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
 		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, byPID: map[int]*freezeState{}}
 	}
@@ -93,14 +104,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			log.Info("thawed cgroups a previous agent left frozen", zap.Strings("cgroups", thawed))
 		}
 	}
+	var wg sync.WaitGroup
+	wg.Go(func() { a.analyzeLoop(ctx) })
 	a.ingestSpool()
+	a.resumeAnalysis(ctx)
 	ln, err := agentapi.Listen(a.o.Config.Socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(a.o.Config.Socket)
 	a.o.OnReady()
-	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := agentapi.Serve(ln, a.handle); err != nil {
 			log.Error("agent socket", zap.Error(err))
@@ -152,7 +165,94 @@ func (a *Agent) bundle(m *bundle.Metadata, spooled bool) {
 		zap.Int("pid", m.PID), zap.Int64("raw_bytes", m.Core.RawBytes), zap.Int64("stored_bytes", m.Core.StoredBytes),
 		zap.Bool("truncated", m.Core.Truncated), zap.String("truncate_reason", m.Core.TruncateReason),
 		zap.Bool("from_spool", spooled), zap.String("debug", "corecatch debug "+m.ID))
+	if d := m.Dedup; d != nil && d.Of != "" {
+		a.countDedup(d)
+	}
+	if m.Analysis != nil && m.Analysis.Pending && a.enqueue(m) {
+		return // announced once gdb is done
+	}
 	a.o.OnBundle(m)
+}
+
+// enqueue hands a bundle to the analysis worker, unless it has it already
+// or its queue is full.
+func (a *Agent) enqueue(m *bundle.Metadata) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.queued[m.ID] {
+		return true
+	}
+	select {
+	case a.analyze <- m:
+		a.queued[m.ID] = true
+		return true
+	default:
+		a.o.Log.Warn("analysis queue full: announcing the crash with its frame-pointer backtrace", zap.String("id", m.ID))
+		return false
+	}
+}
+
+// analyzeLoop runs gdb on each stored core in turn, amends its metadata and
+// then announces it (metrics, notifications), backtrace and all.
+func (a *Agent) analyzeLoop(ctx context.Context) {
+	work := filepath.Join(a.o.Config.Spool, "analysis")
+	os.RemoveAll(work) // what a killed agent left
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-a.analyze:
+			start := time.Now()
+			done, err := analysis.Complete(ctx, a.o.Config.Analysis, a.o.Store, m, work)
+			if err != nil {
+				a.o.Log.Info("no full unwind", zap.String("id", m.ID), zap.Error(err))
+			} else {
+				a.o.Log.Info("crash analysed", zap.String("id", m.ID), zap.String("title", done.Title),
+					zap.Duration("took", time.Since(start)))
+			}
+			a.mu.Lock()
+			delete(a.queued, m.ID)
+			a.mu.Unlock()
+			a.o.OnBundle(done)
+		}
+	}
+}
+
+// resumeAnalysis queues the stored cores a previous agent did not get to
+// analyse before it stopped.
+func (a *Agent) resumeAnalysis(ctx context.Context) {
+	if a.o.Store == nil {
+		return
+	}
+	list, err := a.o.Store.List(ctx)
+	if err != nil {
+		a.o.Log.Warn("look for bundles waiting for analysis", zap.Error(err))
+	}
+	for _, m := range list {
+		if m.Analysis != nil && m.Analysis.Pending {
+			a.enqueue(m)
+		}
+	}
+}
+
+// countDedup tells the bundle that keeps a bug's core how many crashes it
+// stands for now.
+func (a *Agent) countDedup(d *bundle.Dedup) {
+	u, ok := a.o.Store.(store.Updater)
+	if !ok {
+		return
+	}
+	err := u.Update(context.Background(), d.Of, func(first *bundle.Metadata) error {
+		if first.Dedup == nil {
+			first.Dedup = &bundle.Dedup{Key: d.Key, Until: d.Until}
+		}
+		first.Dedup.Count = max(first.Dedup.Count, d.Count)
+		return nil
+	})
+	a.o.OnStoreOp("update", err)
+	if err != nil {
+		a.o.Log.Warn("count a deduplicated crash in its first bundle", zap.String("first", d.Of), zap.Error(err))
+	}
 }
 
 // watch consumes the observer's events.

@@ -87,6 +87,19 @@ type Metadata struct {
 	EBPF   *EBPF   `json:"ebpf,omitempty"`
 	Freeze *Freeze `json:"freeze,omitempty"`
 
+	// Backtrace is the crashed thread's stack, innermost first; Title
+	// names the crash in one line ("SIGSEGV in parse_header (libfoo.so)");
+	// Signature identifies the bug: a hash of the executable's build-id
+	// (or name), the signal and the top frames once abort, raise,
+	// assertion and runtime frames are dropped.
+	Backtrace []Frame   `json:"backtrace,omitempty"`
+	Title     string    `json:"title,omitempty"`
+	Signature string    `json:"signature,omitempty"`
+	Analysis  *Analysis `json:"analysis,omitempty"`
+	// Dedup is set when other crashes of the same bug were folded into
+	// one stored core.
+	Dedup *Dedup `json:"dedup,omitempty"`
+
 	// Collector describes the helper's own run, so that an SRE can see what
 	// collecting this crash cost the node.
 	Collector Collector `json:"collector"`
@@ -192,7 +205,75 @@ const (
 	// non-dumpable process, RLIMIT_CORE of 1), the process was killed
 	// before it began, or the helper failed. The bundle holds metadata only.
 	ReasonMissing = "missing"
+	// ReasonDedup marks a crash whose bug already has a stored core
+	// (Dedup.Of): its core was drained, its metadata and backtrace kept.
+	ReasonDedup = "dedup"
+	// ReasonRateLimit marks a core drained because the node stored its
+	// allowance of full cores (collect.max_cores_per_minute) or ran its
+	// allowance of concurrent collections.
+	ReasonRateLimit = "rate_limit"
 )
+
+// Frame is one frame of a backtrace. Module and Offset (the module's
+// virtual address, as "module+offset") are known whenever the address is in
+// a mapped file; Function when a symbol covers it; File and Line when the
+// module has debug information and a full unwinder ran.
+type Frame struct {
+	Function string `json:"function,omitempty"`
+	Module   string `json:"module,omitempty"`
+	Offset   uint64 `json:"offset"`
+	BuildID  string `json:"build_id,omitempty"`
+	File     string `json:"file,omitempty"`
+	Line     int    `json:"line,omitempty"`
+}
+
+// String renders a frame as SREs read it: "parse_header (libfoo.so+0x1c40)".
+func (f Frame) String() string {
+	where := fmt.Sprintf("%s+0x%x", f.Module, f.Offset)
+	if f.Module == "" {
+		where = fmt.Sprintf("0x%x", f.Offset)
+	}
+	s := where
+	if f.Function != "" {
+		s = f.Function + " (" + where + ")"
+	}
+	if f.File != "" {
+		s += fmt.Sprintf(" at %s:%d", f.File, f.Line)
+	}
+	return s
+}
+
+// Thread is one thread's backtrace, innermost frame first.
+type Thread struct {
+	// ID is the thread's id (the kernel's LWP).
+	ID     int     `json:"id"`
+	Frames []Frame `json:"frames"`
+}
+
+// Analysis is what corecatch learnt of where the crash happened.
+type Analysis struct {
+	// Unwinder says where the backtrace comes from: "frame-pointers" (the
+	// helper's own walk of the crashed thread, no debugger needed) or
+	// "gdb" (a full unwind of the stored core); Reason why not gdb.
+	Unwinder string `json:"unwinder"`
+	Reason   string `json:"reason,omitempty"`
+	// Pending is set while gdb's unwind of the published bundle runs: the
+	// metadata is rewritten when it ends.
+	Pending bool `json:"pending,omitempty"`
+	// Threads holds every thread's backtrace when the full unwinder ran
+	// and the process had few enough threads.
+	Threads []Thread `json:"threads,omitempty"`
+}
+
+// Dedup links a crash to the stored core of the same bug: Of is that
+// bundle's id, Count how many crashes of the bug the window has seen so far
+// (in the first bundle: all of them, kept up to date by the agent).
+type Dedup struct {
+	Of    string    `json:"of,omitempty"`
+	Count int       `json:"count"`
+	Key   string    `json:"key"`
+	Until time.Time `json:"until"`
+}
 
 // File is one captured file: the executable, a mapped library or another
 // mapped object.

@@ -180,21 +180,7 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 
 // pull materializes a bundle into dir.
 func pull(cmd *cobra.Command, st store.Store, id, dir string) (*bundle.Metadata, error) {
-	m, err := st.Get(cmd.Context(), id)
-	if err != nil {
-		return nil, err
-	}
-	open := func(name string) (io.ReadCloser, error) {
-		r, err := st.Open(cmd.Context(), id, name)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w: %w", err, os.ErrNotExist)
-		}
-		return r, err
-	}
-	if err := bundle.Materialize(dir, m, open); err != nil {
-		return nil, fmt.Errorf("pull %s into %s: %w", id, dir, err)
-	}
-	return m, nil
+	return store.Pull(cmd.Context(), st, id, dir)
 }
 
 func newPull(g *globals) *cobra.Command {

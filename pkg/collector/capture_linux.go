@@ -3,7 +3,6 @@ package collector
 import (
 	"bytes"
 	"crypto/sha256"
-	"debug/elf"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/store"
@@ -37,16 +37,22 @@ type capture struct {
 	w            store.Writer
 	maxFileBytes int64
 	withEnviron  bool
-	nsPID        int
-	files        []bundle.File
-	mappings     []mapping
-	warnings     []string
-	cmdline      []string
-	cgroup       string
-	exe          []byte
-	stored       map[string]bool
-	seen         map[fileKey]int // inode → index in files
-	auxv         []byte
+	// light keeps the /proc texts and the JVM's error log only: the core
+	// of a deduplicated or rate-limited crash is not kept, so neither are
+	// the files a debugger would need for it.
+	light bool
+	// hsErrFrame is where a JVM's fatal error log says it crashed.
+	hsErrFrame *bundle.Frame
+	nsPID      int
+	files      []bundle.File
+	mappings   []mapping
+	warnings   []string
+	cmdline    []string
+	cgroup     string
+	exe        []byte
+	stored     map[string]bool
+	seen       map[fileKey]int // inode → index in files
+	auxv       []byte
 }
 
 type fileKey struct{ dev, ino uint64 }
@@ -68,9 +74,15 @@ func (c *capture) run() {
 	c.stored = map[string]bool{}
 	c.seen = map[fileKey]int{}
 	c.captureTexts()
-	c.captureExe()
-	c.captureMapped()
-	c.resolveAliases()
+	if c.light {
+		if target, err := os.Readlink(filepath.Join(c.proc, "exe")); err == nil {
+			c.exe = []byte(target)
+		}
+	} else {
+		c.captureExe()
+		c.captureMapped()
+		c.resolveAliases()
+	}
 	c.captureHsErr()
 }
 
@@ -237,7 +249,7 @@ func (c *capture) copyFile(link, name string, f *bundle.File) error {
 		return err
 	}
 	defer src.Close()
-	f.BuildID = buildID(src)
+	f.BuildID = analysis.BuildID(src)
 	dst, err := c.w.Create(name)
 	if err != nil {
 		return err
@@ -253,65 +265,6 @@ func (c *capture) copyFile(link, name string, f *bundle.File) error {
 	f.Size = n
 	f.SHA256 = hex.EncodeToString(h.Sum(nil))
 	return nil
-}
-
-// buildID returns the hex GNU build-id of an ELF file, or "" when it has
-// none or is not ELF.
-func buildID(r io.ReaderAt) string {
-	ef, err := elf.NewFile(r)
-	if err != nil {
-		return ""
-	}
-	for _, p := range ef.Progs {
-		if p.Type != elf.PT_NOTE {
-			continue
-		}
-		if id := noteBuildID(p.Open(), ef.ByteOrder, p.Align); id != "" {
-			return id
-		}
-	}
-	// Go linkers put .note.gnu.build-id outside the PT_NOTE segment.
-	for _, sec := range ef.Sections {
-		if sec.Type != elf.SHT_NOTE {
-			continue
-		}
-		if id := noteBuildID(sec.Open(), ef.ByteOrder, sec.Addralign); id != "" {
-			return id
-		}
-	}
-	return ""
-}
-
-// noteBuildID scans one PT_NOTE segment for NT_GNU_BUILD_ID.
-func noteBuildID(r io.Reader, bo interface{ Uint32([]byte) uint32 }, align uint64) string {
-	data, err := io.ReadAll(io.LimitReader(r, 1<<16))
-	if err != nil {
-		return ""
-	}
-	pad := func(n uint32) int {
-		if align == 8 {
-			return int((n + 7) &^ 7)
-		}
-		return int((n + 3) &^ 3)
-	}
-	for len(data) >= 12 {
-		namesz, descsz, typ := bo.Uint32(data), bo.Uint32(data[4:]), bo.Uint32(data[8:])
-		data = data[12:]
-		nl, dl := pad(namesz), pad(descsz)
-		if nl > len(data) || int(namesz) > len(data) {
-			return ""
-		}
-		name := data[:namesz]
-		data = data[nl:]
-		if dl > len(data) || int(descsz) > len(data) {
-			return ""
-		}
-		if typ == 3 && string(name) == "GNU\x00" { // NT_GNU_BUILD_ID
-			return hex.EncodeToString(data[:descsz])
-		}
-		data = data[dl:]
-	}
-	return ""
 }
 
 // captureHsErr keeps a JVM's fatal error log, which the JVM writes to its
@@ -345,7 +298,26 @@ func (c *capture) captureHsErr() {
 		c.warn("%s is not a regular file; not kept", name)
 		return
 	}
-	if err := c.put(name, io.LimitReader(f, 16<<20)); err != nil {
+	var head bytes.Buffer
+	r := io.TeeReader(io.LimitReader(f, 16<<20), &limitedBuffer{&head, 256 << 10})
+	if err := c.put(name, r); err != nil {
 		c.warn("store %s: %v", name, err)
 	}
+	if fr, ok := analysis.HsErrFrame(head.Bytes()); ok {
+		c.hsErrFrame = &fr
+	}
+}
+
+// limitedBuffer keeps the first max bytes written to it and accepts the
+// rest unseen.
+type limitedBuffer struct {
+	b   *bytes.Buffer
+	max int
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if room := l.max - l.b.Len(); room > 0 {
+		l.b.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
 }

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corecatch/corecatch/pkg/agentapi"
+	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/identity"
@@ -169,15 +170,51 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		}
 		agentResp = resp
 	})
+	// Where it crashed, from the core's first bytes and the live process,
+	// before a byte of the core is kept: a known bug's core is not.
+	head, regs, regsErr := readHead(o.Core)
+	quick := analysis.Live(req.PID, m.SignalName, regs, regsErr)
+	m.Backtrace, m.Title, m.Signature = quick.Frames, quick.Title, quick.Signature
+	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason}
+	wg.Wait()
+	// Whose crash it is: the process's cgroup (or the one the agent froze
+	// it in) names its container, the runtime the rest. Cached per
+	// container in the spool, so a storm asks the runtime once.
+	cgroup, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", req.PID))
+	m.Cgroup = identity.ProcCgroup(cgroup)
+	if agentResp != nil && agentResp.Freeze != nil && agentResp.Freeze.Cgroup != "" {
+		m.Cgroup = agentResp.Freeze.Cgroup
+	}
+	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
+		identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
+	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
+	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
+
+	keep := limit != 0
+	if keep {
+		reason := stormReason(cfg, m, quick.ExeID)
+		if reason == "" {
+			slot, ok := takeSlot(cfg.Spool, cfg.Collect.MaxConcurrent)
+			if ok {
+				defer slot.Close()
+			} else {
+				reason = bundle.ReasonRateLimit
+			}
+		}
+		if reason != "" {
+			keep, cs = false, newCoreStream(0, reason, zstdLevel(cfg.Collect.Compression))
+		}
+	}
 	cap := &capture{
 		proc:         fmt.Sprintf("/proc/%d", req.PID),
 		w:            w,
 		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
 		withEnviron:  cfg.Collect.CaptureEnviron,
+		light:        !keep,
 	}
 	wg.Go(cap.run)
 	retention := RetentionFor(cfg, local)
-	if local != nil {
+	if local != nil && keep {
 		// Retention before writing, and the room the core may take. The
 		// kernel waits on the pipe meanwhile: this only stats the store.
 		sp, err := local.Space(ctx, retention)
@@ -191,13 +228,18 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 
 	var coreFile io.WriteCloser
-	if limit != 0 {
+	if keep {
 		if coreFile, err = w.Create(bundle.CoreFile); err != nil {
 			m.Warnings = append(m.Warnings, fmt.Sprintf("create %s: %v", bundle.CoreFile, err))
 			cs.truncate(bundle.ReasonError)
 		}
 	}
-	readErr := cs.run(o.Core, coreFile)
+	var readErr error
+	if keep {
+		readErr = cs.run(io.MultiReader(bytes.NewReader(head), o.Core), coreFile)
+	} else {
+		readErr = cs.drain(head, o.Core)
+	}
 	wg.Wait()
 	// Everything that needs the crashed process is done: let the kernel
 	// release it (it waits for the pipe's last reader, not for our exit).
@@ -235,7 +277,14 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	core.RlimitCore = req.RlimitCore
 	m.Core = core
 
-	m.NSPID, m.Cmdline, m.Cgroup = cap.nsPID, cap.cmdline, cap.cgroup
+	m.NSPID, m.Cmdline = cap.nsPID, cap.cmdline
+	if m.Cgroup == "" {
+		m.Cgroup = cap.cgroup
+	}
+	if cap.hsErrFrame != nil {
+		// A JVM caught the fault and aborted: its log says where.
+		m.Title = analysis.Title(m.SignalName, []bundle.Frame{*cap.hsErrFrame})
+	}
 	if cap.exe != nil {
 		m.Exe, m.ExeRaw = bundle.Text(cap.exe)
 	}
@@ -247,19 +296,8 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			m.EBPF = ev
 		}
 		m.Freeze = agentResp.Freeze
-		if f := m.Freeze; f != nil && f.Cgroup != "" {
-			// /proc/PID/cgroup may already show the freezer's holding
-			// cgroup the crasher was moved to.
-			m.Cgroup = f.Cgroup
-		}
 	}
 
-	// Whose crash it is. The process is released already: this needs
-	// only its cgroup and the runtime.
-	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-		identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
-	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
-	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
 	if tail, err := ident.LogTail(cfg.Identity.LogTail.Bytes); err != nil {
 		m.Warnings = append(m.Warnings, fmt.Sprintf("container log: %v", err))
 	} else if len(tail) > 0 {
@@ -276,6 +314,21 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		MaxRSSBytes:     rss,
 		CPUSeconds:      cpu,
 		DiskWriteBytes:  diskWrites(),
+	}
+	// The agent runs gdb on a stored core once it is published (gdb lives
+	// in the agent's image, not necessarily on the host the helper runs
+	// on); until then the analysis says so.
+	_, updatable := o.Store.(store.Updater)
+	switch {
+	case !keep || m.Core.StoredBytes == 0:
+	case cfg.Analysis.GDB == "":
+		m.Analysis.Reason = "the full unwind is off (analysis.gdb)"
+	case agentResp == nil:
+		m.Analysis.Reason = "no agent ran to unwind the core with gdb"
+	case !updatable:
+		m.Analysis.Reason = "the store cannot amend metadata"
+	default:
+		m.Analysis.Pending = true
 	}
 	if err := w.Commit(ctx, m); err != nil {
 		return nil, fmt.Errorf("publish bundle %s in %s: %w", id, o.Store, err)

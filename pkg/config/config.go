@@ -49,6 +49,51 @@ type Config struct {
 	Freeze    Freeze    `json:"freeze"`
 	Identity  Identity  `json:"identity"`
 	Notify    Notify    `json:"notify"`
+	Analysis  Analysis  `json:"analysis"`
+	Dedup     Dedup     `json:"dedup"`
+}
+
+// Analysis bounds the full unwind (gdb) of each stored core; the helper's
+// frame-pointer walk, which needs no debugger, always runs.
+type Analysis struct {
+	// GDB is gdb's name or path; "" turns the full unwind off.
+	GDB string `json:"gdb"`
+	// MaxCoreBytes skips the full unwind of larger cores (raw size): gdb
+	// needs the core decompressed on disk.
+	MaxCoreBytes Size `json:"max_core_bytes"`
+	// Timeout and MaxMemory bound gdb; MaxThreads is the most threads
+	// unwound one by one.
+	Timeout    Duration `json:"timeout"`
+	MaxMemory  Size     `json:"max_memory"`
+	MaxThreads int      `json:"max_threads"`
+}
+
+// Dedup keeps one core per bug: later crashes with the same signature in
+// the same workload (or executable) within the window keep metadata and a
+// backtrace, and their cores are drained.
+type Dedup struct {
+	// Window is how long the first core stands for its bug; 0 keeps
+	// every core.
+	Window Duration `json:"window"`
+	// Namespaces override the window for pods of matching namespaces
+	// (globs), first match first.
+	Namespaces []NamespaceWindow `json:"namespaces"`
+}
+
+// NamespaceWindow is a dedup window for the namespaces a glob matches.
+type NamespaceWindow struct {
+	Namespace string   `json:"namespace"`
+	Window    Duration `json:"window"`
+}
+
+// WindowFor returns the dedup window of a namespace ("" outside pods).
+func (d Dedup) WindowFor(namespace string) time.Duration {
+	for _, n := range d.Namespaces {
+		if ok, _ := path.Match(n.Namespace, namespace); ok {
+			return time.Duration(n.Window)
+		}
+	}
+	return time.Duration(d.Window)
 }
 
 // Notify configures the agent's alerts: Feishu/Lark cards and Alertmanager.
@@ -172,6 +217,11 @@ type Collect struct {
 	CaptureEnviron bool `json:"capture_environ"`
 	// Compression is the zstd level: fastest, default or better.
 	Compression string `json:"compression"`
+	// MaxCoresPerMinute caps whole cores stored per minute on this node
+	// (0: no cap); MaxConcurrent caps collections compressing at once.
+	// Crashes beyond keep metadata and a backtrace, their cores drained.
+	MaxCoresPerMinute int `json:"max_cores_per_minute"`
+	MaxConcurrent     int `json:"max_concurrent"`
 }
 
 // Retention bounds a local store; see store.Retention.
@@ -188,8 +238,10 @@ func Default() *Config {
 		Spool:  "/var/lib/corecatch/spool",
 		Socket: "/run/corecatch/agent.sock",
 		Collect: Collect{
-			MaxFileBytes: Size{Bytes: 1 << 30},
-			Compression:  "fastest",
+			MaxFileBytes:      Size{Bytes: 1 << 30},
+			Compression:       "fastest",
+			MaxCoresPerMinute: 30,
+			MaxConcurrent:     4,
 		},
 		Retention: Retention{
 			MaxAge:   Duration(14 * 24 * time.Hour),
@@ -201,6 +253,9 @@ func Default() *Config {
 		Identity: Identity{LogTail: Size{Bytes: 64 << 10}, Timeout: Duration(2 * time.Second)},
 		Notify: Notify{Aggregate: Duration(5 * time.Minute), QueueMax: 1000, Mute: []Match{}, Feishu: []Feishu{},
 			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"}},
+		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
+			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
+		Dedup: Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
 	}
 }
 
@@ -239,6 +294,14 @@ func (c *Config) Validate() error {
 			if _, err := regexp.Compile(e); err != nil {
 				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
 			}
+		}
+	}
+	if c.Collect.MaxConcurrent < 1 || c.Collect.MaxCoresPerMinute < 0 {
+		return errors.New("collect.max_concurrent must be at least 1 and collect.max_cores_per_minute at least 0 (0: no cap)")
+	}
+	for _, n := range c.Dedup.Namespaces {
+		if _, err := path.Match(n.Namespace, ""); err != nil {
+			return fmt.Errorf("dedup.namespaces %q: %w", n.Namespace, err)
 		}
 	}
 	return c.Notify.validate()

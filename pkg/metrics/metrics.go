@@ -83,7 +83,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	m.storeOps = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_store_operations_total",
-		Help: "Operations of the agent on the bundle store (put, delete), by result.",
+		Help: "Operations of the agent on the bundle store (put, delete, update), by result.",
 	}, []string{"op", "result"})
 	m.uploadBacklog = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "corecatch_upload_backlog_bytes",
@@ -116,7 +116,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	for _, k := range []string{"raw", "stored"} {
 		m.coreBytes.WithLabelValues(k)
 	}
-	for _, op := range []string{"put", "delete"} {
+	for _, op := range []string{"put", "delete", "update"} {
 		for _, r := range []string{"ok", "error"} {
 			m.storeOps.WithLabelValues(op, r)
 		}
@@ -165,6 +165,10 @@ func dropReason(c bundle.Core) string {
 		return "rlimit"
 	case bundle.ReasonMissing:
 		return "missing"
+	case bundle.ReasonDedup:
+		return "dedup"
+	case bundle.ReasonRateLimit:
+		return "rate_limit"
 	}
 	return "error"
 }

@@ -105,6 +105,9 @@ func (a *alertmanager) alert(c *Crash) Alert {
 		}
 	}
 	summary := fmt.Sprintf("%s in %s on %s", c.Signal, c.program(), c.Node)
+	if c.Title != "" {
+		summary = fmt.Sprintf("%s: %s on %s", c.program(), c.Title, c.Node)
+	}
 	if c.Count > 1 {
 		summary = fmt.Sprintf("%d crashes: %s", c.Count, summary)
 	}

@@ -19,6 +19,7 @@ type texts struct {
 	signal, fault, core, count, frames, missing, debug, get string
 	firing, resolved, started, ended, runbook, source, am   string
 	more, unknown, stored                                   string
+	where, dedupName, dedup                                 string
 }
 
 var lang = map[string]texts{
@@ -29,6 +30,7 @@ var lang = map[string]texts{
 		debug: "Debug", get: "Download bundle",
 		firing: "FIRING", resolved: "RESOLVED", started: "Started", ended: "Resolved", runbook: "Runbook", source: "Source", am: "Alertmanager",
 		more: "…and %d more", unknown: "unknown", stored: "%s raw, %s stored",
+		where: "Where", dedupName: "Same bug", dedup: "crash %d of this bug in its window; its core is kept once",
 	},
 	"zh": {
 		crash: "%s · %s 崩溃", crashes: "%[3]s 崩溃 %[1]d 次 · %[2]s", digest: "%[3]s 上 %[2]d 个程序崩溃 %[1]d 次",
@@ -37,6 +39,7 @@ var lang = map[string]texts{
 		debug: "调试", get: "下载 bundle",
 		firing: "告警", resolved: "已恢复", started: "开始", ended: "恢复", runbook: "处理手册", source: "来源", am: "Alertmanager",
 		more: "……另有 %d 条", unknown: "未知", stored: "原始 %s，压缩后 %s",
+		where: "位置", dedupName: "同一缺陷", dedup: "窗口内该缺陷第 %d 次崩溃；core 只保留一份",
 	},
 }
 
@@ -163,10 +166,20 @@ func crashCard(c *Crash, t texts, l string) map[string]any {
 		exe = c.Comm
 	}
 	fields = append(fields, field(t.exe, mdEscape.Replace(exe)), field(t.signal, signalText(sig, l)))
+	if c.Title != "" {
+		fields = append(fields, field(t.where, mdEscape.Replace(c.Title)))
+	}
 	if c.FaultAddr != "" {
 		fields = append(fields, field(t.fault, c.FaultAddr))
 	}
 	fields = append(fields, field(t.core, fmt.Sprintf(t.stored, bundle.HumanBytes(c.RawBytes), bundle.HumanBytes(c.StoredBytes))))
+	if c.Dedup > 1 || c.DedupOf != "" {
+		text := fmt.Sprintf(t.dedup, c.Dedup)
+		if c.DedupOf != "" {
+			text += " · corecatch pull " + c.DedupOf
+		}
+		fields = append(fields, field(t.dedupName, text))
+	}
 	if c.Count > 1 {
 		fields = append(fields, field(t.count, fmt.Sprintf("%d (%s – %s)", c.Count,
 			c.First.Local().Format("15:04:05"), c.Time.Local().Format("15:04:05"))))

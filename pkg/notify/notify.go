@@ -68,6 +68,12 @@ type Crash struct {
 	// Frames the top of the backtrace, innermost first.
 	FaultAddr string   `json:"fault_addr,omitempty"`
 	Frames    []string `json:"frames,omitempty"`
+	// Title says where it crashed ("SIGSEGV in parse_header (libfoo.so)").
+	Title string `json:"title,omitempty"`
+	// Dedup is how many crashes of this bug its stored core stands for;
+	// DedupOf the bundle keeping that core when this crash's was drained.
+	Dedup   int    `json:"dedup,omitempty"`
+	DedupOf string `json:"dedup_of,omitempty"`
 
 	RawBytes    int64 `json:"raw_bytes"`
 	StoredBytes int64 `json:"stored_bytes"`
@@ -90,11 +96,16 @@ func FromBundle(m *bundle.Metadata) *Crash {
 	if m.Workload != nil {
 		c.Workload = m.Workload.Kind + "/" + m.Workload.Name
 	}
-	if e := m.EBPF; e != nil {
-		if e.FaultAddr != "" && e.SiCode > 0 {
-			c.FaultAddr = e.FaultAddr
-		}
-		c.Frames = e.Stack[:min(len(e.Stack), maxFrames)]
+	if e := m.EBPF; e != nil && e.FaultAddr != "" && e.SiCode > 0 {
+		c.FaultAddr = e.FaultAddr
+	}
+	for _, f := range m.Backtrace[:min(len(m.Backtrace), maxFrames)] {
+		c.Frames = append(c.Frames, f.String())
+	}
+	c.Title = m.Title
+	if m.Dedup != nil {
+		c.Dedup = m.Dedup.Count
+		c.DedupOf = m.Dedup.Of
 	}
 	return c
 }

@@ -48,7 +48,10 @@ func crash(i int, exe, signal string) *bundle.Metadata {
 		Pod:       &bundle.Pod{Name: exe + "-5d8f7c9b4d-x7k2p", Namespace: "shop", Labels: map[string]string{"team": "payments"}},
 		Container: &bundle.Container{Name: "app"},
 		Workload:  &bundle.Workload{Kind: "Deployment", Name: exe},
-		EBPF:      &bundle.EBPF{FaultAddr: "0x0", SiCode: 1, Stack: []string{"parse_header+0x1c (/usr/local/bin/" + exe + ")", "main+0x40"}},
+		EBPF:      &bundle.EBPF{FaultAddr: "0x0", SiCode: 1},
+		Backtrace: []bundle.Frame{{Function: "parse_header", Module: exe, Offset: 0x1c40}, {Function: "main", Module: exe, Offset: 0x1a10}},
+		Title:     signal + " in parse_header (" + exe + ")",
+		Dedup:     &bundle.Dedup{Count: 3},
 	}
 }
 
@@ -119,7 +122,7 @@ func TestCrashCard(t *testing.T) {
 	text := card.Text()
 	for _, want := range []string{"SIGSEGV in Deployment/checkout (app)", "node-7", "shop", "checkout-5d8f7c9b4d-x7k2p",
 		"Deployment/checkout", "/usr/local/bin/checkout", "SIGSEGV: invalid memory access", "0x0", "3.0GiB raw, 200.0MiB stored",
-		"parse\\_header+0x1c", "corecatch pull " + m.ID, "corecatch debug " + m.ID} {
+		"#0 parse\\_header (checkout+0x1c40)", "SIGSEGV in parse\\_header (checkout)", "crash 3 of this bug", "corecatch pull " + m.ID, "corecatch debug " + m.ID} {
 		if !strings.Contains(text, want) {
 			t.Errorf("card lacks %q:\n%s", want, text)
 		}

@@ -217,6 +217,48 @@ func cleanName(name string) (string, error) {
 	return filepath.FromSlash(c), nil
 }
 
+// updateLock serialises metadata updates in one store.
+const updateLock = ".update.lock"
+
+// Update rewrites a published bundle's metadata.json: a new file, synced,
+// renamed over the old one, so readers see either version whole.
+func (s *File) Update(ctx context.Context, id string, fn func(*bundle.Metadata) error) error {
+	dir, err := s.bundleDir(id)
+	if err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(filepath.Join(s.root, updateLock), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("update bundle %s: %w", id, err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("update bundle %s: %w", id, err)
+	}
+	m, err := s.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := fn(m); err != nil {
+		return err
+	}
+	data, err := bundle.Encode(m)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, ".metadata.json.new")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("update bundle %s: %w", id, err)
+	}
+	if err := syncPath(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, bundle.MetadataFile)); err != nil {
+		return fmt.Errorf("update bundle %s: %w", id, err)
+	}
+	return syncPath(dir)
+}
+
 // Open reads one file of a bundle.
 func (s *File) Open(ctx context.Context, id, name string) (io.ReadCloser, error) {
 	dir, err := s.bundleDir(id)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
@@ -35,6 +36,15 @@ type Store interface {
 	Usage(ctx context.Context) (Usage, error)
 	// String returns the store's URL, for messages.
 	String() string
+}
+
+// Updater is a store whose published metadata can be amended: a deduplicated
+// bug's first bundle learns how many crashes it stands for, and a bundle
+// gains its full backtrace once gdb has read the stored core.
+type Updater interface {
+	// Update rewrites a bundle's metadata.json atomically with what fn
+	// changes; concurrent updates of one store are serialised.
+	Update(ctx context.Context, id string, fn func(*bundle.Metadata) error) error
 }
 
 // Writer receives one bundle's files. Files may be written concurrently.
@@ -91,4 +101,24 @@ func Open(rawURL string) (Store, error) {
 	default:
 		return nil, fmt.Errorf("store URL %q: unknown scheme %q (supported: file://)", rawURL, u.Scheme)
 	}
+}
+
+// Pull writes a bundle of st into dir the way debuggers want it (see
+// bundle.Materialize) and returns its metadata.
+func Pull(ctx context.Context, st Store, id, dir string) (*bundle.Metadata, error) {
+	m, err := st.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	open := func(name string) (io.ReadCloser, error) {
+		r, err := st.Open(ctx, id, name)
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("%w: %w", err, os.ErrNotExist)
+		}
+		return r, err
+	}
+	if err := bundle.Materialize(dir, m, open); err != nil {
+		return nil, fmt.Errorf("pull %s into %s: %w", id, dir, err)
+	}
+	return m, nil
 }

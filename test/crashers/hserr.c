@@ -12,6 +12,7 @@ __attribute__((noinline)) void write_and_die(const char *mode, const char *targe
   } else {
     FILE *f = fopen(name, "w");
     fprintf(f, "# A fatal error has been detected by the Java Runtime Environment:\n#  SIGSEGV (0xb) marker-%d\n", getpid());
+    fprintf(f, "#\n# Problematic frame:\n# C  [libfoo.so+0x1c40]  parse_header+0x13\n#\n");
     fclose(f);
   }
   abort();

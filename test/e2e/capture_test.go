@@ -14,7 +14,7 @@ import (
 
 // TestCaptureExtras checks what a bundle holds beside the core and the
 // binaries: a JVM's hs_err log from the working directory (never through a
-// symlink the process planted), the environment only when configured, and
+// symlink the process planted), whose problematic frame titles the crash, the environment only when configured, and
 // that `corecatch debug` itself lands in gdb on the right frame.
 func TestCaptureExtras(t *testing.T) {
 	const secret = "CORECATCH_TEST_SECRET=swordfish"
@@ -44,6 +44,10 @@ func TestCaptureExtras(t *testing.T) {
 		}
 		if _, err := read(n, m, bundle.ProcDir+"/environ"); !os.IsNotExist(err) {
 			t.Errorf("proc/environ kept by default (stat: %v)", err)
+		}
+		// The JVM aborts after reporting: its log says where it crashed.
+		if want := "SIGABRT in parse_header (libfoo.so)"; m.Title != want {
+			t.Errorf("title %q, want %q from the hs_err log's problematic frame", m.Title, want)
 		}
 		out := n.Run("debug", "--cache", filepath.Join(n.Dir, "cache"), m.ID, "--", "-batch", "-ex", "bt")
 		if !strings.Contains(out, "write_and_die") {

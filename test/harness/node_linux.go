@@ -115,6 +115,22 @@ func (n *Node) WaitBundle(pid int) *bundle.Metadata {
 	return nil
 }
 
+// WaitAnalyzed waits until a bundle of pid is published and its full
+// unwind (gdb, after publication) has ended, and returns it.
+func (n *Node) WaitAnalyzed(pid int) *bundle.Metadata {
+	n.t.Helper()
+	m := n.WaitBundle(pid)
+	deadline := time.Now().Add(60 * time.Second)
+	for m.Analysis != nil && m.Analysis.Pending {
+		if time.Now().After(deadline) {
+			n.t.Fatalf("bundle %s: analysis still pending after 60s", m.ID)
+		}
+		time.Sleep(100 * time.Millisecond)
+		m = n.WaitBundle(pid)
+	}
+	return m
+}
+
 // Pull materializes a bundle into a fresh directory and returns it.
 func (n *Node) Pull(id string) string {
 	n.t.Helper()

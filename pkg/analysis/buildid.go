@@ -1,0 +1,71 @@
+package analysis
+
+import (
+	"debug/elf"
+	"encoding/hex"
+	"io"
+)
+
+// BuildID returns the hex GNU build-id of an ELF file, or "" when it has
+// none or is not ELF: what ties a captured file, a frame and a signature to
+// the exact build, whatever the file is called.
+func BuildID(r io.ReaderAt) string {
+	ef, err := elf.NewFile(r)
+	if err != nil {
+		return ""
+	}
+	return buildIDOf(ef)
+}
+
+func buildIDOf(ef *elf.File) string {
+	for _, p := range ef.Progs {
+		if p.Type != elf.PT_NOTE {
+			continue
+		}
+		if id := noteBuildID(p.Open(), ef.ByteOrder, p.Align); id != "" {
+			return id
+		}
+	}
+	// Go linkers put .note.gnu.build-id outside the PT_NOTE segment.
+	for _, sec := range ef.Sections {
+		if sec.Type != elf.SHT_NOTE {
+			continue
+		}
+		if id := noteBuildID(sec.Open(), ef.ByteOrder, sec.Addralign); id != "" {
+			return id
+		}
+	}
+	return ""
+}
+
+// noteBuildID scans one PT_NOTE segment for NT_GNU_BUILD_ID.
+func noteBuildID(r io.Reader, bo interface{ Uint32([]byte) uint32 }, align uint64) string {
+	data, err := io.ReadAll(io.LimitReader(r, 1<<16))
+	if err != nil {
+		return ""
+	}
+	pad := func(n uint32) int {
+		if align == 8 {
+			return int((n + 7) &^ 7)
+		}
+		return int((n + 3) &^ 3)
+	}
+	for len(data) >= 12 {
+		namesz, descsz, typ := bo.Uint32(data), bo.Uint32(data[4:]), bo.Uint32(data[8:])
+		data = data[12:]
+		nl, dl := pad(namesz), pad(descsz)
+		if nl > len(data) || int(namesz) > len(data) {
+			return ""
+		}
+		name := data[:namesz]
+		data = data[nl:]
+		if dl > len(data) || int(descsz) > len(data) {
+			return ""
+		}
+		if typ == 3 && string(name) == "GNU\x00" { // NT_GNU_BUILD_ID
+			return hex.EncodeToString(data[:descsz])
+		}
+		data = data[dl:]
+	}
+	return ""
+}

@@ -1,0 +1,83 @@
+package analysis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/store"
+)
+
+// Complete replaces a published bundle's frame-pointer walk with gdb's
+// unwind of its stored core, bounded by cfg, and rewrites its metadata
+// (analysis.pending cleared either way). work is a scratch directory for
+// the decompressed core. It returns the amended metadata.
+func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundle.Metadata, work string) (*bundle.Metadata, error) {
+	u, ok := st.(store.Updater)
+	if !ok {
+		return m, errors.New("the store cannot amend metadata")
+	}
+	var frames []bundle.Frame
+	var threads []bundle.Thread
+	var err error
+	switch {
+	case cfg.GDB == "":
+		err = errors.New("the full unwind is off (analysis.gdb)")
+	case m.Core.Truncated:
+		err = errors.New("the core is truncated")
+	case cfg.MaxCoreBytes.Bytes > 0 && m.Core.RawBytes > cfg.MaxCoreBytes.Bytes:
+		err = fmt.Errorf("the core is larger than analysis.max_core_bytes (%s)", cfg.MaxCoreBytes)
+	default:
+		dir := filepath.Join(work, m.ID)
+		defer os.RemoveAll(dir)
+		if _, err = store.Pull(ctx, st, m.ID, dir); err == nil {
+			g := GDB{Path: cfg.GDB, Timeout: time.Duration(cfg.Timeout), Memory: cfg.MaxMemory.Bytes, MaxThreads: cfg.MaxThreads}
+			status, _ := os.ReadFile(filepath.Join(dir, bundle.ProcDir, "status"))
+			frames, threads, err = g.Unwind(ctx, dir, m, statusThreads(status))
+		}
+	}
+	var out *bundle.Metadata
+	uerr := u.Update(ctx, m.ID, func(stored *bundle.Metadata) error {
+		var a bundle.Analysis
+		if stored.Analysis != nil {
+			a = *stored.Analysis
+		}
+		a.Pending = false
+		if err != nil {
+			a.Reason = err.Error()
+		} else {
+			// A title that is not the walk's (a JVM's error log named the
+			// frame) stays.
+			if stored.Title == Title(stored.SignalName, stored.Backtrace) {
+				stored.Title = Title(stored.SignalName, frames)
+			}
+			stored.Backtrace = frames
+			a = bundle.Analysis{Unwinder: "gdb", Threads: threads}
+		}
+		stored.Analysis = &a
+		out = stored
+		return nil
+	})
+	if uerr != nil {
+		return m, uerr
+	}
+	return out, err
+}
+
+// statusThreads reads the Threads: line of /proc/PID/status.
+func statusThreads(status []byte) int {
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}

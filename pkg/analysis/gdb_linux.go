@@ -1,0 +1,160 @@
+package analysis
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+)
+
+// GDB bounds a full unwind: gdb reads the whole core and can take seconds
+// and gigabytes on a big one, on a node that is busy running workloads.
+type GDB struct {
+	// Path is gdb's name or path.
+	Path string
+	// Timeout, CPU and Memory bound gdb's wall time, CPU time and address
+	// space; it runs at the lowest CPU priority.
+	Timeout time.Duration
+	Memory  int64
+	// MaxThreads is the most threads unwound one by one; beyond, only the
+	// crashed thread is.
+	MaxThreads int
+}
+
+// ErrNoGDB means gdb is not installed: the frame-pointer walk stands.
+var ErrNoGDB = errors.New("gdb is not installed")
+
+// Unwind runs gdb in batch mode on a bundle materialized in dir (dir/core,
+// dir/sysroot, the executable under it) and returns the crashed thread's
+// frames and, when there are at most MaxThreads threads, every thread's.
+// Module, offset and build-id of each frame come from the bundle's own
+// maps and files; function, file and line from gdb.
+func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads int) ([]bundle.Frame, []bundle.Thread, error) {
+	path, err := exec.LookPath(g.Path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (%v)", ErrNoGDB, err)
+	}
+	exe := m.ExePath()
+	if exe == "" {
+		return nil, nil, errors.New("no executable in the bundle")
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.Timeout)
+	defer cancel()
+	args := []string{"-nx", "-batch", "-q",
+		"-iex", "set sysroot " + filepath.Join(dir, bundle.SysrootDir),
+		"-iex", "set debuginfod enabled off",
+		"-iex", "set auto-load no",
+		"-ex", "set pagination off", "-ex", "set print frame-arguments none", "-ex", "set width 0",
+		"-ex", "echo @@crashed\\n", "-ex", "p/x $pc", "-ex", "bt 64"}
+	if threads <= g.MaxThreads {
+		args = append(args, "-ex", "echo @@threads\\n", "-ex", "thread apply all -q p/x $pc",
+			"-ex", "echo @@all\\n", "-ex", "thread apply all bt 64")
+	}
+	args = append(args, filepath.Join(dir, exe), filepath.Join(dir, "core"))
+	cmd := exec.CommandContext(ctx, path, args...)
+	if prlimit, err := exec.LookPath("prlimit"); err == nil {
+		// Bound what gdb may take; nice keeps it behind the workloads.
+		cmd = exec.CommandContext(ctx, prlimit, append([]string{fmt.Sprintf("--as=%d", g.Memory),
+			fmt.Sprintf("--cpu=%d", int(g.Timeout.Seconds())+1), "--", "nice", "-n", "19", path}, args...)...)
+	}
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "LC_ALL=C"}
+	cmd.WaitDelay = time.Second
+	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		return nil, nil, fmt.Errorf("gdb took longer than %v", g.Timeout)
+	}
+	if err != nil && len(out) == 0 {
+		return nil, nil, fmt.Errorf("gdb: %w", err)
+	}
+	maps, _ := os.ReadFile(filepath.Join(dir, bundle.ProcDir, "maps"))
+	sym := NewSymbolizer(ParseMaps(maps), func(mp Mapping) (io.ReaderAt, io.Closer, error) {
+		f, err := os.Open(filepath.Join(dir, bundle.SysrootDir, mp.Path))
+		return f, f, err
+	})
+	crashed, all := parseGDB(out, sym)
+	if len(crashed) == 0 {
+		return nil, nil, errors.New("gdb printed no frames")
+	}
+	return crashed, all, nil
+}
+
+var (
+	gdbFrame  = regexp.MustCompile(`^#(\d+)\s+(?:0x([0-9a-f]+) in )?(.+?) \(.*?\)(?: at (.+):(\d+))?(?: from (\S+))?$`)
+	gdbThread = regexp.MustCompile(`^Thread \d+ \(.*?LWP (\d+)`)
+	gdbPC     = regexp.MustCompile(`^\$\d+ = 0x([0-9a-f]+)`)
+)
+
+// parseGDB reads the output of the commands Unwind runs: the crashed
+// thread's pc and backtrace, then every thread's pc and backtrace.
+func parseGDB(out []byte, sym *Symbolizer) ([]bundle.Frame, []bundle.Thread) {
+	var crashed []bundle.Frame
+	var threads []bundle.Thread
+	var pcs []uint64 // each thread's pc, in the order gdb walks them
+	section, pc := "", uint64(0)
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(line, "@@") {
+			section = line
+			continue
+		}
+		if m := gdbPC.FindStringSubmatch(line); m != nil {
+			v, _ := strconv.ParseUint(m[1], 16, 64)
+			if section == "@@threads" {
+				pcs = append(pcs, v)
+			} else {
+				pc = v
+			}
+			continue
+		}
+		if m := gdbThread.FindStringSubmatch(line); m != nil {
+			if section == "@@all" {
+				id, _ := strconv.Atoi(m[1])
+				threads = append(threads, bundle.Thread{ID: id})
+				if len(threads) <= len(pcs) {
+					pc = pcs[len(threads)-1]
+				}
+			}
+			continue
+		}
+		m := gdbFrame.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		n, _ := strconv.Atoi(m[1])
+		addr := pc
+		if m[2] != "" {
+			addr, _ = strconv.ParseUint(m[2], 16, 64)
+		}
+		f := sym.Frame(addr, n > 0)
+		if m[3] != "??" {
+			f.Function = m[3]
+		}
+		if m[4] != "" {
+			f.File = m[4]
+			f.Line, _ = strconv.Atoi(m[5])
+		}
+		switch section {
+		case "@@crashed":
+			crashed = append(crashed, f)
+		case "@@all":
+			if len(threads) > 0 {
+				t := &threads[len(threads)-1]
+				t.Frames = append(t.Frames, f)
+			}
+		}
+	}
+	return crashed, threads
+}

@@ -1,0 +1,68 @@
+package analysis
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+)
+
+// Result is what the helper learns of a crash before its core is stored.
+type Result struct {
+	Frames    []bundle.Frame
+	Title     string
+	Signature string
+	// ExeID is the executable's build-id, or its base name without one.
+	ExeID string
+	// Reason says why there are no frames, when there are none.
+	Reason string
+}
+
+// Live analyses a crashed process the kernel still holds (it is dumping its
+// core): regs from the core's first bytes, a frame-pointer walk through
+// /proc/PID/mem, names from the mapped files through /proc/PID/map_files,
+// which reach the exact files mapped even when they were deleted or
+// replaced. It needs no debugger and costs a few milliseconds.
+func Live(pid int, signal string, regs Regs, regsErr error) Result {
+	proc := fmt.Sprintf("/proc/%d", pid)
+	var r Result
+	if exe, err := os.Open(filepath.Join(proc, "exe")); err == nil {
+		r.ExeID = BuildID(exe)
+		exe.Close()
+	}
+	if r.ExeID == "" {
+		if target, err := os.Readlink(filepath.Join(proc, "exe")); err == nil {
+			r.ExeID = filepath.Base(target)
+		}
+	}
+	if regsErr == nil {
+		maps, err := os.ReadFile(filepath.Join(proc, "maps"))
+		mem, err2 := os.Open(filepath.Join(proc, "mem"))
+		switch {
+		case err != nil:
+			r.Reason = fmt.Sprintf("read maps: %v", err)
+		case err2 != nil:
+			r.Reason = fmt.Sprintf("open mem: %v", err2)
+		default:
+			sym := NewSymbolizer(ParseMaps(maps), func(m Mapping) (io.ReaderAt, io.Closer, error) {
+				f, err := os.Open(filepath.Join(proc, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End)))
+				return f, f, err
+			})
+			for i, pc := range WalkFrames(regs, mem) {
+				// Go's signal handler makes the faulting pc the return
+				// address of a call to runtime.sigpanic: it is the fault
+				// itself, not a call's return.
+				ret := i > 0 && r.Frames[i-1].Function != "runtime.sigpanic"
+				r.Frames = append(r.Frames, sym.Frame(pc, ret))
+			}
+			mem.Close()
+		}
+	} else {
+		r.Reason = fmt.Sprintf("no registers: %v", regsErr)
+	}
+	r.Title = Title(signal, r.Frames)
+	r.Signature = Signature(r.ExeID, signal, r.Frames)
+	return r
+}

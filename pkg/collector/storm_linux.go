@@ -1,0 +1,247 @@
+package collector
+
+import (
+	"errors"
+	"syscall"
+
+	"github.com/corecatch/corecatch/pkg/analysis"
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/config"
+
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Crash storms are decided in the spool, shared by the helpers of one node:
+// each helper is its own short-lived process, so the state lives in small
+// flock-ed files, and a helper's locks go when it exits, however it exits.
+const (
+	dedupDir = "dedup"
+	rateFile = "rate"
+	slotDir  = "slots"
+)
+
+// dedupRecord is one bug's window: the bundle that keeps its core and how
+// many crashes the window has seen.
+type dedupRecord struct {
+	First string    `json:"first"`
+	Count int       `json:"count"`
+	Until time.Time `json:"until"`
+}
+
+// locked opens (creating) a file of the spool and takes its lock; close the
+// file to release it.
+func locked(p string, how int) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// rewrite replaces a locked file's content.
+func rewrite(f *os.File, data []byte) error {
+	if err := f.Truncate(0); err != nil {
+		return err
+	}
+	_, err := f.WriteAt(data, 0)
+	return err
+}
+
+// stormReason decides whether a crash's core is kept: "" keeps it, else it
+// is the reason the core is drained. A crash of a bug seen within its dedup
+// window is counted against the bundle that keeps the bug's core
+// (m.Dedup); a first crash beyond the node's per-minute allowance of whole
+// cores is rate-limited and does not open a window, so the next crash of
+// its bug may keep a core.
+func stormReason(cfg *config.Config, m *bundle.Metadata, exeID string) string {
+	now := time.Now()
+	allow := func() (bool, error) { return takeRate(cfg.Spool, cfg.Collect.MaxCoresPerMinute, now) }
+	ns := ""
+	if m.Pod != nil {
+		ns = m.Pod.Namespace
+	}
+	window := cfg.Dedup.WindowFor(ns)
+	if window <= 0 {
+		ok, err := allow()
+		if err != nil {
+			m.Warnings = append(m.Warnings, err.Error())
+		}
+		if !ok {
+			return bundle.ReasonRateLimit
+		}
+		return ""
+	}
+	scope := exeID
+	if m.Workload != nil {
+		scope = ns + "/" + m.Workload.Kind + "/" + m.Workload.Name
+	}
+	key := scope + " " + m.Signature
+	of, count, until, err := claimDedup(cfg.Spool, key, m.ID, window, now, allow)
+	switch {
+	case err != nil:
+		m.Warnings = append(m.Warnings, err.Error())
+		return ""
+	case count == 0:
+		return bundle.ReasonRateLimit
+	}
+	m.Dedup = &bundle.Dedup{Of: of, Count: count, Key: key, Until: until}
+	if of != "" {
+		return bundle.ReasonDedup
+	}
+	return ""
+}
+
+// claimDedup counts a crash of the bug key. The first crash of a window
+// gets of == "" and keeps its core, if allow lets it (count 0 when not);
+// later ones get the first's id and their ordinal in the window.
+func claimDedup(spool, key, id string, window time.Duration, now time.Time, allow func() (bool, error)) (of string, count int, until time.Time, err error) {
+	h := sha256.Sum256([]byte(key))
+	f, err := locked(filepath.Join(spool, dedupDir, hex.EncodeToString(h[:12])), unix.LOCK_EX)
+	if err != nil {
+		return "", 0, time.Time{}, fmt.Errorf("dedup record: %w", err)
+	}
+	defer f.Close()
+	var rec dedupRecord
+	if data, err := io.ReadAll(f); err == nil && len(data) > 0 {
+		json.Unmarshal(data, &rec)
+	}
+	if rec.First != "" && now.Before(rec.Until) {
+		rec.Count++
+		of = rec.First
+	} else {
+		if ok, err := allow(); !ok {
+			return "", 0, time.Time{}, err
+		}
+		rec = dedupRecord{First: id, Count: 1, Until: now.Add(window)}
+	}
+	data, _ := json.Marshal(rec)
+	if err := rewrite(f, data); err != nil {
+		return "", 0, time.Time{}, fmt.Errorf("dedup record: %w", err)
+	}
+	return of, rec.Count, rec.Until, nil
+}
+
+// takeRate records one whole core against the node's per-minute allowance
+// and reports whether it fits.
+func takeRate(spool string, perMinute int, now time.Time) (bool, error) {
+	if perMinute <= 0 {
+		return true, nil
+	}
+	f, err := locked(filepath.Join(spool, rateFile), unix.LOCK_EX)
+	if err != nil {
+		return true, fmt.Errorf("rate record: %w", err)
+	}
+	defer f.Close()
+	var times []int64
+	if data, err := io.ReadAll(f); err == nil && len(data) > 0 {
+		json.Unmarshal(data, &times)
+	}
+	keep := times[:0]
+	for _, t := range times {
+		if now.Sub(time.Unix(0, t)) < time.Minute {
+			keep = append(keep, t)
+		}
+	}
+	if len(keep) >= perMinute {
+		return false, nil
+	}
+	keep = append(keep, now.UnixNano())
+	data, _ := json.Marshal(keep)
+	return true, rewrite(f, data)
+}
+
+// slotWait is how long a helper waits for a collection slot before it
+// drains its core.
+const slotWait = 10 * time.Second
+
+// takeSlot takes one of n collection slots, waiting up to slotWait. The
+// slot is held until the returned file is closed (or the helper exits).
+func takeSlot(spool string, n int) (*os.File, bool) {
+	deadline := time.Now().Add(slotWait)
+	for {
+		for i := range n {
+			if f, err := locked(filepath.Join(spool, slotDir, strconv.Itoa(i)), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+				return f, true
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// drain reads the rest of a core that is not kept, at pipe speed: splice
+// moves the kernel's pages to /dev/null without copying them through the
+// helper. head is what was read of it already.
+func (s *coreStream) drain(head []byte, in *os.File) error {
+	s.layout.feed(head)
+	s.core.RawBytes += int64(len(head))
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err == nil {
+		defer null.Close()
+		for {
+			n, err := unix.Splice(int(in.Fd()), nil, int(null.Fd()), nil, chunk, unix.SPLICE_F_MOVE)
+			if err == unix.EINTR || err == unix.EAGAIN {
+				continue
+			}
+			if err != nil {
+				break // not spliceable: read below
+			}
+			if n == 0 {
+				return nil
+			}
+			s.core.RawBytes += n
+		}
+	}
+	buf := make([]byte, chunk)
+	for {
+		n, err := in.Read(buf)
+		s.core.RawBytes += int64(n)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("drain the core: %w", err)
+		}
+	}
+}
+
+// readHead reads the first bytes of the core, as many as the crashing
+// thread's registers need (the ELF header, the program headers and the
+// first note), and returns them with the registers.
+func readHead(in *os.File) ([]byte, analysis.Regs, error) {
+	var head []byte
+	for {
+		regs, need, err := analysis.HeadRegs(head)
+		if err != analysis.ErrNeedMore {
+			return head, regs, err
+		}
+		if need > maxHead {
+			return head, regs, errors.New("the core's notes start too far in")
+		}
+		buf := make([]byte, max(need-len(head), 64<<10))
+		n, err := in.Read(buf)
+		head = append(head, buf[:n]...)
+		if err != nil && err != syscall.EINTR && err != syscall.EAGAIN {
+			return head, regs, fmt.Errorf("read the core's head: %w", err)
+		}
+	}
+}
