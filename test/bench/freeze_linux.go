@@ -51,39 +51,11 @@ func benchFreeze(dir, bin string, crashes int) error {
 	if out, err := exec.Command("gcc", "-O2", "-o", crasher, filepath.Join(harness.RepoRoot(), "test", "crashers", "lim_mem.c")).CombinedOutput(); err != nil {
 		return fmt.Errorf("build crasher: %v\n%s", err, out)
 	}
-	work := filepath.Join(dir, "f") // core_pattern holds the spool path: keep it short
-	cfg := filepath.Join(work, "config.yaml")
-	socket := filepath.Join(work, "agent.sock")
-	if err := os.MkdirAll(work, 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("store: file://%s/store\nspool: %s/s\nsocket: %s\n", work, work, socket)), 0o644); err != nil {
-		return err
-	}
-	agent := exec.Command(bin, "--config", cfg, "agent", "--listen", "127.0.0.1:0")
-	logf, err := os.Create(filepath.Join(work, "agent.log"))
+	cfg, stop, err := startAgent(bin, filepath.Join(dir, "f"), "") // core_pattern holds the spool path: keep it short
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
-	agent.Stderr = logf
-	if err := agent.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		agent.Process.Signal(syscall.SIGINT)
-		agent.Wait()
-	}()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(socket); err == nil {
-			break
-		}
-		if i > 200 {
-			log, _ := os.ReadFile(logf.Name())
-			return fmt.Errorf("the agent did not start:\n%s", log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	defer stop()
 
 	var lat []float64
 	for i := 0; i < crashes; i++ {
@@ -125,4 +97,44 @@ func waitBundle(bin, cfg string, pid int) (*bundle.Metadata, error) {
 		return false
 	})
 	return found, err
+}
+
+// startAgent runs the agent on a config of its own in work (a short path:
+// core_pattern holds the spool's), with extra YAML, and waits for its
+// socket. stop ends it, restoring core_pattern.
+func startAgent(bin, work, extra string) (cfg string, stop func(), err error) {
+	cfg = filepath.Join(work, "config.yaml")
+	socket := filepath.Join(work, "agent.sock")
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return "", nil, err
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("store: file://%s/store\nspool: %s/s\nsocket: %s\n%s", work, work, socket, extra)), 0o644); err != nil {
+		return "", nil, err
+	}
+	agent := exec.Command(bin, "--config", cfg, "agent", "--listen", "127.0.0.1:0")
+	logf, err := os.Create(filepath.Join(work, "agent.log"))
+	if err != nil {
+		return "", nil, err
+	}
+	agent.Stderr = logf
+	if err := agent.Start(); err != nil {
+		logf.Close()
+		return "", nil, err
+	}
+	stop = func() {
+		agent.Process.Signal(syscall.SIGINT)
+		agent.Wait()
+		logf.Close()
+	}
+	for i := 0; ; i++ {
+		if _, err := os.Stat(socket); err == nil {
+			return cfg, stop, nil
+		}
+		if i > 200 {
+			stop()
+			log, _ := os.ReadFile(logf.Name())
+			return "", nil, fmt.Errorf("the agent did not start:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -42,7 +42,7 @@ func main() {
 	size := flag.Int("size", 1024, "MiB the crasher maps (bigcrash.c argument)")
 	runs := flag.Int("runs", 3, "crashes per helper; the median is reported")
 	shared := flag.String("shared", filepath.Join(harness.RepoRoot(), "..", "shared"), "the shared/ directory with bench/bigcrash.c and bench/seed_helper.sh")
-	only := flag.String("only", "", "run one part: collect, observer or freeze")
+	only := flag.String("only", "", "run one part: collect, observer, freeze or storm")
 	crashes := flag.Int("freeze-crashes", 50, "crashes whose freeze latency is measured")
 	storm := flag.Int("storm", 1000000, "handled signals in the observer's signal storm")
 	burst := flag.Int("burst", 1000, "crashing processes in the observer's burst")
@@ -94,6 +94,11 @@ func run(size, runs int, shared, only string, storm, burst, crashes int) error {
 	if only == "" || only == "freeze" {
 		if err := benchFreeze(dir, bin, crashes); err != nil {
 			return fmt.Errorf("freeze: %w", err)
+		}
+	}
+	if only == "" || only == "storm" {
+		if err := benchStorm(dir, bin, 300, 10*time.Second); err != nil {
+			return fmt.Errorf("storm: %w", err)
 		}
 	}
 	if only != "" && only != "collect" {
