@@ -24,6 +24,18 @@ type agentProc struct {
 	lines chan string
 }
 
+// agentNode installs corecatch with a socket of its own (name tells tests
+// apart in /tmp) and extra top-level YAML, and starts the agent on a free
+// loopback port, which it returns with the socket.
+func agentNode(t *testing.T, name, extra string) (n *harness.Node, a *agentProc, socket, addr string) {
+	t.Helper()
+	socket = filepath.Join(os.TempDir(), fmt.Sprintf("cc%s-%d.sock", name, os.Getpid()))
+	n = harness.Install(t, "socket: "+socket+"\n"+extra)
+	t.Cleanup(func() { os.Remove(socket) }) // after the agent's kill, which leaves it
+	addr = freeAddr(t)
+	return n, startAgentListen(t, n, socket, addr), socket, addr
+}
+
 // startAgent starts the agent on the node's config and waits until its
 // socket answers.
 func startAgent(t *testing.T, n *harness.Node, socket string) *agentProc {

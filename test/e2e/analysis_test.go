@@ -17,10 +17,7 @@ import (
 // TestBacktraceWithoutDebugger: with no gdb for the agent to run, the
 // helper's own frame-pointer walk still names the function that faulted.
 func TestBacktraceWithoutDebugger(t *testing.T) {
-	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccnogdb-%d.sock", os.Getpid()))
-	n := harness.Install(t, "socket: "+socket+"\nanalysis:\n  gdb: /nonexistent/gdb\n")
-	t.Cleanup(func() { os.Remove(socket) })
-	startAgent(t, n, socket)
+	n, _, _, _ := agentNode(t, "nogdb", "analysis:\n  gdb: /nonexistent/gdb\n")
 	exe := buildSignals(t, n.Dir)
 	for _, tc := range []struct{ arg, signal, fn string }{{"segv", "SIGSEGV", "crash_segv"}, {"fpe", "SIGFPE", "crash_fpe"}} {
 		cmd := exec.Command(exe, tc.arg)
@@ -86,10 +83,7 @@ func gdbBt(t *testing.T, n *harness.Node, id string) []string {
 // stored bundle's backtrace is gdb's, with files and lines, frame for frame
 // as `gdb bt` on the same core shows it; a threaded crash has every thread.
 func TestBacktraceMatchesGDB(t *testing.T) {
-	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccgdb-%d.sock", os.Getpid()))
-	n := harness.Install(t, "socket: "+socket+"\n")
-	t.Cleanup(func() { os.Remove(socket) })
-	startAgent(t, n, socket)
+	n, _, _, _ := agentNode(t, "gdb", "")
 	exe := buildSignals(t, n.Dir)
 	for _, args := range [][]string{{"segv"}, {"abrt"}, {"bus", "--threads"}} {
 		cmd := exec.Command(exe, args...)
@@ -131,11 +125,7 @@ func TestBacktraceMatchesGDB(t *testing.T) {
 // each, within the window: two cores are stored, all 40 crashes are
 // counted, and each stored bundle says it stands for 20.
 func TestDedupTwoBugs(t *testing.T) {
-	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccdup-%d.sock", os.Getpid()))
-	n := harness.Install(t, "socket: "+socket+"\ncollect:\n  max_cores_per_minute: 0\n")
-	t.Cleanup(func() { os.Remove(socket) })
-	addr := freeAddr(t)
-	a := startAgentListen(t, n, socket, addr)
+	n, a, _, addr := agentNode(t, "dup", "collect:\n  max_cores_per_minute: 0\n")
 	exe := harness.CC(t, n.Dir, "twobugs", []string{"twobugs.c"})
 	var last *bundle.Metadata
 	for i := range 40 {

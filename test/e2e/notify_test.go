@@ -20,11 +20,9 @@ import (
 // notifyNode installs corecatch with a Feishu bot of the fake (signed, with
 // a keyword), extra notify settings and extra top-level YAML, and starts
 // the agent.
-func notifyNode(t *testing.T, f *fakefeishu.Server, extra, top string) (*harness.Node, *agentProc, string) {
+func notifyNode(t *testing.T, f *fakefeishu.Server, extra, top string) (*harness.Node, *agentProc, string, string) {
 	t.Helper()
-	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccnot-%d.sock", os.Getpid()))
-	n := harness.Install(t, fmt.Sprintf(`socket: %s
-%snotify:
+	return agentNode(t, "not", fmt.Sprintf(`%snotify:
   download_url: "https://bundles.example.com/{id}"
 %s  feishu:
   - name: sre
@@ -32,10 +30,7 @@ func notifyNode(t *testing.T, f *fakefeishu.Server, extra, top string) (*harness
     secret: s3cr3t
     keyword: corecatch
     lang: en
-`, socket, top, extra, f.URL("tok")))
-	t.Cleanup(func() { os.Remove(socket) })
-	addr := freeAddr(t)
-	return n, startAgentListen(t, n, socket, addr), addr
+`, top, extra, f.URL("tok")))
 }
 
 func startFeishu(t *testing.T) *fakefeishu.Server {
@@ -83,7 +78,7 @@ func checkRequests(t *testing.T, f *fakefeishu.Server) {
 // valid, signed card with the crash's facts and commands.
 func TestFeishuCard(t *testing.T) {
 	f := startFeishu(t)
-	n, a, _ := notifyNode(t, f, "", "")
+	n, a, _, _ := notifyNode(t, f, "", "")
 	exe := buildSignals(t, n.Dir)
 	cmd := exec.Command(exe, "segv")
 	n.Crash(cmd)
@@ -197,7 +192,7 @@ notify:
 // a few cards, within its limits, that count every crash.
 func TestFeishuStorm(t *testing.T) {
 	f := startFeishu(t)
-	n, _, _ := notifyNode(t, f, "  aggregate: 10s\n", "observer:\n  missing_after: 2s\n")
+	n, _, _, _ := notifyNode(t, f, "  aggregate: 10s\n", "observer:\n  missing_after: 2s\n")
 	exe := buildSignals(t, n.Dir)
 	start := time.Now()
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -261,7 +256,7 @@ func TestFeishuOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	down := time.Now()
-	n, a, addr := notifyNode(t, f, "", "")
+	n, a, socket, addr := notifyNode(t, f, "", "")
 	exe := buildSignals(t, n.Dir)
 	var ids []string
 	for _, arg := range []string{"segv", "segv", "abrt"} {
@@ -272,7 +267,7 @@ func TestFeishuOutage(t *testing.T) {
 	a.waitLine(t, "Feishu unavailable")
 	a.cmd.Process.Kill()
 	a.cmd.Wait()
-	startAgentListen(t, n, filepath.Join(os.TempDir(), fmt.Sprintf("ccnot-%d.sock", os.Getpid())), addr)
+	startAgentListen(t, n, socket, addr)
 	time.Sleep(time.Until(down.Add(60 * time.Second)))
 	if err := f.Up(); err != nil {
 		t.Fatal(err)
