@@ -32,8 +32,9 @@ const (
 	// (its /proc/PID/exe and map_files) until the helper is done; past it
 	// the kernel skips dumps, so it is set as systemd-coredump does.
 	PipeLimit = 16
-	// stateFile, in the spool, holds the values install replaced.
-	stateFile = "sysctl-saved.json"
+	// StateFile, in the spool, holds the values install replaced: what
+	// uninstall, or a stopping agent, will write back.
+	StateFile = "sysctl-saved.json"
 )
 
 // Saved is what install replaced, as the exact bytes the kernel's files
@@ -119,7 +120,7 @@ func Install(proc, spool, pattern string) (Result, error) {
 		PreviousLimit: strings.TrimSpace(string(oldLimit)),
 	}
 	res.PipeLimit = res.PreviousLimit
-	state := filepath.Join(spool, stateFile)
+	state := filepath.Join(spool, StateFile)
 	_, statErr := os.Stat(state)
 	res.AlreadyInstalled = IsOurs(oldPattern)
 	if !res.AlreadyInstalled || errors.Is(statErr, fs.ErrNotExist) {
@@ -159,7 +160,7 @@ func Install(proc, spool, pattern string) (Result, error) {
 // directory proc, byte for byte, and forgets them. Without saved values it
 // changes nothing and says so.
 func Uninstall(proc, spool string) (Result, error) {
-	state := filepath.Join(spool, stateFile)
+	state := filepath.Join(spool, StateFile)
 	data, err := os.ReadFile(state)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Result{}, fmt.Errorf("nothing to restore: %s does not exist (corecatch was not installed with this spool; pass the --spool that install used)", state)

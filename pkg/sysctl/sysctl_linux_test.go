@@ -77,7 +77,7 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 			if res.PreviousLimit != strings.TrimSpace(tc.limit) || res.PipeLimit != strings.TrimSpace(tc.wantLimit) {
 				t.Errorf("Install limits = %q (was %q), want %q (was %q)", res.PipeLimit, res.PreviousLimit, strings.TrimSpace(tc.wantLimit), strings.TrimSpace(tc.limit))
 			}
-			saved := readFile(t, filepath.Join(spool, stateFile))
+			saved := readFile(t, filepath.Join(spool, StateFile))
 
 			// A second install (an agent restart) finds its own pattern and
 			// must keep the values the first one saved.
@@ -88,7 +88,7 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 			if !res.AlreadyInstalled {
 				t.Error("second Install did not see corecatch's own pattern")
 			}
-			if again := readFile(t, filepath.Join(spool, stateFile)); !bytes.Equal(again, saved) {
+			if again := readFile(t, filepath.Join(spool, StateFile)); !bytes.Equal(again, saved) {
 				t.Errorf("second Install overwrote the saved values:\n%s\nwas\n%s", again, saved)
 			}
 
@@ -105,7 +105,7 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 			if res.Pattern != strings.TrimSuffix(tc.pattern, "\n") || res.PipeLimit != strings.TrimSpace(tc.limit) {
 				t.Errorf("Uninstall = %+v", res)
 			}
-			if _, err := os.Stat(filepath.Join(spool, stateFile)); !errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat(filepath.Join(spool, StateFile)); !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("Uninstall kept the saved values: %v", err)
 			}
 		})

@@ -53,6 +53,13 @@ func Install(t testing.TB, extraYAML string) *Node {
 	return n
 }
 
+// Attach returns the Node of a config that something other than Install
+// set up (an agent run as its pod runs it), for Run, Crash and WaitBundle.
+// The caller holds the privileged lock (Privileged).
+func Attach(t testing.TB, dir, config, store, spool string) *Node {
+	return &Node{t: t, Bin: Binary(t), Dir: dir, Store: store, Spool: spool, Config: config}
+}
+
 // Run runs corecatch with --config and args, failing the test on error,
 // and returns its standard output.
 func (n *Node) Run(args ...string) string {
