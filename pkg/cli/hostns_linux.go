@@ -9,9 +9,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hostCgroupNS is the host's cgroup namespace: the agent runs with hostPID,
-// so PID 1 is the host's init.
-const hostCgroupNS = "/proc/1/ns/cgroup"
+const (
+	// hostCgroupNS is the host's cgroup namespace: the agent runs with
+	// hostPID, so PID 1 is the host's init.
+	hostCgroupNS = "/proc/1/ns/cgroup"
+	// initCgroupNSInode is the inode of the kernel's initial cgroup
+	// namespace (PROC_CGROUP_INIT_INO): an agent in it has nothing to join,
+	// and needs no access to PID 1.
+	initCgroupNSInode = 0xEFFFFFFB
+)
 
 // joinHostCgroupNamespace re-executes the agent in the host's cgroup
 // namespace when it started in another one, as a container that is not
@@ -24,6 +30,9 @@ func joinHostCgroupNamespace() error {
 	self, err := os.Stat("/proc/self/ns/cgroup")
 	if err != nil {
 		return fmt.Errorf("read this process's cgroup namespace: %w", err)
+	}
+	if st, ok := self.Sys().(*syscall.Stat_t); ok && st.Ino == initCgroupNSInode {
+		return nil
 	}
 	host, err := os.Stat(hostCgroupNS)
 	if err != nil {
