@@ -85,7 +85,11 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 	if err != nil {
 		return sysctl.Result{}, err
 	}
-	data, err := cfg.Marshal()
+	// The snapshot is read on the host, by the helper and by an SRE's
+	// uninstall there: it holds the host's view of the host paths.
+	snap := *cfg
+	snap.Host.BinMount, snap.Host.ProcSysKernel = "", sysctl.Proc
+	data, err := snap.Marshal()
 	if err != nil {
 		return sysctl.Result{}, err
 	}

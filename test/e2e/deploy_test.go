@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/corecatch/corecatch/pkg/collector"
+	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/sysctl"
 	"github.com/corecatch/corecatch/test/harness"
 )
@@ -165,6 +166,15 @@ func TestNodeSimulation(t *testing.T) {
 	}
 	if got := readKernel(t, "core_pipe_limit"); got != strconv.Itoa(sysctl.PipeLimit)+"\n" {
 		t.Errorf("core_pipe_limit %q, want %d", got, sysctl.PipeLimit)
+	}
+	// The helper's snapshot, which an SRE's uninstall on the node reads
+	// too, holds the host's view.
+	snap, err := config.Load(filepath.Join(pod.spool, "collect.yaml"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Host.BinDir != filepath.Dir(pod.hostBin) || snap.Host.BinMount != "" || snap.Host.ProcSysKernel != sysctl.Proc || snap.Node != simNode {
+		t.Errorf("the helper's snapshot has host %+v, node %q: want the host's paths and %s", snap.Host, snap.Node, simNode)
 	}
 	installed, err := os.ReadFile(pod.hostBin)
 	if err != nil {
