@@ -139,17 +139,7 @@ func (p *podSim) savedSysctls(t *testing.T) sysctl.Saved {
 // original sysctls byte for byte and removes the helper.
 func TestNodeSimulation(t *testing.T) {
 	harness.Privileged(t)
-	dir, err := os.MkdirTemp("/tmp", "ccn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !t.Failed() {
-			os.RemoveAll(dir)
-		} else {
-			t.Logf("kept %s for inspection", dir)
-		}
-	})
+	dir := harness.TempDir(t, "ccn")
 	// Originals no install would write: a plain file pattern with trailing
 	// spaces, and a pipe limit of 0 that the agent raises.
 	writeKernel(t, "core_pattern", "core-sim.%e.%p  ")
@@ -266,12 +256,7 @@ func TestNodeSimulation(t *testing.T) {
 // test's, itself in the test's cgroup namespace.
 func TestAgentJoinsHostCgroupNamespace(t *testing.T) {
 	harness.Privileged(t)
-	dir, err := os.MkdirTemp("/tmp", "ccj")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	pod := renderPod(t, dir)
+	pod := renderPod(t, harness.TempDir(t, "ccj"))
 	bin := harness.Binary(t)
 	// The shell stays PID 1 (the trailing command keeps it from exec'ing
 	// unshare), and unshare gives the agent a new cgroup namespace.
