@@ -26,6 +26,7 @@ type globals struct {
 	spool  string
 	socket string
 	cri    string
+	node   string
 }
 
 // load reads the config file and applies the global flags over it.
@@ -46,6 +47,9 @@ func (g *globals) load(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if g.cri != "" {
 		c.Identity.CRIEndpoint = g.cri
+	}
+	if g.node != "" {
+		c.Node = g.node
 	}
 	return c, c.Validate()
 }
@@ -102,6 +106,7 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 	pf.StringVar(&g.spool, "spool", "", "node-local state directory; overrides the config file")
 	pf.StringVar(&g.socket, "socket", "", "agent socket path; overrides the config file")
 	pf.StringVar(&g.cri, "cri-endpoint", "", "container runtime's CRI socket (unix:///path); overrides identity.cri_endpoint")
+	pf.StringVar(&g.node, "node", "", "this node's name in metadata (a pod's host name is not the node's: a DaemonSet passes spec.nodeName); overrides node")
 	root.AddCommand(
 		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
 		newLs(g), newShow(g), newPull(g), newDebug(g),

@@ -34,11 +34,12 @@ func newInstall(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "install",
 		Short: "Make the kernel hand every core dump to corecatch",
-		Long: `install sets kernel.core_pattern to run this binary's collect command, raises
-kernel.core_pipe_limit when it is 0 (so the kernel keeps the crashed process
-until its files are captured), and saves the previous values in the spool for
-uninstall. It snapshots the effective config (file plus flags) into the
-spool: re-run install after changing the config. Running it again is safe.`,
+		Long: `install sets kernel.core_pattern to run this binary's collect command (or
+its copy in host.bin_dir, replaced atomically), raises kernel.core_pipe_limit
+when it is 0 (so the kernel keeps the crashed process until its files are
+captured), and saves the previous values in the spool for uninstall. It
+snapshots the effective config (file plus flags) into the spool: re-run
+install after changing the config. Running it again is safe.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := mustRoot("install"); err != nil {
@@ -59,7 +60,7 @@ spool: re-run install after changing the config. Running it again is safe.`,
 }
 
 // install snapshots cfg into the spool and points core_pattern at this
-// binary.
+// binary, or at its copy in host.bin_dir.
 func install(cfg *config.Config) (sysctl.Result, error) {
 	if _, err := store.Open(cfg.Store); err != nil {
 		return sysctl.Result{}, err
@@ -71,12 +72,24 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 	if err != nil {
 		return sysctl.Result{}, fmt.Errorf("find this binary's path: %w", err)
 	}
+	if cfg.Host.BinDir != "" {
+		// The kernel runs the helper on the host: the pattern names the
+		// copy by its host path, wherever this container sees it.
+		if _, err := sysctl.CopyHelper(bin, cfg.Host.BinMountDir()); err != nil {
+			return sysctl.Result{}, err
+		}
+		bin = filepath.Join(cfg.Host.BinDir, sysctl.HelperName)
+	}
 	snapshot := filepath.Join(cfg.Spool, helperConfig)
 	pattern, err := sysctl.Pattern(bin, snapshot, collector.PatternArgs)
 	if err != nil {
 		return sysctl.Result{}, err
 	}
-	data, err := cfg.Marshal()
+	// The snapshot is read on the host, by the helper and by an SRE's
+	// uninstall there: it holds the host's view of the host paths.
+	snap := *cfg
+	snap.Host.BinMount, snap.Host.ProcSysKernel = "", sysctl.Proc
+	data, err := snap.Marshal()
 	if err != nil {
 		return sysctl.Result{}, err
 	}
@@ -86,7 +99,18 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 	if err := os.WriteFile(snapshot, data, 0o600); err != nil {
 		return sysctl.Result{}, fmt.Errorf("write the helper's config: %w", err)
 	}
-	return sysctl.Install(cfg.Spool, pattern)
+	return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, pattern)
+}
+
+// uninstall restores the sysctls install replaced, then removes the helper
+// it copied into host.bin_dir: in that order, so that the kernel never
+// runs a pattern whose binary is gone.
+func uninstall(cfg *config.Config) (sysctl.Result, error) {
+	res, err := sysctl.Uninstall(cfg.Host.ProcSysKernel, cfg.Spool)
+	if err != nil || cfg.Host.BinDir == "" {
+		return res, err
+	}
+	return res, sysctl.RemoveHelper(cfg.Host.BinMountDir())
 }
 
 func printInstall(w io.Writer, res sysctl.Result) {
@@ -106,7 +130,7 @@ func printInstall(w io.Writer, res sysctl.Result) {
 func newUninstall(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "uninstall",
-		Short: "Restore the core_pattern and core_pipe_limit that install replaced",
+		Short: "Restore the core_pattern and core_pipe_limit that install replaced, and remove its copy in host.bin_dir",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := mustRoot("uninstall"); err != nil {
@@ -116,7 +140,7 @@ func newUninstall(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := sysctl.Uninstall(cfg.Spool)
+			res, err := uninstall(cfg)
 			if err != nil {
 				return err
 			}
@@ -148,6 +172,7 @@ cards.`,
 			if err := mustRoot("agent"); err != nil {
 				return err
 			}
+			nsErr := joinHostCgroupNamespace()
 			cfg, log, err := g.daemon(cmd, func(cfg *config.Config) {
 				cfg.Freeze.Allow = append(cfg.Freeze.Allow, freezeAllow...)
 				cfg.Freeze.Deny = append(cfg.Freeze.Deny, freezeDeny...)
@@ -157,6 +182,9 @@ cards.`,
 				return err
 			}
 			defer log.Sync()
+			if nsErr != nil {
+				log.Error("not in the host's cgroup namespace: containers will be neither frozen nor named", zap.Error(nsErr))
+			}
 			return runAgent(cmd.Context(), cfg, listen, interval, log)
 		},
 	}
@@ -177,9 +205,14 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	if err != nil {
 		return err
 	}
+	if res.AlreadyInstalled {
+		// Killed before it could restore (SIGKILL, OOM, a node crash):
+		// the sysctls it saved stay the ones to restore.
+		log.Warn("repaired: a previous agent left corecatch installed; its saved sysctls will be restored at exit", zap.String("found", res.PreviousPattern))
+	}
 	log.Info("installed", zap.String("core_pattern", res.Pattern), zap.String("previous", res.PreviousPattern), zap.String("store", st.String()))
 	defer func() {
-		if res, err := sysctl.Uninstall(cfg.Spool); err != nil {
+		if res, err := uninstall(cfg); err != nil {
 			log.Error("restore core_pattern", zap.Error(err))
 		} else {
 			log.Info("restored", zap.String("core_pattern", res.Pattern))

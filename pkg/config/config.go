@@ -51,6 +51,7 @@ type Config struct {
 	Notify    Notify    `json:"notify"`
 	Analysis  Analysis  `json:"analysis"`
 	Dedup     Dedup     `json:"dedup"`
+	Host      Host      `json:"host"`
 }
 
 // Analysis bounds the full unwind (gdb) of each stored core; the helper's
@@ -94,6 +95,33 @@ func (d Dedup) WindowFor(namespace string) time.Duration {
 		}
 	}
 	return time.Duration(d.Window)
+}
+
+// Host says where the host's files are when the agent runs in a container.
+// The kernel runs the core_pattern helper in the host's namespaces, so the
+// pattern must name a binary at a host path, and the agent must reach the
+// host's sysctls. Store, Spool, Socket and Identity.CRIEndpoint are paths
+// both the helper and the agent open: a pod mounts each at its host path.
+type Host struct {
+	// BinDir, a host path, is where the agent copies its own binary for
+	// the kernel to run (core_pattern names BinDir/corecatch). Empty: the
+	// pattern runs the binary the agent or install was started from.
+	BinDir string `json:"bin_dir"`
+	// BinMount is where BinDir is mounted in the agent's container; empty:
+	// at BinDir itself.
+	BinMount string `json:"bin_mount"`
+	// ProcSysKernel is where the host's /proc/sys/kernel is in the agent's
+	// filesystem (a container's own /proc/sys is read-only).
+	ProcSysKernel string `json:"proc_sys_kernel"`
+}
+
+// BinMountDir is where the agent writes BinDir's files: BinMount, or
+// BinDir when it is not mounted elsewhere.
+func (h Host) BinMountDir() string {
+	if h.BinMount != "" {
+		return h.BinMount
+	}
+	return h.BinDir
 }
 
 // Notify configures the agent's alerts: Feishu/Lark cards and Alertmanager.
@@ -256,6 +284,7 @@ func Default() *Config {
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
 		Dedup: Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:  Host{ProcSysKernel: "/proc/sys/kernel"},
 	}
 }
 
@@ -285,6 +314,19 @@ func (c *Config) Validate() error {
 	}
 	if c.Spool == "" || c.Spool[0] != '/' {
 		return fmt.Errorf("spool %q must be an absolute path", c.Spool)
+	}
+	for _, p := range []struct{ key, path string }{
+		{"host.bin_dir", c.Host.BinDir}, {"host.bin_mount", c.Host.BinMount}, {"host.proc_sys_kernel", c.Host.ProcSysKernel},
+	} {
+		if p.path != "" && !path.IsAbs(p.path) {
+			return fmt.Errorf("%s %q must be an absolute path", p.key, p.path)
+		}
+	}
+	if c.Host.ProcSysKernel == "" {
+		return errors.New("host.proc_sys_kernel is empty: set it to /proc/sys/kernel, or where the host's is mounted")
+	}
+	if c.Host.BinMount != "" && c.Host.BinDir == "" {
+		return errors.New("host.bin_mount is set without host.bin_dir: set bin_dir to the host path that bin_mount mounts")
 	}
 	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 {
 		return errors.New("collect.max_core_bytes and collect.max_file_bytes take sizes, not percentages")

@@ -5,9 +5,11 @@
 package sysctl
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,9 +17,9 @@ import (
 	"strings"
 )
 
-// The kernel's files. Proc is a variable so that tests of the save/restore
-// logic can point it at a directory; privileged tests use the real one.
-var Proc = "/proc/sys/kernel"
+// Proc is where the kernel's files are on a host; an agent in a pod reaches
+// the host's through a mount elsewhere (config host.proc_sys_kernel).
+const Proc = "/proc/sys/kernel"
 
 const (
 	patternFile   = "core_pattern"
@@ -30,8 +32,9 @@ const (
 	// (its /proc/PID/exe and map_files) until the helper is done; past it
 	// the kernel skips dumps, so it is set as systemd-coredump does.
 	PipeLimit = 16
-	// stateFile, in the spool, holds the values install replaced.
-	stateFile = "sysctl-saved.json"
+	// StateFile, in the spool, holds the values install replaced: what
+	// uninstall, or a stopping agent, will write back.
+	StateFile = "sysctl-saved.json"
 )
 
 // Saved is what install replaced, as the exact bytes the kernel's files
@@ -51,8 +54,8 @@ type Result struct {
 	AlreadyInstalled bool
 }
 
-func read(name string) ([]byte, error) {
-	data, err := os.ReadFile(filepath.Join(Proc, name))
+func read(proc, name string) ([]byte, error) {
+	data, err := os.ReadFile(filepath.Join(proc, name))
 	if err != nil {
 		return nil, fmt.Errorf("read kernel.%s: %w", name, err)
 	}
@@ -60,16 +63,16 @@ func read(name string) ([]byte, error) {
 }
 
 // readBoth reads core_pattern and core_pipe_limit as the kernel shows them.
-func readBoth() (pattern, limit []byte, err error) {
-	if pattern, err = read(patternFile); err != nil {
+func readBoth(proc string) (pattern, limit []byte, err error) {
+	if pattern, err = read(proc, patternFile); err != nil {
 		return nil, nil, err
 	}
-	limit, err = read(pipeLimitFile)
+	limit, err = read(proc, pipeLimitFile)
 	return pattern, limit, err
 }
 
-func write(name string, data []byte) error {
-	if err := os.WriteFile(filepath.Join(Proc, name), data, 0o644); err != nil {
+func write(proc, name string, data []byte) error {
+	if err := os.WriteFile(filepath.Join(proc, name), data, 0o644); err != nil {
 		if errors.Is(err, fs.ErrPermission) {
 			return fmt.Errorf("write kernel.%s: %w (run as root)", name, err)
 		}
@@ -102,11 +105,13 @@ func IsOurs(pattern []byte) bool {
 	return strings.HasPrefix(string(pattern), "|") && len(f) >= 2 && strings.HasPrefix(filepath.Base(f[0]), "corecatch") && f[1] == "collect"
 }
 
-// Install sets core_pattern to pattern, raises core_pipe_limit when it is 0,
-// and saves the previous values in spool unless corecatch was already
-// installed (then the saved values from that install stay).
-func Install(spool, pattern string) (Result, error) {
-	oldPattern, oldLimit, err := readBoth()
+// Install sets core_pattern, in the kernel's directory proc, to pattern,
+// raises core_pipe_limit when it is 0, and saves the previous values in
+// spool unless corecatch was already installed (then the saved values from
+// that install stay: an agent that was killed without restoring finds
+// them, and its successor restores them).
+func Install(proc, spool, pattern string) (Result, error) {
+	oldPattern, oldLimit, err := readBoth(proc)
 	if err != nil {
 		return Result{}, err
 	}
@@ -115,7 +120,7 @@ func Install(spool, pattern string) (Result, error) {
 		PreviousLimit: strings.TrimSpace(string(oldLimit)),
 	}
 	res.PipeLimit = res.PreviousLimit
-	state := filepath.Join(spool, stateFile)
+	state := filepath.Join(spool, StateFile)
 	_, statErr := os.Stat(state)
 	res.AlreadyInstalled = IsOurs(oldPattern)
 	if !res.AlreadyInstalled || errors.Is(statErr, fs.ErrNotExist) {
@@ -128,20 +133,20 @@ func Install(spool, pattern string) (Result, error) {
 		if err := os.MkdirAll(spool, 0o755); err != nil {
 			return res, fmt.Errorf("create spool %s: %w", spool, err)
 		}
-		if err := writeAtomic(state, data); err != nil {
+		if err := writeAtomic(state, 0o600, bytes.NewReader(data)); err != nil {
 			return res, fmt.Errorf("save previous sysctls: %w", err)
 		}
 	}
 	if n, err := strconv.Atoi(res.PreviousLimit); err == nil && n == 0 {
-		if err := write(pipeLimitFile, []byte(strconv.Itoa(PipeLimit))); err != nil {
+		if err := write(proc, pipeLimitFile, []byte(strconv.Itoa(PipeLimit))); err != nil {
 			return res, err
 		}
 		res.PipeLimit = strconv.Itoa(PipeLimit)
 	}
-	if err := write(patternFile, []byte(pattern)); err != nil {
+	if err := write(proc, patternFile, []byte(pattern)); err != nil {
 		return res, err
 	}
-	got, err := read(patternFile)
+	got, err := read(proc, patternFile)
 	if err != nil {
 		return res, err
 	}
@@ -151,10 +156,11 @@ func Install(spool, pattern string) (Result, error) {
 	return res, nil
 }
 
-// Uninstall restores the values install saved in spool, byte for byte, and
-// forgets them. Without saved values it changes nothing and says so.
-func Uninstall(spool string) (Result, error) {
-	state := filepath.Join(spool, stateFile)
+// Uninstall restores the values install saved in spool into the kernel's
+// directory proc, byte for byte, and forgets them. Without saved values it
+// changes nothing and says so.
+func Uninstall(proc, spool string) (Result, error) {
+	state := filepath.Join(spool, StateFile)
 	data, err := os.ReadFile(state)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Result{}, fmt.Errorf("nothing to restore: %s does not exist (corecatch was not installed with this spool; pass the --spool that install used)", state)
@@ -166,7 +172,7 @@ func Uninstall(spool string) (Result, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return Result{}, fmt.Errorf("read saved sysctls %s: %w", state, err)
 	}
-	cur, curLimit, err := readBoth()
+	cur, curLimit, err := readBoth(proc)
 	if err != nil {
 		return Result{}, err
 	}
@@ -176,22 +182,64 @@ func Uninstall(spool string) (Result, error) {
 	}
 	// Writing the pattern back as read (with its newline) restores it
 	// exactly: the kernel strips one trailing newline on write.
-	if err := write(patternFile, s.CorePattern); err != nil {
+	if err := write(proc, patternFile, s.CorePattern); err != nil {
 		return res, err
 	}
-	if err := write(pipeLimitFile, s.CorePipeLimit); err != nil {
+	if err := write(proc, pipeLimitFile, s.CorePipeLimit); err != nil {
 		return res, err
 	}
 	return res, os.Remove(state)
 }
 
-func writeAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+// HelperName is the helper's file name in a host directory (IsOurs knows a
+// pattern by it).
+const HelperName = "corecatch"
+
+// CopyHelper installs the binary src as dir/corecatch for the kernel to
+// run, and returns that path. It never opens the old file for writing (a
+// running helper makes that fail with "text file busy"): it writes a
+// temporary file beside it, syncs it and renames it over the old one, so
+// the kernel starts either the old binary or the new one, never a part.
+func CopyHelper(src, dir string) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("open this binary to install it: %w", err)
+	}
+	defer in.Close()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create the helper's directory %s: %w (check host.bin_dir and its mount)", dir, err)
+	}
+	dst := filepath.Join(dir, HelperName)
+	if err := writeAtomic(dst, 0o755, in); err != nil {
+		return "", fmt.Errorf("install the helper as %s: %w (check host.bin_dir and its mount)", dst, err)
+	}
+	return dst, syncDir(dir)
+}
+
+// RemoveHelper removes what CopyHelper installed in dir. A helper the
+// kernel already started keeps running from the unlinked file.
+func RemoveHelper(dir string) error {
+	if err := os.Remove(filepath.Join(dir, HelperName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove the installed helper: %w", err)
+	}
+	return nil
+}
+
+// writeAtomic writes what r holds to path with mode through a temporary
+// file beside it, synced before it is renamed over path. The temporary name
+// is fixed, so that a write cut by a kill leaves nothing the next one does
+// not replace.
+func writeAtomic(path string, mode os.FileMode, r io.Reader) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil { // O_CREATE's mode went through the umask
 		f.Close()
 		return err
 	}
@@ -203,4 +251,17 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }

@@ -5,16 +5,17 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
 const patternArgs = "%P %I %s %t %c %d %u %g %e"
 
-// fakeProc points Proc at a directory holding core_pattern and
-// core_pipe_limit as the kernel shows them, so that these tests never touch
-// the real /proc/sys.
+// fakeProc makes a directory holding core_pattern and core_pipe_limit as
+// the kernel shows them, so that these tests never touch the real /proc/sys.
 func fakeProc(t *testing.T, pattern, limit string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -23,9 +24,6 @@ func fakeProc(t *testing.T, pattern, limit string) string {
 			t.Fatal(err)
 		}
 	}
-	old := Proc
-	Proc = dir
-	t.Cleanup(func() { Proc = old })
 	return dir
 }
 
@@ -63,7 +61,7 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 			spool := filepath.Join(t.TempDir(), "spool") // install creates it
 			ours := ourPattern(t, "/usr/local/bin/corecatch")
 
-			res, err := Install(spool, ours)
+			res, err := Install(proc, spool, ours)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -79,22 +77,22 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 			if res.PreviousLimit != strings.TrimSpace(tc.limit) || res.PipeLimit != strings.TrimSpace(tc.wantLimit) {
 				t.Errorf("Install limits = %q (was %q), want %q (was %q)", res.PipeLimit, res.PreviousLimit, strings.TrimSpace(tc.wantLimit), strings.TrimSpace(tc.limit))
 			}
-			saved := readFile(t, filepath.Join(spool, stateFile))
+			saved := readFile(t, filepath.Join(spool, StateFile))
 
 			// A second install (an agent restart) finds its own pattern and
 			// must keep the values the first one saved.
-			res, err = Install(spool, ourPattern(t, "/opt/bin/corecatch"))
+			res, err = Install(proc, spool, ourPattern(t, "/opt/bin/corecatch"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !res.AlreadyInstalled {
 				t.Error("second Install did not see corecatch's own pattern")
 			}
-			if again := readFile(t, filepath.Join(spool, stateFile)); !bytes.Equal(again, saved) {
+			if again := readFile(t, filepath.Join(spool, StateFile)); !bytes.Equal(again, saved) {
 				t.Errorf("second Install overwrote the saved values:\n%s\nwas\n%s", again, saved)
 			}
 
-			res, err = Uninstall(spool)
+			res, err = Uninstall(proc, spool)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -107,7 +105,7 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 			if res.Pattern != strings.TrimSuffix(tc.pattern, "\n") || res.PipeLimit != strings.TrimSpace(tc.limit) {
 				t.Errorf("Uninstall = %+v", res)
 			}
-			if _, err := os.Stat(filepath.Join(spool, stateFile)); !errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat(filepath.Join(spool, StateFile)); !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("Uninstall kept the saved values: %v", err)
 			}
 		})
@@ -119,14 +117,14 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 func TestInstallOverOurs(t *testing.T) {
 	proc := fakeProc(t, "|/old/place/corecatch collect -c /x "+patternArgs+"\n", "8\n")
 	spool := t.TempDir()
-	res, err := Install(spool, ourPattern(t, "/usr/local/bin/corecatch"))
+	res, err := Install(proc, spool, ourPattern(t, "/usr/local/bin/corecatch"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !res.AlreadyInstalled {
 		t.Error("Install did not see corecatch's own pattern")
 	}
-	if _, err := Uninstall(spool); err != nil {
+	if _, err := Uninstall(proc, spool); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, filepath.Join(proc, patternFile)); string(got) != "core\n" {
@@ -139,7 +137,7 @@ func TestInstallOverOurs(t *testing.T) {
 
 func TestUninstallWithoutInstall(t *testing.T) {
 	proc := fakeProc(t, "core\n", "0\n")
-	if _, err := Uninstall(t.TempDir()); err == nil || !strings.Contains(err.Error(), "--spool") {
+	if _, err := Uninstall(proc, t.TempDir()); err == nil || !strings.Contains(err.Error(), "--spool") {
 		t.Errorf("Uninstall without saved values = %v, want an error naming --spool", err)
 	}
 	if got := readFile(t, filepath.Join(proc, patternFile)); string(got) != "core\n" {
@@ -148,10 +146,8 @@ func TestUninstallWithoutInstall(t *testing.T) {
 }
 
 func TestInstallMissingFiles(t *testing.T) {
-	old := Proc
-	Proc = t.TempDir() // no core_pattern in it
-	defer func() { Proc = old }()
-	if _, err := Install(t.TempDir(), "|/usr/local/bin/corecatch collect"); err == nil || !strings.Contains(err.Error(), "kernel.core_pattern") {
+	// No core_pattern in the directory.
+	if _, err := Install(t.TempDir(), t.TempDir(), "|/usr/local/bin/corecatch collect"); err == nil || !strings.Contains(err.Error(), "kernel.core_pattern") {
 		t.Errorf("Install without core_pattern = %v", err)
 	}
 }
@@ -204,5 +200,71 @@ func TestIsOurs(t *testing.T) {
 		if got := IsOurs([]byte(tc.pattern)); got != tc.want {
 			t.Errorf("IsOurs(%q) = %v, want %v", tc.pattern, got, tc.want)
 		}
+	}
+}
+
+// TestCopyHelperOverRunningBinary replaces a helper that is running, as an
+// upgrade does while the kernel runs the old one for a crash: writing into
+// the running file fails with "text file busy", CopyHelper does not, the
+// running process goes on, and a copy cut short by a kill earlier leaves
+// nothing behind.
+func TestCopyHelperOverRunningBinary(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "bin") // CopyHelper creates it
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := CopyHelper(sleep, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old != filepath.Join(dir, HelperName) {
+		t.Errorf("CopyHelper installed %s, want %s", old, filepath.Join(dir, HelperName))
+	}
+	running := exec.Command(old, "30")
+	if err := running.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer running.Process.Kill()
+	if f, err := os.OpenFile(old, os.O_WRONLY, 0); !errors.Is(err, syscall.ETXTBSY) {
+		f.Close()
+		t.Fatalf("opening the running binary for writing: %v, want text file busy (the test would prove nothing)", err)
+	}
+	// A temporary file a killed copy left.
+	if err := os.WriteFile(filepath.Join(dir, "."+HelperName+".tmp"), []byte("cut"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	src, err := exec.LookPath("true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CopyHelper(src, dir); err != nil {
+		t.Fatalf("CopyHelper over a running binary: %v", err)
+	}
+	if got, want := readFile(t, old), readFile(t, src); !bytes.Equal(got, want) {
+		t.Errorf("%s does not hold the new binary", old)
+	}
+	if fi, err := os.Stat(old); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("installed helper mode %v (%v), want 0755", fi.Mode(), err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("%s holds %d files, want only the helper", dir, len(entries))
+	}
+	if err := running.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the running old helper died: %v", err)
+	}
+	if err := exec.Command(old).Run(); err != nil {
+		t.Errorf("the new helper does not run: %v", err)
+	}
+
+	if err := RemoveHelper(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("RemoveHelper left %s (%v)", old, err)
+	}
+	if err := RemoveHelper(dir); err != nil {
+		t.Errorf("RemoveHelper of nothing: %v", err)
 	}
 }

@@ -45,7 +45,12 @@ func startAgent(t *testing.T, n *harness.Node, socket string) *agentProc {
 // startAgentListen is startAgent with the agent's HTTP address.
 func startAgentListen(t *testing.T, n *harness.Node, socket, listen string) *agentProc {
 	t.Helper()
-	cmd := exec.Command(n.Bin, "--config", n.Config, "agent", "--listen", listen)
+	return runAgent(t, exec.Command(n.Bin, "--config", n.Config, "agent", "--listen", listen), socket)
+}
+
+// runAgent starts cmd, an agent, and waits until its socket answers.
+func runAgent(t *testing.T, cmd *exec.Cmd, socket string) *agentProc {
+	t.Helper()
 	out, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,24 @@ type Node struct {
 func Install(t testing.TB, extraYAML string) *Node {
 	t.Helper()
 	Privileged(t)
-	dir, err := os.MkdirTemp("", "cce2e")
+	dir := TempDir(t, "cce2e")
+	n := &Node{t: t, Bin: Binary(t), Dir: dir,
+		Store: filepath.Join(dir, "store"), Spool: filepath.Join(dir, "spool"),
+		Config: filepath.Join(dir, "config.yaml")}
+	cfg := fmt.Sprintf("store: file://%s\nspool: %s\n%s", n.Store, n.Spool, extraYAML)
+	if err := os.WriteFile(n.Config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.Run("install")
+	return n
+}
+
+// TempDir makes a directory in the system's temporary directory (a short
+// path: core_pattern names paths in it) that the test's cleanup removes, or
+// keeps for inspection when the test failed.
+func TempDir(t testing.TB, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,15 +59,14 @@ func Install(t testing.TB, extraYAML string) *Node {
 			t.Logf("kept %s for inspection", dir)
 		}
 	})
-	n := &Node{t: t, Bin: Binary(t), Dir: dir,
-		Store: filepath.Join(dir, "store"), Spool: filepath.Join(dir, "spool"),
-		Config: filepath.Join(dir, "config.yaml")}
-	cfg := fmt.Sprintf("store: file://%s\nspool: %s\n%s", n.Store, n.Spool, extraYAML)
-	if err := os.WriteFile(n.Config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	n.Run("install")
-	return n
+	return dir
+}
+
+// Attach returns the Node of a config that something other than Install
+// set up (an agent run as its pod runs it), for Run, Crash and WaitBundle.
+// The caller holds the privileged lock (Privileged).
+func Attach(t testing.TB, dir, config, store, spool string) *Node {
+	return &Node{t: t, Bin: Binary(t), Dir: dir, Store: store, Spool: spool, Config: config}
 }
 
 // Run runs corecatch with --config and args, failing the test on error,
