@@ -2,7 +2,8 @@
 // kernel's core dump handler, runs the eBPF observer, answers the pipe
 // helper's questions over a root-only unix socket, and takes the helper's
 // report of each bundle, including the reports helpers left in the spool
-// while the agent was down.
+// while the agent was down, and with an S3 store uploads the bundles the
+// helper left in the outbox.
 package agent
 
 import (
@@ -19,6 +20,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
+	"github.com/corecatch/corecatch/pkg/upload"
 )
 
 // Options configure an Agent.
@@ -37,8 +39,12 @@ type Options struct {
 	// OnStoreOp is called for each operation the agent makes on the store.
 	OnStoreOp func(op string, err error)
 	// Store receives the metadata-only bundles of crashes whose core
-	// never arrived; nil disables them.
+	// never arrived (where the helper writes: the outbox with an S3
+	// store); nil disables them.
 	Store store.Store
+	// Uploader empties the outbox into an S3 store, kicked for every
+	// reported bundle; nil with a local store.
+	Uploader *upload.Uploader
 	// Freezer thaws what a previous agent left frozen and, with
 	// freeze.enabled, freezes a crasher's container while its core
 	// streams; nil when it could not be set up.
@@ -109,6 +115,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if ob := a.o.Observer; ob != nil {
 		wg.Go(func() { a.watch(ob) })
 	}
+	if up := a.o.Uploader; up != nil {
+		wg.Go(func() { up.Run(ctx) })
+	}
 	<-ctx.Done()
 	ln.Close()
 	if a.o.Observer != nil {
@@ -153,6 +162,9 @@ func (a *Agent) bundle(m *bundle.Metadata, spooled bool) {
 		zap.Bool("truncated", m.Core.Truncated), zap.String("truncate_reason", m.Core.TruncateReason),
 		zap.Bool("from_spool", spooled), zap.String("debug", "corecatch debug "+m.ID))
 	a.o.OnBundle(m)
+	if a.o.Uploader != nil {
+		a.o.Uploader.Kick()
+	}
 }
 
 // watch consumes the observer's events.

@@ -52,13 +52,14 @@ func runCollect(cfgPath string, explicit bool, args []string) error {
 		log.Error("config unreadable, using defaults", zap.Error(err))
 		cfg = config.Default()
 	}
-	st, err := store.Open(cfg.Store)
+	st, err := openStore(cfg)
 	if err != nil {
 		log.Error("store unusable, using the default store", zap.Error(err))
-		st, _ = store.Open(config.Default().Store)
+		st, _ = store.Open(config.Default().Store, store.Options{})
 	}
+	st, bounds := nodeStore(cfg, st)
 	m, err := collector.Run(context.Background(), collector.Options{
-		Config: cfg, Store: st, Request: req, Core: os.Stdin, Log: log, Version: Version,
+		Config: cfg, Store: st, Retention: bounds, Request: req, Core: os.Stdin, Log: log, Version: Version,
 	})
 	if err != nil {
 		log.Error("core not stored", zap.Error(err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/signal"
@@ -26,6 +27,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/sysctl"
+	"github.com/corecatch/corecatch/pkg/upload"
 )
 
 // helperConfig is the snapshot of the effective config, in the spool, that
@@ -63,7 +65,7 @@ spool: re-run install after changing the config. Running it again is safe.`,
 // install snapshots cfg into the spool and points core_pattern at this
 // binary.
 func install(cfg *config.Config) (sysctl.Result, error) {
-	if _, err := store.Open(cfg.Store); err != nil {
+	if _, err := openStore(cfg); err != nil {
 		return sysctl.Result{}, err
 	}
 	bin, err := os.Executable()
@@ -173,10 +175,11 @@ replaced. It serves Prometheus metrics on /metrics, and /healthz and
 }
 
 func runAgent(ctx context.Context, cfg *config.Config, listen string, interval time.Duration, log *zap.Logger) error {
-	st, err := store.Open(cfg.Store)
+	st, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
+	local, bounds := nodeStore(cfg, st)
 	res, err := install(cfg)
 	if err != nil {
 		return err
@@ -229,13 +232,11 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}()
 	defer srv.Close()
 
-	if local, ok := st.(*store.File); ok {
+	if retain, every := retention(cfg, st, interval); retain != nil {
 		// Age-based retention must run on nodes that stop crashing too.
 		go func() {
-			t := time.NewTicker(interval)
-			defer t.Stop()
 			for {
-				gone, err := local.Vacuum(ctx, collector.RetentionFor(cfg, local), "")
+				gone, err := retain(ctx)
 				for range gone {
 					met.StoreOp("delete", nil)
 				}
@@ -248,10 +249,20 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 				select {
 				case <-ctx.Done():
 					return
-				case <-t.C:
+				case <-time.After(every()):
 				}
 			}
 		}()
+	}
+	var up *upload.Uploader
+	if remote, ok := st.(*store.S3); ok && local != st {
+		up = upload.New(upload.Options{
+			Outbox: local.(*store.File), Remote: remote, Log: log, MaxBackoff: time.Duration(cfg.Upload.MaxBackoff),
+			OnUpload:  func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
+			OnBacklog: met.UploadBacklog,
+		})
+		log.Info("uploading bundles from the outbox", zap.String("outbox", local.String()), zap.String("store", st.String()),
+			zap.String("spool_max_use", bounds.MaxUse.String()), zap.String("spool_keep_free", bounds.KeepFree.String()))
 	}
 	// The freezer is built even when freezing is off: a previous agent
 	// may have left cgroups frozen, and this one thaws them.
@@ -261,7 +272,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		fz = nil
 	}
 	return agent.New(agent.Options{
-		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: st,
+		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: local, Uploader: up,
 		OnBundle: met.Bundle,
 		OnSignal: func(ev observer.Event) {
 			// The process is still there at its fatal signal: its cgroup
@@ -276,4 +287,28 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		OnReady:   func() { ready.Store(true) },
 		OnStoreOp: met.StoreOp,
 	}).Run(ctx)
+}
+
+// retention returns how the agent applies retention to st and how long to
+// wait between two runs: to a local store every interval; to an S3 store,
+// which every node of a cluster sweeps, bundles older than max_age about
+// every retention.sweep_interval, each wait drawn between half and one
+// and a half of it so that nodes spread out. It returns nil when nothing
+// is to be done.
+func retention(cfg *config.Config, st store.Store, interval time.Duration) (func(context.Context) ([]string, error), func() time.Duration) {
+	switch s := st.(type) {
+	case *store.File:
+		return func(ctx context.Context) ([]string, error) {
+			return s.Vacuum(ctx, collector.RetentionFor(cfg.Retention, s), "")
+		}, func() time.Duration { return interval }
+	case *store.S3:
+		age, every := time.Duration(cfg.Retention.MaxAge), time.Duration(cfg.Retention.SweepInterval)
+		if age <= 0 || every <= 0 {
+			return nil, nil
+		}
+		return func(ctx context.Context) ([]string, error) {
+			return s.Sweep(ctx, age)
+		}, func() time.Duration { return every/2 + rand.N(every) }
+	}
+	return nil, nil
 }

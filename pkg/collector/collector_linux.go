@@ -96,9 +96,12 @@ func ParseRequest(args []string) (Request, error) {
 
 // Options configure one Run.
 type Options struct {
-	Config  *config.Config
-	Store   store.Store
-	Request Request
+	Config *config.Config
+	// Store receives the bundle; with a local store (the configured one,
+	// or the outbox of an S3 store) Retention bounds it.
+	Store     store.Store
+	Retention config.Retention
+	Request   Request
 	// Core is the pipe the kernel writes the core into (stdin).
 	Core    *os.File
 	Log     *zap.Logger
@@ -176,7 +179,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		withEnviron:  cfg.Collect.CaptureEnviron,
 	}
 	wg.Go(cap.run)
-	retention := RetentionFor(cfg, local)
+	retention := RetentionFor(o.Retention, local)
 	if local != nil {
 		// Retention before writing, and the room the core may take. The
 		// kernel waits on the pipe meanwhile: this only stats the store.
@@ -305,10 +308,10 @@ func taskComm(req Request) []byte {
 	return bytes.TrimSuffix(data, []byte("\n"))
 }
 
-// RetentionFor turns the configured bounds, which may be percentages of the
+// RetentionFor turns configured bounds, which may be percentages of the
 // store's filesystem, into bytes.
-func RetentionFor(cfg *config.Config, local *store.File) store.Retention {
-	r := store.Retention{MaxAge: time.Duration(cfg.Retention.MaxAge)}
+func RetentionFor(bounds config.Retention, local *store.File) store.Retention {
+	r := store.Retention{MaxAge: time.Duration(bounds.MaxAge)}
 	var total int64
 	if local != nil {
 		var st unix.Statfs_t
@@ -316,8 +319,8 @@ func RetentionFor(cfg *config.Config, local *store.File) store.Retention {
 			total = int64(st.Blocks) * st.Bsize
 		}
 	}
-	r.MaxUse = cfg.Retention.MaxUse.Of(total)
-	r.KeepFree = cfg.Retention.KeepFree.Of(total)
+	r.MaxUse = bounds.MaxUse.Of(total)
+	r.KeepFree = bounds.KeepFree.Of(total)
 	return r
 }
 

@@ -82,7 +82,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	m.storeOps = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_store_operations_total",
-		Help: "Operations of the agent on the bundle store (put, delete), by result.",
+		Help: "Operations of the agent on the bundle store (put, delete, upload), by result.",
 	}, []string{"op", "result"})
 	m.uploadBacklog = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "corecatch_upload_backlog_bytes",
@@ -111,7 +111,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	for _, k := range []string{"raw", "stored"} {
 		m.coreBytes.WithLabelValues(k)
 	}
-	for _, op := range []string{"put", "delete"} {
+	for _, op := range []string{"put", "delete", "upload"} {
 		for _, r := range []string{"ok", "error"} {
 			m.storeOps.WithLabelValues(op, r)
 		}
@@ -172,6 +172,9 @@ func (m *Metrics) StoreOp(op string, err error) {
 	}
 	m.storeOps.WithLabelValues(op, result).Inc()
 }
+
+// UploadBacklog sets the bytes of bundles waiting in the outbox.
+func (m *Metrics) UploadBacklog(bytes int64) { m.uploadBacklog.Set(float64(bytes)) }
 
 // Signal counts one fatal signal the observer saw, of kind core or fatal,
 // in a container of pod (either may be nil).

@@ -119,7 +119,9 @@ func (s *File) CleanStale() error {
 	return errors.Join(errs...)
 }
 
-func (s *File) bundleDir(id string) (string, error) {
+// BundleDir returns where a published bundle lives, for the uploader that
+// reads its files directly (sizes, ReadAt) rather than through Open.
+func (s *File) BundleDir(id string) (string, error) {
 	rel, err := bundle.Dir(id)
 	if err != nil {
 		return "", err
@@ -127,10 +129,11 @@ func (s *File) bundleDir(id string) (string, error) {
 	return filepath.Join(s.root, filepath.FromSlash(rel)), nil
 }
 
-// ids returns the ids of every published bundle, oldest first. Ids start
-// with their UTC time to the second; within one second, the time each was
-// published (its directory's mtime) decides.
-func (s *File) ids() ([]string, error) {
+// IDs returns the ids of every published bundle, oldest first: the order
+// retention deletes and the uploader uploads in. Ids start with their UTC
+// time to the second; within one second, the time each was published (its
+// directory's mtime) decides.
+func (s *File) IDs() ([]string, error) {
 	matches, err := filepath.Glob(filepath.Join(s.root, "[0-9][0-9][0-9][0-9]", "[0-9][0-9]", "[0-9][0-9]", "*"))
 	if err != nil {
 		return nil, err
@@ -166,7 +169,7 @@ func (s *File) ids() ([]string, error) {
 // bundle whose metadata cannot be read is reported in the error but does not
 // hide the others.
 func (s *File) List(ctx context.Context) ([]*bundle.Metadata, error) {
-	ids, err := s.ids()
+	ids, err := s.IDs()
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +191,7 @@ func (s *File) List(ctx context.Context) ([]*bundle.Metadata, error) {
 
 // Get reads one bundle's metadata.json.
 func (s *File) Get(ctx context.Context, id string) (*bundle.Metadata, error) {
-	dir, err := s.bundleDir(id)
+	dir, err := s.BundleDir(id)
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +221,7 @@ func cleanName(name string) (string, error) {
 
 // Open reads one file of a bundle.
 func (s *File) Open(ctx context.Context, id, name string) (io.ReadCloser, error) {
-	dir, err := s.bundleDir(id)
+	dir, err := s.BundleDir(id)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +238,7 @@ func (s *File) Open(ctx context.Context, id, name string) (io.ReadCloser, error)
 
 // Delete removes a bundle and the date directories it leaves empty.
 func (s *File) Delete(ctx context.Context, id string) error {
-	dir, err := s.bundleDir(id)
+	dir, err := s.BundleDir(id)
 	if err != nil {
 		return err
 	}
@@ -271,13 +274,13 @@ func diskBytes(dir string) int64 {
 // Usage reports the bytes published bundles take on disk and what their
 // filesystem has left.
 func (s *File) Usage(ctx context.Context) (Usage, error) {
-	ids, err := s.ids()
+	ids, err := s.IDs()
 	if err != nil {
 		return Usage{}, err
 	}
 	u := Usage{Bundles: len(ids)}
 	for _, id := range ids {
-		dir, _ := s.bundleDir(id)
+		dir, _ := s.BundleDir(id)
 		u.Bytes += diskBytes(dir)
 	}
 	var st unix.Statfs_t
@@ -314,7 +317,7 @@ func (s *File) Space(ctx context.Context, r Retention) (*Space, error) {
 
 // refresh measures the store again.
 func (sp *Space) refresh(ctx context.Context) error {
-	ids, err := sp.store.ids()
+	ids, err := sp.store.IDs()
 	if err != nil {
 		return err
 	}
@@ -390,7 +393,7 @@ func (sp *Space) FreeOldest(ctx context.Context) (string, error) {
 
 // remove deletes a bundle and counts the room it gave back.
 func (sp *Space) remove(ctx context.Context, id string) error {
-	dir, err := sp.store.bundleDir(id)
+	dir, err := sp.store.BundleDir(id)
 	if err != nil {
 		return err
 	}
