@@ -139,7 +139,7 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 	pf.StringVar(&g.cri, "cri-endpoint", "", "container runtime's CRI socket (unix:///path); overrides identity.cri_endpoint")
 	root.AddCommand(
 		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
-		newLs(g), newShow(g), newPull(g), newDebug(g),
+		newLs(g), newShow(g), newPull(g), newDebug(g), newUpload(g),
 		newTrace(g), newConfigCmd(g), newVersion(),
 	)
 	return root

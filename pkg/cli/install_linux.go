@@ -254,13 +254,11 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 			}
 		}()
 	}
-	var up *upload.Uploader
-	if remote, ok := st.(*store.S3); ok && local != st {
-		up = upload.New(upload.Options{
-			Outbox: local.(*store.File), Remote: remote, Log: log, MaxBackoff: time.Duration(cfg.Upload.MaxBackoff),
-			OnUpload:  func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
-			OnBacklog: met.UploadBacklog,
-		})
+	up := newUploader(cfg, st, log, upload.Options{
+		OnUpload:  func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
+		OnBacklog: met.UploadBacklog,
+	})
+	if up != nil {
 		log.Info("uploading bundles from the outbox", zap.String("outbox", local.String()), zap.String("store", st.String()),
 			zap.String("spool_max_use", bounds.MaxUse.String()), zap.String("spool_keep_free", bounds.KeepFree.String()))
 	}

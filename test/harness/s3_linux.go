@@ -166,6 +166,20 @@ func (s *S3Server) Incomplete(t testing.TB, prefix string) []string {
 	return keys
 }
 
+// StagedParts counts the parts of multipart uploads the server keeps on
+// disk (versitygw's POSIX backend stages them under
+// <bucket>/.sgwtmp/multipart): it works while the server is down.
+func (s *S3Server) StagedParts() int {
+	n := 0
+	filepath.WalkDir(filepath.Join(s.Dir, s.Bucket, ".sgwtmp", "multipart"), func(_ string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
 // S3 starts a server for one test in a temporary directory and kills it
 // when the test ends. Without versitygw the test is skipped, except under
 // CI=true, where it fails.

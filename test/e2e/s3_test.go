@@ -1,0 +1,237 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/store"
+	"github.com/corecatch/corecatch/pkg/upload"
+	"github.com/corecatch/corecatch/test/harness"
+)
+
+var statOptions = minio.StatObjectOptions{}
+
+// s3Prefix is where the tests' nodes keep bundles in the bucket.
+const s3Prefix = "clusters/test"
+
+// s3Node installs corecatch with an S3 store on srv (credentials in a
+// file, retries at most 5s apart), for an agent on socket.
+func s3Node(t *testing.T, srv *harness.S3Server, socket string) *harness.Node {
+	t.Helper()
+	n := harness.Install(t, srv.Config(s3Prefix)+"socket: "+socket+"\nupload:\n  max_backoff: 5s\n")
+	n.Run("uninstall") // the agent installs, and restores on exit
+	return n
+}
+
+// outboxIDs lists the bundles waiting in the node's outbox.
+func outboxIDs(t *testing.T, n *harness.Node) []string {
+	t.Helper()
+	ids, err := store.NewFile(filepath.Join(n.Spool, upload.OutboxDir)).IDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// checkBucket checks that the bucket holds the bundles ids, each exactly
+// once, nothing else, and no multipart upload in progress; and that the
+// outbox is empty.
+func checkBucket(t *testing.T, n *harness.Node, srv *harness.S3Server, ids ...string) {
+	t.Helper()
+	var listed []string
+	for _, m := range n.Bundles() {
+		listed = append(listed, m.ID)
+	}
+	slices.Sort(listed)
+	want := slices.Sorted(slices.Values(ids))
+	if !slices.Equal(listed, want) {
+		t.Errorf("corecatch ls lists %q, want %q, each once", listed, want)
+	}
+	metas := 0
+	for _, k := range srv.Keys(t, s3Prefix+"/") {
+		id, name, _ := strings.Cut(strings.TrimPrefix(k, s3Prefix+"/"), "/")
+		if !slices.Contains(ids, id) {
+			t.Errorf("object %s belongs to no bundle of this test", k)
+		}
+		if name == bundle.MetadataFile {
+			metas++
+		}
+	}
+	if metas != len(ids) {
+		t.Errorf("%d metadata.json objects for %d bundles", metas, len(ids))
+	}
+	if up := srv.Incomplete(t, s3Prefix+"/"); len(up) > 0 {
+		t.Errorf("incomplete multipart uploads left: %q", up)
+	}
+	if left := outboxIDs(t, n); len(left) > 0 {
+		t.Errorf("bundles left in the outbox after upload: %q", left)
+	}
+}
+
+// TestS3CrashArrivesAndPulls: with an S3 store (a real versitygw on
+// loopback) a real crash's bundle is written to the outbox by the helper,
+// uploaded by the agent and deleted locally; `corecatch pull` from the
+// bucket gives exactly the bytes the kernel sent, `gdb bt` works on it, and
+// ls, show and debug work as with a local store. The agent counts the
+// upload and shows an empty backlog.
+func TestS3CrashArrivesAndPulls(t *testing.T) {
+	srv := harness.S3(t)
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccs3-%d.sock", os.Getpid()))
+	n := s3Node(t, srv, socket)
+	exe := buildSignals(t, n.Dir)
+	addr := freeAddr(t)
+	a := startAgentListen(t, n, socket, addr)
+
+	// The raw core, as the kernel sends it, goes through a tee.
+	raw := filepath.Join(n.Dir, "raw.core")
+	tee := filepath.Join(n.Dir, "tee.sh")
+	script := fmt.Sprintf("#!/bin/sh\n# Keep the raw core the kernel sends, and pass it on to corecatch.\ntee %s | %s collect -c %s \"$@\"\n",
+		raw, n.Bin, filepath.Join(n.Spool, "collect.yaml"))
+	if err := os.WriteFile(tee, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeKernel(t, "core_pattern", "|"+tee+" %P %I %s %t %c %d %u %g %e")
+
+	cmd := exec.Command(exe, "segv", "--hole", "64")
+	n.Crash(cmd)
+	a.waitLineWithin(t, 60*time.Second, "bundle uploaded")
+	m := n.WaitBundle(cmd.Process.Pid)
+	checkWholeCore(t, m)
+	checkBucket(t, n, srv, m.ID)
+
+	dir, _ := checkDebuggable(t, n, m, "crash_segv")
+	if got, want := sha256File(t, filepath.Join(dir, "core")), sha256File(t, raw); got != want {
+		t.Errorf("core pulled from the bucket has sha256 %s, the kernel's core %s", got, want)
+	}
+	if out := n.Run("show", m.ID); !strings.Contains(out, "SIGSEGV") || !strings.Contains(out, m.ID) {
+		t.Errorf("corecatch show against s3://:\n%s", out)
+	}
+	out := n.Run("debug", m.ID, "--cache", filepath.Join(n.Dir, "cache"), "--", "-nx", "-batch", "-iex", "set debuginfod enabled off", "-ex", "bt")
+	if !strings.Contains(out, "crash_segv") {
+		t.Errorf("corecatch debug against s3:// does not show crash_segv:\n%s", out)
+	}
+	body := httpGet(t, "http://"+addr+"/metrics")
+	for _, want := range []string{
+		`corecatch_store_operations_total{op="upload",result="ok"} 1`,
+		`corecatch_store_operations_total{op="upload",result="error"} 0`,
+		`corecatch_upload_backlog_bytes 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// TestS3OutageSpoolsAndUploads: the S3 service is down during two crashes
+// and for 2 minutes after the first, and the agent is killed (-9) and
+// restarted meanwhile. The bundles wait in the outbox; once the service is
+// back they are uploaded, each exactly once, and the outbox empties.
+func TestS3OutageSpoolsAndUploads(t *testing.T) {
+	srv := harness.S3(t)
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccs3out-%d.sock", os.Getpid()))
+	n := s3Node(t, srv, socket)
+	exe := buildSignals(t, n.Dir)
+	srv.Kill()
+	a := startAgent(t, n, socket)
+
+	first := exec.Command(exe, "segv")
+	n.Crash(first)
+	down := time.Now()
+	a.waitLineWithin(t, 30*time.Second, "upload failed", "bundles wait in the outbox")
+	if ids := outboxIDs(t, n); len(ids) != 1 {
+		t.Fatalf("outbox during the outage: %q, want the crash's bundle", ids)
+	}
+
+	// The spool outlives the agent.
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+	a = startAgent(t, n, socket)
+	second := exec.Command(exe, "abrt")
+	n.Crash(second)
+	a.waitLineWithin(t, 30*time.Second, "upload failed")
+	time.Sleep(2*time.Minute - time.Since(down))
+	ids := outboxIDs(t, n)
+	if len(ids) != 2 {
+		t.Fatalf("outbox after 2 minutes of outage: %q, want both bundles", ids)
+	}
+
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now()
+	m1, m2 := n.WaitBundle(first.Process.Pid), n.WaitBundle(second.Process.Pid)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(outboxIDs(t, n)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("both bundles uploaded %.1fs after the service came back", time.Since(up).Seconds())
+	if !slices.Contains(ids, m1.ID) || !slices.Contains(ids, m2.ID) {
+		t.Errorf("uploaded %s and %s, but the outbox held %q", m1.ID, m2.ID, ids)
+	}
+	checkBucket(t, n, srv, m1.ID, m2.ID)
+}
+
+// TestS3ServerKilledMidUpload kills the S3 service (-9) in the middle of
+// the multipart upload of a 1 GB bundle. Once it is back, the upload
+// completes, the multipart upload the dead service was left with is
+// aborted, and the bundle in the bucket opens in gdb.
+func TestS3ServerKilledMidUpload(t *testing.T) {
+	srv := harness.S3(t)
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccs3kill-%d.sock", os.Getpid()))
+	n := s3Node(t, srv, socket)
+	exe := limMem(t, n)
+	a := startAgent(t, n, socket)
+
+	cmd := exec.Command(exe, "1024", "rand")
+	n.Crash(cmd)
+	deadline := time.Now().Add(60 * time.Second)
+	for len(srv.Incomplete(t, s3Prefix+"/")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no multipart upload started within 60s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // some parts in, most not
+	srv.Kill()
+	a.waitLineWithin(t, 60*time.Second, "upload failed")
+	ids := outboxIDs(t, n)
+	if len(ids) != 1 {
+		t.Fatalf("outbox after the service died: %q, want the bundle", ids)
+	}
+	staged := srv.StagedParts()
+	if staged == 0 {
+		t.Fatal("the dead service holds no part of the cut upload: it was not killed mid-upload")
+	}
+	t.Logf("the dead service holds %d parts of the cut upload", staged)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a.waitLineWithin(t, 2*time.Minute, "bundle uploaded", ids[0])
+	t.Logf("1 GB bundle uploaded %.1fs after the service came back", time.Since(start).Seconds())
+	m := n.WaitBundle(cmd.Process.Pid)
+	checkBucket(t, n, srv, m.ID)
+	if left := srv.StagedParts(); left != 0 {
+		t.Errorf("the service still holds %d parts of multipart uploads", left)
+	}
+	info, err := srv.Client.StatObject(context.Background(), srv.Bucket, s3Prefix+"/"+m.ID+"/"+bundle.CoreFile, statOptions)
+	if err != nil || info.Size != m.Core.StoredBytes || m.Core.StoredBytes < 1<<30 {
+		t.Errorf("core.zst in the bucket: %d bytes (%v); the bundle stored %d", info.Size, err, m.Core.StoredBytes)
+	}
+	dir, _ := checkDebuggable(t, n, m, "crash_here")
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, "core"), &st); err != nil || st.Size != m.Core.RawBytes {
+		t.Errorf("pulled core: %d bytes (%v), want %d", st.Size, err, m.Core.RawBytes)
+	}
+}
