@@ -283,7 +283,12 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 			}()
 		},
 		OnReady:   func() { ready.Store(true) },
-		OnStoreOp: met.StoreOp,
+		OnStoreOp: func(op string, err error) {
+			met.StoreOp(op, err)
+			if op == "put" && err == nil && up != nil {
+				up.Kick() // a crash without a core, recorded in the outbox
+			}
+		},
 	}).Run(ctx)
 }
 

@@ -25,13 +25,15 @@ var statOptions = minio.StatObjectOptions{}
 // s3Prefix is where the tests' nodes keep bundles in the bucket.
 const s3Prefix = "clusters/test"
 
-// s3Node installs corecatch with an S3 store on srv (credentials in a
-// file, retries at most 5s apart), for an agent on socket.
-func s3Node(t *testing.T, srv *harness.S3Server, socket string) *harness.Node {
+// s3Node starts an S3 service and installs corecatch with a store on it
+// (credentials in a file, retries at most 5s apart, more upload settings
+// in upload, indented), for an agent on the socket it returns.
+func s3Node(t *testing.T, upload string) (*harness.Node, *harness.S3Server, string) {
 	t.Helper()
-	n := harness.Install(t, srv.Config(s3Prefix)+"socket: "+socket+"\nupload:\n  max_backoff: 5s\n")
-	n.Run("uninstall") // the agent installs, and restores on exit
-	return n
+	srv := harness.S3(t)
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccs3-%d.sock", os.Getpid()))
+	n := harness.Install(t, srv.Config(s3Prefix)+"socket: "+socket+"\nupload:\n  max_backoff: 5s\n"+upload)
+	return n, srv, socket
 }
 
 // outboxIDs lists the bundles waiting in the node's outbox.
@@ -86,23 +88,12 @@ func checkBucket(t *testing.T, n *harness.Node, srv *harness.S3Server, ids ...st
 // ls, show and debug work as with a local store. The agent counts the
 // upload and shows an empty backlog.
 func TestS3CrashArrivesAndPulls(t *testing.T) {
-	srv := harness.S3(t)
-	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccs3-%d.sock", os.Getpid()))
-	n := s3Node(t, srv, socket)
+	n, srv, socket := s3Node(t, "")
 	exe := buildSignals(t, n.Dir)
 	addr := freeAddr(t)
 	a := startAgentListen(t, n, socket, addr)
 
-	// The raw core, as the kernel sends it, goes through a tee.
-	raw := filepath.Join(n.Dir, "raw.core")
-	tee := filepath.Join(n.Dir, "tee.sh")
-	script := fmt.Sprintf("#!/bin/sh\n# Keep the raw core the kernel sends, and pass it on to corecatch.\ntee %s | %s collect -c %s \"$@\"\n",
-		raw, n.Bin, filepath.Join(n.Spool, "collect.yaml"))
-	if err := os.WriteFile(tee, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeKernel(t, "core_pattern", "|"+tee+" %P %I %s %t %c %d %u %g %e")
-
+	raw := teeCore(t, n)
 	cmd := exec.Command(exe, "segv", "--hole", "64")
 	n.Crash(cmd)
 	a.waitLineWithin(t, 60*time.Second, "bundle uploaded")
@@ -138,9 +129,7 @@ func TestS3CrashArrivesAndPulls(t *testing.T) {
 // restarted meanwhile. The bundles wait in the outbox; once the service is
 // back they are uploaded, each exactly once, and the outbox empties.
 func TestS3OutageSpoolsAndUploads(t *testing.T) {
-	srv := harness.S3(t)
-	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccs3out-%d.sock", os.Getpid()))
-	n := s3Node(t, srv, socket)
+	n, srv, socket := s3Node(t, "")
 	exe := buildSignals(t, n.Dir)
 	srv.Kill()
 	a := startAgent(t, n, socket)
@@ -187,9 +176,7 @@ func TestS3OutageSpoolsAndUploads(t *testing.T) {
 // completes, the multipart upload the dead service was left with is
 // aborted, and the bundle in the bucket opens in gdb.
 func TestS3ServerKilledMidUpload(t *testing.T) {
-	srv := harness.S3(t)
-	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccs3kill-%d.sock", os.Getpid()))
-	n := s3Node(t, srv, socket)
+	n, srv, socket := s3Node(t, "")
 	exe := limMem(t, n)
 	a := startAgent(t, n, socket)
 
@@ -234,4 +221,18 @@ func TestS3ServerKilledMidUpload(t *testing.T) {
 	if err := syscall.Stat(filepath.Join(dir, "core"), &st); err != nil || st.Size != m.Core.RawBytes {
 		t.Errorf("pulled core: %d bytes (%v), want %d", st.Size, err, m.Core.RawBytes)
 	}
+}
+
+// TestS3DirectStreaming: with upload.direct the kernel-run helper, which
+// has no environment (credentials come from the file), streams the bundle
+// straight into the bucket, with no agent and nothing in the outbox, and
+// the bundle opens in gdb.
+func TestS3DirectStreaming(t *testing.T) {
+	n, srv, _ := s3Node(t, "  direct: true\n")
+	cmd := exec.Command(buildSignals(t, n.Dir), "fpe")
+	n.Crash(cmd)
+	m := n.WaitBundle(cmd.Process.Pid)
+	checkWholeCore(t, m)
+	checkBucket(t, n, srv, m.ID)
+	checkDebuggable(t, n, m, "crash_fpe")
 }
