@@ -282,7 +282,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 				met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)
 			}()
 		},
-		OnReady:   func() { ready.Store(true) },
+		OnReady: func() { ready.Store(true) },
 		OnStoreOp: func(op string, err error) {
 			met.StoreOp(op, err)
 			if op == "put" && err == nil && up != nil {
