@@ -77,6 +77,9 @@ type S3 struct {
 	core   minio.Core
 	bucket string
 	prefix string
+	// directPart is the part size of direct streaming: DirectPartSize,
+	// smaller in tests.
+	directPart int
 }
 
 // NewS3 returns the store in bucket under prefix ("" for the bucket's
@@ -118,7 +121,7 @@ func NewS3(bucket, prefix string, o S3Options) (*S3, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 endpoint %q: %w", o.Endpoint, err)
 	}
-	return &S3{client: client, core: minio.Core{Client: client}, bucket: bucket, prefix: strings.Trim(prefix, "/")}, nil
+	return &S3{client: client, core: minio.Core{Client: client}, bucket: bucket, prefix: strings.Trim(prefix, "/"), directPart: DirectPartSize}, nil
 }
 
 // String returns the store's URL.
@@ -562,7 +565,7 @@ func (w *s3Writer) Create(name string) (io.WriteCloser, error) {
 	if _, err := cleanName(name); err != nil {
 		return nil, err
 	}
-	return &s3File{w: w, key: w.s.key(w.id, name), hash: newETagHash(DirectPartSize)}, nil
+	return &s3File{w: w, key: w.s.key(w.id, name), part: w.s.directPart, hash: newETagHash(int64(w.s.directPart))}, nil
 }
 
 // Commit writes metadata.json once every file is in.
@@ -599,6 +602,7 @@ func (w *s3Writer) Abort() error {
 type s3File struct {
 	w        *s3Writer
 	key      string
+	part     int // the part size
 	buf      []byte
 	hash     *etagHash
 	uploadID string
@@ -613,20 +617,20 @@ func (f *s3File) Write(p []byte) (int, error) {
 	written := len(p)
 	f.hash.Write(p)
 	for len(p) > 0 {
-		if len(f.buf) == DirectPartSize {
+		if len(f.buf) == f.part {
 			if f.err = f.sendPart(); f.err != nil {
 				return 0, f.err
 			}
 		}
-		k := min(len(p), DirectPartSize-len(f.buf))
+		k := min(len(p), f.part-len(f.buf))
 		if cap(f.buf)-len(f.buf) < k {
 			// Grow towards one part, never past it: small files stay
 			// small, and a large one allocates its part once.
 			c := max(2*cap(f.buf), len(f.buf)+k, 64<<10)
 			if c >= 4<<20 {
-				c = DirectPartSize
+				c = f.part
 			}
-			nb := make([]byte, len(f.buf), min(c, DirectPartSize))
+			nb := make([]byte, len(f.buf), min(c, f.part))
 			copy(nb, f.buf)
 			f.buf = nb
 		}
