@@ -13,6 +13,10 @@ BIN       := bin/corecatch
 TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus prometheus-alertmanager
 # What `make generate` needs to rebuild the committed BPF objects exactly.
 GEN_DEBS  := clang-14 llvm-14 libbpf-dev
+# A real S3 service for the S3 store's tests and the upload bench: versitygw
+# with its POSIX backend, built from source (the module proxy serves it).
+VERSITYGW := github.com/versity/versitygw/cmd/versitygw@v1.8.0
+VGW_BIN   := /usr/local/bin/versitygw
 
 HELM      := bin/helm
 CHART     := deploy/helm/corecatch
@@ -35,6 +39,7 @@ deps:
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@[ -x $(VGW_BIN) ] || { echo "building versitygw into $(dir $(VGW_BIN))"; GOBIN=$(dir $(VGW_BIN)) $(GO) install $(VERSITYGW); }
 
 # test runs every test, the privileged end-to-end ones included (as root),
 # after checking that the committed BPF objects are what the sources give.

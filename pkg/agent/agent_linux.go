@@ -2,11 +2,13 @@
 // kernel's core dump handler, runs the eBPF observer, answers the pipe
 // helper's questions over a root-only unix socket, and takes the helper's
 // report of each bundle, including the reports helpers left in the spool
-// while the agent was down.
+// while the agent was down, and with an S3 store uploads the bundles the
+// helper left in the outbox.
 package agent
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -21,6 +23,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
+	"github.com/corecatch/corecatch/pkg/upload"
 )
 
 // Options configure an Agent.
@@ -31,16 +34,23 @@ type Options struct {
 	// cores still arrive through core_pattern without it.
 	Observer *observer.Observer
 	// OnBundle is called for every bundle the helper reports (live or
-	// from the spool), OnSignal for every fatal signal the observer sees,
-	// and OnReady once the socket listens.
-	OnBundle func(*bundle.Metadata)
-	OnSignal func(observer.Event)
-	OnReady  func()
+	// from the spool), at once; OnAnnounce for each once it is complete,
+	// after gdb's unwind when one runs (what notifications want);
+	// OnSignal for every fatal signal the observer sees, and OnReady once
+	// the socket listens.
+	OnBundle   func(*bundle.Metadata)
+	OnAnnounce func(*bundle.Metadata)
+	OnSignal   func(observer.Event)
+	OnReady    func()
 	// OnStoreOp is called for each operation the agent makes on the store.
 	OnStoreOp func(op string, err error)
 	// Store receives the metadata-only bundles of crashes whose core
-	// never arrived; nil disables them.
+	// never arrived (where the helper writes: the outbox with an S3
+	// store); nil disables them.
 	Store store.Store
+	// Uploader empties the outbox into an S3 store, kicked for every
+	// reported bundle; nil with a local store.
+	Uploader *upload.Uploader
 	// Freezer thaws what a previous agent left frozen and, with
 	// freeze.enabled, freezes a crasher's container while its core
 	// streams; nil when it could not be set up.
@@ -69,6 +79,9 @@ func New(o Options) *Agent {
 	if o.OnBundle == nil {
 		o.OnBundle = func(*bundle.Metadata) {}
 	}
+	if o.OnAnnounce == nil {
+		o.OnAnnounce = func(*bundle.Metadata) {}
+	}
 	if o.OnSignal == nil {
 		o.OnSignal = func(observer.Event) {}
 	}
@@ -84,7 +97,7 @@ func New(o Options) *Agent {
 	}
 	if o.Store != nil {
 		a.missing = &missing{store: o.Store, after: time.Duration(o.Config.Observer.MissingAfter), node: o.Config.Node,
-			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, published: o.OnBundle, pending: map[int]*pendingCore{}}
+			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, published: func(m *bundle.Metadata) { a.o.OnBundle(m); a.announce(m) }, pending: map[int]*pendingCore{}}
 	}
 	return a
 }
@@ -121,6 +134,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	if ob := a.o.Observer; ob != nil {
 		wg.Go(func() { a.watch(ob) })
+	}
+	if up := a.o.Uploader; up != nil {
+		wg.Go(func() { up.Run(ctx) })
 	}
 	<-ctx.Done()
 	ln.Close()
@@ -168,10 +184,19 @@ func (a *Agent) bundle(m *bundle.Metadata, spooled bool) {
 	if d := m.Dedup; d != nil && d.Of != "" {
 		a.countDedup(d)
 	}
+	a.o.OnBundle(m)
 	if m.Analysis != nil && m.Analysis.Pending && a.enqueue(m) {
 		return // announced once gdb is done
 	}
-	a.o.OnBundle(m)
+	a.announce(m)
+}
+
+// announce notifies a bundle, and lets the uploader take it.
+func (a *Agent) announce(m *bundle.Metadata) {
+	a.o.OnAnnounce(m)
+	if a.o.Uploader != nil {
+		a.o.Uploader.Kick()
+	}
 }
 
 // enqueue hands a bundle to the analysis worker, unless it has it already
@@ -188,6 +213,12 @@ func (a *Agent) enqueue(m *bundle.Metadata) bool {
 		return true
 	default:
 		a.o.Log.Warn("analysis queue full: announcing the crash with its frame-pointer backtrace", zap.String("id", m.ID))
+		if u, ok := a.o.Store.(store.Updater); ok {
+			u.Update(context.Background(), m.ID, func(stored *bundle.Metadata) error {
+				stored.Analysis = &bundle.Analysis{Unwinder: m.Analysis.Unwinder, Reason: "the agent's analysis queue was full"}
+				return nil
+			})
+		}
 		return false
 	}
 }
@@ -213,7 +244,7 @@ func (a *Agent) analyzeLoop(ctx context.Context) {
 			a.mu.Lock()
 			delete(a.queued, m.ID)
 			a.mu.Unlock()
-			a.o.OnBundle(done)
+			a.announce(done)
 		}
 	}
 }
@@ -235,20 +266,26 @@ func (a *Agent) resumeAnalysis(ctx context.Context) {
 	}
 }
 
-// countDedup tells the bundle that keeps a bug's core how many crashes it
-// stands for now.
+// countDedup counts a deduplicated crash into the bundle that keeps its
+// bug's core: in the outbox while it waits for upload, else in the store
+// it went to (an S3 store, where other nodes may count at the same time).
 func (a *Agent) countDedup(d *bundle.Dedup) {
-	u, ok := a.o.Store.(store.Updater)
-	if !ok {
-		return
-	}
-	err := u.Update(context.Background(), d.Of, func(first *bundle.Metadata) error {
+	inc := func(first *bundle.Metadata) error {
 		if first.Dedup == nil {
-			first.Dedup = &bundle.Dedup{Key: d.Key, Until: d.Until}
+			first.Dedup = &bundle.Dedup{Count: 1, Key: d.Key, Until: d.Until}
 		}
-		first.Dedup.Count = max(first.Dedup.Count, d.Count)
+		first.Dedup.Count++
 		return nil
-	})
+	}
+	err := errors.New("the store cannot amend metadata")
+	if u, ok := a.o.Store.(store.Updater); ok {
+		err = u.Update(context.Background(), d.Of, inc)
+	}
+	if errors.Is(err, store.ErrNotFound) && a.o.Uploader != nil {
+		if u, ok := a.o.Uploader.Remote().(store.Updater); ok {
+			err = u.Update(context.Background(), d.Of, inc)
+		}
+	}
 	a.o.OnStoreOp("update", err)
 	if err != nil {
 		a.o.Log.Warn("count a deduplicated crash in its first bundle", zap.String("first", d.Of), zap.Error(err))

@@ -74,8 +74,9 @@ type module struct {
 	buildID string
 	loads   []elf.ProgHeader
 	funcs   []elf.Symbol // sorted by Value
-	// gosym names the functions of a Go binary stripped of its symbol
-	// table: the runtime's own pc table survives stripping.
+	// gosym names the functions of a Go binary from the runtime's own pc
+	// table, which survives stripping and is exact where ELF symbols of an
+	// externally linked (cgo) binary are not.
 	gosym *gosym.Table
 }
 
@@ -115,9 +116,7 @@ func (s *Symbolizer) module(m Mapping) *module {
 		}
 	}
 	sort.Slice(mod.funcs, func(i, j int) bool { return mod.funcs[i].Value < mod.funcs[j].Value })
-	if len(mod.funcs) == 0 {
-		mod.gosym = goTable(f)
-	}
+	mod.gosym = goTable(f)
 	s.modules[m.Path] = mod
 	return mod
 }
@@ -173,10 +172,9 @@ func goTable(f *elf.File) *gosym.Table {
 // lookup returns the function covering vaddr.
 func (m *module) lookup(vaddr uint64) string {
 	if m.gosym != nil {
-		if fn := m.gosym.PCToFunc(vaddr); fn != nil {
+		if fn := m.gosym.PCToFunc(vaddr); fn != nil && fn.Name != "" {
 			return fn.Name
 		}
-		return ""
 	}
 	i := sort.Search(len(m.funcs), func(i int) bool { return m.funcs[i].Value > vaddr }) - 1
 	if i < 0 {

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/store"
+	"github.com/corecatch/corecatch/pkg/upload"
 )
 
 // Version is set at build time (-ldflags "-X .../pkg/cli.Version=...").
@@ -27,6 +29,7 @@ type globals struct {
 	socket string
 	cri    string
 	node   string
+	s3     config.S3
 }
 
 // load reads the config file and applies the global flags over it.
@@ -51,6 +54,15 @@ func (g *globals) load(cmd *cobra.Command) (*config.Config, error) {
 	if g.node != "" {
 		c.Node = g.node
 	}
+	if g.s3.Endpoint != "" {
+		c.S3.Endpoint = g.s3.Endpoint
+	}
+	if g.s3.Region != "" {
+		c.S3.Region = g.s3.Region
+	}
+	if cmd.Flags().Changed("s3-path-style") {
+		c.S3.PathStyle = g.s3.PathStyle
+	}
 	return c, c.Validate()
 }
 
@@ -60,8 +72,28 @@ func (g *globals) openStore(cmd *cobra.Command) (*config.Config, store.Store, er
 	if err != nil {
 		return nil, nil, err
 	}
-	s, err := store.Open(c.Store)
+	s, err := openStore(c)
 	return c, s, err
+}
+
+// openStore opens the store the config names.
+func openStore(c *config.Config) (store.Store, error) {
+	return store.Open(c.Store, store.Options{S3: store.S3Options{
+		Endpoint: c.S3.Endpoint, Region: c.S3.Region, PathStyle: c.S3.PathStyle,
+		CredentialsFile: c.S3.CredentialsFile, STS: c.S3.STS,
+	}})
+}
+
+// nodeStore returns where bundles are written on this node, by the helper
+// and by the agent's crashes without a core, and the bounds that apply
+// there: st itself, or for an S3 store the outbox in the spool (unless
+// upload.direct), whose bundles the agent uploads.
+func nodeStore(c *config.Config, st store.Store) (store.Store, config.Retention) {
+	if _, remote := st.(*store.S3); remote && !c.Upload.Direct {
+		return store.NewFile(filepath.Join(c.Spool, upload.OutboxDir)),
+			config.Retention{MaxUse: c.Upload.SpoolMaxUse, KeepFree: c.Upload.SpoolKeepFree}
+	}
+	return st, c.Retention
 }
 
 // Main runs the command line and returns the process's exit code.
@@ -102,14 +134,17 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 	}
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.config, "config", "c", config.DefaultPath, "config file")
-	pf.StringVar(&g.store, "store", "", "bundle store URL (file:///path); overrides the config file")
+	pf.StringVar(&g.store, "store", "", "bundle store URL (file:///path or s3://bucket/prefix); overrides the config file")
+	pf.StringVar(&g.s3.Endpoint, "s3-endpoint", "", "S3 service of an s3:// store (https://host, http://host:port); overrides s3.endpoint")
+	pf.StringVar(&g.s3.Region, "s3-region", "", "region of an s3:// store's bucket; overrides s3.region")
+	pf.BoolVar(&g.s3.PathStyle, "s3-path-style", false, "address the bucket in the path, not the host name (MinIO, versitygw, Ceph; not OBS); overrides s3.path_style")
 	pf.StringVar(&g.spool, "spool", "", "node-local state directory; overrides the config file")
 	pf.StringVar(&g.socket, "socket", "", "agent socket path; overrides the config file")
 	pf.StringVar(&g.cri, "cri-endpoint", "", "container runtime's CRI socket (unix:///path); overrides identity.cri_endpoint")
 	pf.StringVar(&g.node, "node", "", "this node's name in metadata (a pod's host name is not the node's: a DaemonSet passes spec.nodeName); overrides node")
 	root.AddCommand(
 		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
-		newLs(g), newShow(g), newPull(g), newDebug(g),
+		newLs(g), newShow(g), newPull(g), newDebug(g), newUpload(g),
 		newTrace(g), newConfigCmd(g), newFeishuBridge(g), newVersion(),
 	)
 	return root

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -52,13 +53,19 @@ func runCollect(cfgPath string, explicit bool, args []string) error {
 		log.Error("config unreadable, using defaults", zap.Error(err))
 		cfg = config.Default()
 	}
-	st, err := store.Open(cfg.Store)
+	st, err := openStore(cfg)
 	if err != nil {
 		log.Error("store unusable, using the default store", zap.Error(err))
-		st, _ = store.Open(config.Default().Store)
+		st, _ = store.Open(config.Default().Store, store.Options{})
 	}
+	var claimer collector.Claimer
+	if s3, ok := st.(*store.S3); ok && clusterDedup(cfg) {
+		claimer = s3
+	}
+	st, bounds := nodeStore(cfg, st)
 	m, err := collector.Run(context.Background(), collector.Options{
-		Config: cfg, Store: st, Request: req, Core: os.Stdin, Log: log, Version: Version,
+		Config: cfg, Store: st, Retention: bounds, Request: req, Core: os.Stdin, Log: log, Version: Version,
+		Claimer: claimer,
 	})
 	if err != nil {
 		log.Error("core not stored", zap.Error(err))
@@ -102,4 +109,11 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// clusterDedup reports whether the agent found the S3 store fit for
+// cluster-wide deduplication (collector.ClusterMarker).
+func clusterDedup(cfg *config.Config) bool {
+	_, err := os.Stat(filepath.Join(cfg.Spool, collector.DedupDir, collector.ClusterMarker))
+	return err == nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/sysctl"
+	"github.com/corecatch/corecatch/pkg/upload"
 )
 
 // helperConfig is the snapshot of the effective config, in the spool, that
@@ -62,7 +64,7 @@ install after changing the config. Running it again is safe.`,
 // install snapshots cfg into the spool and points core_pattern at this
 // binary, or at its copy in host.bin_dir.
 func install(cfg *config.Config) (sysctl.Result, error) {
-	if _, err := store.Open(cfg.Store); err != nil {
+	if _, err := openStore(cfg); err != nil {
 		return sysctl.Result{}, err
 	}
 	bin, err := os.Executable()
@@ -197,10 +199,11 @@ cards.`,
 }
 
 func runAgent(ctx context.Context, cfg *config.Config, listen string, interval time.Duration, log *zap.Logger) error {
-	st, err := store.Open(cfg.Store)
+	st, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
+	local, bounds := nodeStore(cfg, st)
 	res, err := install(cfg)
 	if err != nil {
 		return err
@@ -239,6 +242,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped + st.Undecodable) }
 	}
 	met := metrics.New(Version, lost)
+	met.DedupClusterWide(clusterDedupProbe(ctx, cfg, st, log))
 	nt, err := newNotifier(cfg, st, met, log)
 	if err != nil {
 		return err
@@ -250,13 +254,11 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	srv := serveHTTP(listen, mux, log)
 	defer srv.Close()
 
-	if local, ok := st.(*store.File); ok {
+	if retain, every := retention(cfg, st, interval); retain != nil {
 		// Age-based retention must run on nodes that stop crashing too.
 		go func() {
-			t := time.NewTicker(interval)
-			defer t.Stop()
 			for {
-				gone, err := local.Vacuum(ctx, collector.RetentionFor(cfg, local), "")
+				gone, err := retain(ctx)
 				for range gone {
 					met.StoreOp("delete", nil)
 				}
@@ -269,10 +271,18 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 				select {
 				case <-ctx.Done():
 					return
-				case <-t.C:
+				case <-time.After(every()):
 				}
 			}
 		}()
+	}
+	up := newUploader(cfg, st, log, upload.Options{
+		OnUpload:  func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
+		OnBacklog: met.UploadBacklog,
+	})
+	if up != nil {
+		log.Info("uploading bundles from the outbox", zap.String("outbox", local.String()), zap.String("store", st.String()),
+			zap.String("spool_max_use", bounds.MaxUse.String()), zap.String("spool_keep_free", bounds.KeepFree.String()))
 	}
 	// The freezer is built even when freezing is off: a previous agent
 	// may have left cgroups frozen, and this one thaws them.
@@ -282,11 +292,9 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		fz = nil
 	}
 	return agent.New(agent.Options{
-		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: st,
-		OnBundle: func(m *bundle.Metadata) {
-			met.Bundle(m)
-			nt.Crash(ctx, m)
-		},
+		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: local, Uploader: up,
+		OnBundle:   met.Bundle,
+		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m) },
 		OnSignal: func(ev observer.Event) {
 			// The process is still there at its fatal signal: its cgroup
 			// names its container; the runtime, asked meanwhile, the rest.
@@ -297,8 +305,13 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 				met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)
 			}()
 		},
-		OnReady:   func() { ready.Store(true) },
-		OnStoreOp: met.StoreOp,
+		OnReady: func() { ready.Store(true) },
+		OnStoreOp: func(op string, err error) {
+			met.StoreOp(op, err)
+			if op == "put" && err == nil && up != nil {
+				up.Kick() // a crash without a core, recorded in the outbox
+			}
+		},
 	}).Run(ctx)
 }
 
@@ -322,4 +335,57 @@ func (g *globals) daemon(cmd *cobra.Command, adjust func(*config.Config)) (*conf
 // signalContext ends at SIGINT or SIGTERM.
 func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+}
+
+// retention returns how the agent applies retention to st and how long to
+// wait between two runs: to a local store every interval; to an S3 store,
+// which every node of a cluster sweeps, bundles older than max_age about
+// every retention.sweep_interval, each wait drawn between half and one
+// and a half of it so that nodes spread out. It returns nil when nothing
+// is to be done.
+func retention(cfg *config.Config, st store.Store, interval time.Duration) (func(context.Context) ([]string, error), func() time.Duration) {
+	switch s := st.(type) {
+	case *store.File:
+		return func(ctx context.Context) ([]string, error) {
+			return s.Vacuum(ctx, collector.RetentionFor(cfg.Retention, s), "")
+		}, func() time.Duration { return interval }
+	case *store.S3:
+		age, every := time.Duration(cfg.Retention.MaxAge), time.Duration(cfg.Retention.SweepInterval)
+		if age <= 0 || every <= 0 {
+			return nil, nil
+		}
+		return func(ctx context.Context) ([]string, error) {
+			return s.Sweep(ctx, age)
+		}, func() time.Duration { return every/2 + rand.N(every) }
+	}
+	return nil, nil
+}
+
+// clusterDedupProbe finds out whether deduplication can span the cluster
+// (an S3 store whose service refuses a second conditional create) and
+// tells the helpers through collector.ClusterMarker.
+func clusterDedupProbe(ctx context.Context, cfg *config.Config, st store.Store, log *zap.Logger) bool {
+	marker := filepath.Join(cfg.Spool, collector.DedupDir, collector.ClusterMarker)
+	s3, ok := st.(*store.S3)
+	if !ok || cfg.Dedup.Window <= 0 {
+		os.Remove(marker)
+		return false
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s3.ProbeClaims(pctx); err != nil {
+		os.Remove(marker)
+		log.Warn("deduplication stays node-local: each node keeps one core per bug", zap.String("store", st.String()), zap.Error(err))
+		return false
+	}
+	err := os.MkdirAll(filepath.Dir(marker), 0o700)
+	if err == nil {
+		err = os.WriteFile(marker, []byte(st.String()+"\n"), 0o600)
+	}
+	if err != nil {
+		log.Warn("deduplication stays node-local", zap.Error(err))
+		return false
+	}
+	log.Info("deduplication is cluster-wide: one core per bug across the nodes sharing the store", zap.String("store", st.String()))
+	return true
 }

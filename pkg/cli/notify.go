@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
+	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/notify"
@@ -63,10 +64,16 @@ func newNotifier(cfg *config.Config, st store.Store, met *metrics.Metrics, log *
 	return n, nil
 }
 
-// downloadURL gives cards their download button: notify.download_url with
-// the bundle id filled in.
-func downloadURL(cfg *config.Config, _ store.Store) func(context.Context, string) string {
-	return func(_ context.Context, id string) string {
+// downloadURL gives cards their download button: a presigned link to the
+// core, valid 7 days (the longest S3 and OBS allow), when the store can
+// make one; else notify.download_url with the bundle id filled in.
+func downloadURL(cfg *config.Config, st store.Store) func(context.Context, string) string {
+	return func(ctx context.Context, id string) string {
+		if p, ok := st.(store.Presigner); ok {
+			if u, err := p.PresignGet(ctx, id, bundle.CoreFile, 7*24*time.Hour); err == nil {
+				return u
+			}
+		}
 		if cfg.Notify.DownloadURL == "" {
 			return ""
 		}

@@ -97,13 +97,26 @@ func ParseRequest(args []string) (Request, error) {
 
 // Options configure one Run.
 type Options struct {
-	Config  *config.Config
-	Store   store.Store
-	Request Request
+	Config *config.Config
+	// Store receives the bundle; with a local store (the configured one,
+	// or the outbox of an S3 store) Retention bounds it.
+	Store     store.Store
+	Retention config.Retention
+	Request   Request
 	// Core is the pipe the kernel writes the core into (stdin).
 	Core    *os.File
 	Log     *zap.Logger
 	Version string
+	// Claimer, when set, makes deduplication cluster-wide: the first crash
+	// of a bug in a window on any node keeps the core (an S3 store that
+	// honours conditional writes; see ClusterMarker).
+	Claimer Claimer
+}
+
+// Claimer makes one crash the holder of a bug's window across nodes
+// (store.S3.Claim).
+type Claimer interface {
+	Claim(ctx context.Context, key string, window time.Duration, id string, now time.Time) (string, error)
 }
 
 // Run collects one crash into one bundle. It returns the published
@@ -190,9 +203,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
 	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
 
-	keep := limit != 0
+	keep, light := limit != 0, false
 	if keep {
-		reason := stormReason(cfg, m, quick.ExeID)
+		reason := stormReason(ctx, cfg, o.Claimer, m, quick.ExeID)
 		if reason == "" {
 			slot, ok := takeSlot(cfg.Spool, cfg.Collect.MaxConcurrent)
 			if ok {
@@ -202,7 +215,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			}
 		}
 		if reason != "" {
-			keep, cs = false, newCoreStream(0, reason, zstdLevel(cfg.Collect.Compression))
+			keep, light, cs = false, true, newCoreStream(0, reason, zstdLevel(cfg.Collect.Compression))
 		}
 	}
 	cap := &capture{
@@ -210,10 +223,10 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		w:            w,
 		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
 		withEnviron:  cfg.Collect.CaptureEnviron,
-		light:        !keep,
+		light:        light,
 	}
 	wg.Go(cap.run)
-	retention := RetentionFor(cfg, local)
+	retention := RetentionFor(o.Retention, local)
 	if local != nil && keep {
 		// Retention before writing, and the room the core may take. The
 		// kernel waits on the pipe meanwhile: this only stats the store.
@@ -360,10 +373,10 @@ func taskComm(req Request) []byte {
 	return bytes.TrimSuffix(data, []byte("\n"))
 }
 
-// RetentionFor turns the configured bounds, which may be percentages of the
+// RetentionFor turns configured bounds, which may be percentages of the
 // store's filesystem, into bytes.
-func RetentionFor(cfg *config.Config, local *store.File) store.Retention {
-	r := store.Retention{MaxAge: time.Duration(cfg.Retention.MaxAge)}
+func RetentionFor(bounds config.Retention, local *store.File) store.Retention {
+	r := store.Retention{MaxAge: time.Duration(bounds.MaxAge)}
 	var total int64
 	if local != nil {
 		var st unix.Statfs_t
@@ -371,8 +384,8 @@ func RetentionFor(cfg *config.Config, local *store.File) store.Retention {
 			total = int64(st.Blocks) * st.Bsize
 		}
 	}
-	r.MaxUse = cfg.Retention.MaxUse.Of(total)
-	r.KeepFree = cfg.Retention.KeepFree.Of(total)
+	r.MaxUse = bounds.MaxUse.Of(total)
+	r.KeepFree = bounds.KeepFree.Of(total)
 	return r
 }
 

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"context"
 	"errors"
 	"syscall"
 
@@ -25,7 +26,8 @@ import (
 // each helper is its own short-lived process, so the state lives in small
 // flock-ed files, and a helper's locks go when it exits, however it exits.
 const (
-	dedupDir = "dedup"
+	// DedupDir holds the dedup records of the node's bugs.
+	DedupDir = "dedup"
 	rateFile = "rate"
 	slotDir  = "slots"
 )
@@ -64,13 +66,22 @@ func rewrite(f *os.File, data []byte) error {
 	return err
 }
 
+// ClusterMarker, in the spool's dedup directory, tells helpers that the
+// agent found the S3 store honouring conditional writes: deduplication may
+// be cluster-wide. Its absence keeps it node-local.
+const ClusterMarker = "cluster"
+
+// claimTimeout bounds the cluster-wide claim, made while the kernel holds
+// the crasher; past it the helper decides for its node alone.
+const claimTimeout = 2 * time.Second
+
 // stormReason decides whether a crash's core is kept: "" keeps it, else it
 // is the reason the core is drained. A crash of a bug seen within its dedup
-// window is counted against the bundle that keeps the bug's core
-// (m.Dedup); a first crash beyond the node's per-minute allowance of whole
-// cores is rate-limited and does not open a window, so the next crash of
-// its bug may keep a core.
-func stormReason(cfg *config.Config, m *bundle.Metadata, exeID string) string {
+// window (on this node, or with claimer on any node) is counted against
+// the bundle that keeps the bug's core (m.Dedup); a first crash beyond the
+// node's per-minute allowance of whole cores is rate-limited and does not
+// open a window on this node, so the next crash of its bug may keep a core.
+func stormReason(ctx context.Context, cfg *config.Config, claimer Claimer, m *bundle.Metadata, exeID string) string {
 	now := time.Now()
 	allow := func() (bool, error) { return takeRate(cfg.Spool, cfg.Collect.MaxCoresPerMinute, now) }
 	ns := ""
@@ -93,7 +104,27 @@ func stormReason(cfg *config.Config, m *bundle.Metadata, exeID string) string {
 		scope = ns + "/" + m.Workload.Kind + "/" + m.Workload.Name
 	}
 	key := scope + " " + m.Signature
-	of, count, until, err := claimDedup(cfg.Spool, key, m.ID, window, now, allow)
+	// The first crash of a window on this node: the window's holder across
+	// the cluster when a claimer is there, else this crash if the rate
+	// allows its core ("" when not).
+	holder := func() (string, error) {
+		if claimer != nil {
+			cctx, cancel := context.WithTimeout(ctx, claimTimeout)
+			h, err := claimer.Claim(cctx, key, window, m.ID, now)
+			cancel()
+			if err != nil {
+				m.Warnings = append(m.Warnings, fmt.Sprintf("cluster-wide dedup unavailable, deduplicated on this node only: %v", err))
+			} else if h != m.ID {
+				return h, nil
+			}
+		}
+		ok, err := allow()
+		if !ok {
+			return "", err
+		}
+		return m.ID, err
+	}
+	of, count, until, err := claimDedup(cfg.Spool, key, m.ID, window, now, holder)
 	switch {
 	case err != nil:
 		m.Warnings = append(m.Warnings, err.Error())
@@ -108,12 +139,13 @@ func stormReason(cfg *config.Config, m *bundle.Metadata, exeID string) string {
 	return ""
 }
 
-// claimDedup counts a crash of the bug key. The first crash of a window
-// gets of == "" and keeps its core, if allow lets it (count 0 when not);
-// later ones get the first's id and their ordinal in the window.
-func claimDedup(spool, key, id string, window time.Duration, now time.Time, allow func() (bool, error)) (of string, count int, until time.Time, err error) {
+// claimDedup counts a crash of the bug key. The first crash of a window on
+// this node asks holder who keeps the bug's core: itself (of == ""), a
+// crash on another node (of is its id), or nobody, rate-limited (count 0).
+// Later ones get the holder's id and their ordinal in the window.
+func claimDedup(spool, key, id string, window time.Duration, now time.Time, holder func() (string, error)) (of string, count int, until time.Time, err error) {
 	h := sha256.Sum256([]byte(key))
-	f, err := locked(filepath.Join(spool, dedupDir, hex.EncodeToString(h[:12])), unix.LOCK_EX)
+	f, err := locked(filepath.Join(spool, DedupDir, hex.EncodeToString(h[:12])), unix.LOCK_EX)
 	if err != nil {
 		return "", 0, time.Time{}, fmt.Errorf("dedup record: %w", err)
 	}
@@ -124,18 +156,33 @@ func claimDedup(spool, key, id string, window time.Duration, now time.Time, allo
 	}
 	if rec.First != "" && now.Before(rec.Until) {
 		rec.Count++
-		of = rec.First
 	} else {
-		if ok, err := allow(); !ok {
+		first, err := holder()
+		if first == "" {
 			return "", 0, time.Time{}, err
 		}
-		rec = dedupRecord{First: id, Count: 1, Until: now.Add(window)}
+		// A window claimed on another node ends with that node's window.
+		rec = dedupRecord{First: first, Count: 1, Until: windowEnd(now, window)}
+		if first == id {
+			rec.Until = now.Add(window)
+		}
+	}
+	if rec.First != id {
+		of = rec.First
 	}
 	data, _ := json.Marshal(rec)
 	if err := rewrite(f, data); err != nil {
 		return "", 0, time.Time{}, fmt.Errorf("dedup record: %w", err)
 	}
 	return of, rec.Count, rec.Until, nil
+}
+
+// windowEnd is the end of the window now falls in, windows aligned on
+// multiples of their length since the Unix epoch, as every node aligns
+// them (store.S3.Claim).
+func windowEnd(now time.Time, window time.Duration) time.Time {
+	w := int64(window)
+	return time.Unix(0, (now.UnixNano()/w+1)*w)
 }
 
 // takeRate records one whole core against the node's per-minute allowance

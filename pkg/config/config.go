@@ -34,10 +34,12 @@ var Example string
 
 // Config is the whole configuration.
 type Config struct {
-	// Store is the URL of the bundle store: file:///path.
+	// Store is the URL of the bundle store: file:///path or
+	// s3://bucket/prefix.
 	Store string `json:"store"`
 	// Spool is the node-local state directory: install's saved sysctls, the
-	// helper's config snapshot and, later, bundles waiting for upload.
+	// helper's config snapshot and the outbox of bundles waiting for
+	// upload.
 	Spool string `json:"spool"`
 	// Socket is the agent's unix socket.
 	Socket string `json:"socket"`
@@ -52,6 +54,8 @@ type Config struct {
 	Analysis  Analysis  `json:"analysis"`
 	Dedup     Dedup     `json:"dedup"`
 	Host      Host      `json:"host"`
+	S3        S3        `json:"s3"`
+	Upload    Upload    `json:"upload"`
 }
 
 // Analysis bounds the full unwind (gdb) of each stored core; the helper's
@@ -190,6 +194,31 @@ type Alertmanager struct {
 	Severity string `json:"severity"`
 }
 
+// S3 says how to reach the bucket of an s3:// store; see store.S3Options.
+type S3 struct {
+	Endpoint        string `json:"endpoint"`
+	Region          string `json:"region"`
+	PathStyle       bool   `json:"path_style"`
+	CredentialsFile string `json:"credentials_file"`
+	STS             bool   `json:"sts"`
+}
+
+// Upload configures how bundles reach an S3 store: through the outbox in
+// the spool, which the agent empties, or streamed straight to the bucket.
+type Upload struct {
+	// Direct makes the helper stream each bundle to the bucket instead of
+	// the outbox, for nodes without spare disk; a bundle is lost when the
+	// bucket cannot be reached during the crash.
+	Direct bool `json:"direct"`
+	// SpoolMaxUse and SpoolKeepFree bound the outbox as retention bounds
+	// a local store: the newest crash is kept before older ones.
+	SpoolMaxUse   Size `json:"spool_max_use"`
+	SpoolKeepFree Size `json:"spool_keep_free"`
+	// MaxBackoff is the longest the agent waits between two attempts
+	// while the bucket cannot be reached.
+	MaxBackoff Duration `json:"max_backoff"`
+}
+
 // Identity configures how the helper learns whose crash it is.
 type Identity struct {
 	// CRIEndpoint is the runtime's CRI socket (unix:///path); empty tries
@@ -252,11 +281,13 @@ type Collect struct {
 	MaxConcurrent     int `json:"max_concurrent"`
 }
 
-// Retention bounds a local store; see store.Retention.
+// Retention bounds a local store (see store.Retention); an S3 store gets
+// MaxAge only, applied by every agent every SweepInterval.
 type Retention struct {
-	MaxAge   Duration `json:"max_age"`
-	MaxUse   Size     `json:"max_use"`
-	KeepFree Size     `json:"keep_free"`
+	MaxAge        Duration `json:"max_age"`
+	MaxUse        Size     `json:"max_use"`
+	KeepFree      Size     `json:"keep_free"`
+	SweepInterval Duration `json:"sweep_interval"`
 }
 
 // Default returns the configuration used when no file exists.
@@ -275,6 +306,8 @@ func Default() *Config {
 			MaxAge:   Duration(14 * 24 * time.Hour),
 			MaxUse:   Size{Percent: 10},
 			KeepFree: Size{Percent: 15},
+
+			SweepInterval: Duration(6 * time.Hour),
 		},
 		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}, MissingAfter: Duration(time.Minute)},
 		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
@@ -283,8 +316,9 @@ func Default() *Config {
 			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
-		Dedup: Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
-		Host:  Host{ProcSysKernel: "/proc/sys/kernel"},
+		Dedup:  Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:   Host{ProcSysKernel: "/proc/sys/kernel"},
+		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
 	}
 }
 
@@ -327,6 +361,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Host.BinMount != "" && c.Host.BinDir == "" {
 		return errors.New("host.bin_mount is set without host.bin_dir: set bin_dir to the host path that bin_mount mounts")
+	}
+	if c.Upload.MaxBackoff < Duration(time.Second) {
+		return fmt.Errorf("upload.max_backoff %s: use at least 1s", c.Upload.MaxBackoff)
 	}
 	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 {
 		return errors.New("collect.max_core_bytes and collect.max_file_bytes take sizes, not percentages")

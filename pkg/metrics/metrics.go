@@ -34,6 +34,7 @@ type Metrics struct {
 	storeOps       *prometheus.CounterVec
 	uploadBacklog  prometheus.Gauge
 	notifications  *prometheus.CounterVec
+	dedupCluster   prometheus.Gauge
 }
 
 // New registers every corecatch metric, and the Go and process collectors,
@@ -83,7 +84,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	m.storeOps = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_store_operations_total",
-		Help: "Operations of the agent on the bundle store (put, delete, update), by result.",
+		Help: "Operations of the agent on the bundle store (put, delete, update, upload), by result.",
 	}, []string{"op", "result"})
 	m.uploadBacklog = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "corecatch_upload_backlog_bytes",
@@ -93,6 +94,10 @@ func New(version string, ebpfLost func() float64) *Metrics {
 		Name: "corecatch_notifications_total",
 		Help: "Notification attempts by sink (feishu/NAME, alertmanager) and result: ok, error (retried), rejected, dropped (queue full), muted.",
 	}, []string{"sink", "result"})
+	m.dedupCluster = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "corecatch_dedup_cluster_wide",
+		Help: "1 when deduplication is cluster-wide (an S3 store that honours conditional writes), 0 when each node deduplicates alone.",
+	})
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "corecatch_build_info",
 		Help:        "The running corecatch's version, as a label; always 1.",
@@ -100,7 +105,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.crashes, m.fatalSignals, m.coresStored, m.coresDropped, m.coreBytes,
-		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.notifications, info,
+		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.notifications, m.dedupCluster, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		register(c)
 	}
@@ -116,7 +121,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	for _, k := range []string{"raw", "stored"} {
 		m.coreBytes.WithLabelValues(k)
 	}
-	for _, op := range []string{"put", "delete", "update"} {
+	for _, op := range []string{"put", "delete", "update", "upload"} {
 		for _, r := range []string{"ok", "error"} {
 			m.storeOps.WithLabelValues(op, r)
 		}
@@ -182,6 +187,9 @@ func (m *Metrics) StoreOp(op string, err error) {
 	m.storeOps.WithLabelValues(op, result).Inc()
 }
 
+// UploadBacklog sets the bytes of bundles waiting in the outbox.
+func (m *Metrics) UploadBacklog(bytes int64) { m.uploadBacklog.Set(float64(bytes)) }
+
 // Signal counts one fatal signal the observer saw, of kind core or fatal,
 // in a container of pod (either may be nil).
 func (m *Metrics) Signal(kind, signal string, pod *bundle.Pod, workload *bundle.Workload, container *bundle.Container) {
@@ -235,4 +243,13 @@ func (c *pendingCollector) Collect(ch chan<- prometheus.Metric) {
 	for sink, n := range c.pending() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), sink)
 	}
+}
+
+// DedupClusterWide records whether deduplication spans the cluster.
+func (m *Metrics) DedupClusterWide(on bool) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	m.dedupCluster.Set(v)
 }

@@ -20,6 +20,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 )
@@ -99,7 +100,9 @@ func FromBundle(m *bundle.Metadata) *Crash {
 	if e := m.EBPF; e != nil && e.FaultAddr != "" && e.SiCode > 0 {
 		c.FaultAddr = e.FaultAddr
 	}
-	for _, f := range m.Backtrace[:min(len(m.Backtrace), maxFrames)] {
+	// Where it crashed, not how it died: abort and raise frames left out.
+	frames := analysis.Normalize(m.Backtrace)
+	for _, f := range frames[:min(len(frames), maxFrames)] {
 		c.Frames = append(c.Frames, f.String())
 	}
 	c.Title = m.Title
@@ -274,7 +277,12 @@ func (n *Notifier) Crash(ctx context.Context, m *bundle.Metadata) {
 			return
 		}
 	}
-	c.Download = n.o.Download(ctx, m.ID)
+	// A deduplicated crash's core is its bug's first.
+	if c.DedupOf != "" {
+		c.Download = n.o.Download(ctx, c.DedupOf)
+	} else if m.Core.StoredBytes > 0 {
+		c.Download = n.o.Download(ctx, m.ID)
+	}
 	for _, b := range n.bots {
 		if b.takesCrash(c) {
 			n.enqueue(b, &item{Key: c.key(), Queued: time.Now(), Crash: c})

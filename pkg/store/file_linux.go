@@ -120,7 +120,9 @@ func (s *File) CleanStale() error {
 	return errors.Join(errs...)
 }
 
-func (s *File) bundleDir(id string) (string, error) {
+// BundleDir returns where a published bundle lives, for the uploader that
+// reads its files directly (sizes, ReadAt) rather than through Open.
+func (s *File) BundleDir(id string) (string, error) {
 	rel, err := bundle.Dir(id)
 	if err != nil {
 		return "", err
@@ -128,10 +130,11 @@ func (s *File) bundleDir(id string) (string, error) {
 	return filepath.Join(s.root, filepath.FromSlash(rel)), nil
 }
 
-// ids returns the ids of every published bundle, oldest first. Ids start
-// with their UTC time to the second; within one second, the time each was
-// published (its directory's mtime) decides.
-func (s *File) ids() ([]string, error) {
+// IDs returns the ids of every published bundle, oldest first: the order
+// retention deletes and the uploader uploads in. Ids start with their UTC
+// time to the second; within one second, the time each was published (its
+// directory's mtime) decides.
+func (s *File) IDs() ([]string, error) {
 	matches, err := filepath.Glob(filepath.Join(s.root, "[0-9][0-9][0-9][0-9]", "[0-9][0-9]", "[0-9][0-9]", "*"))
 	if err != nil {
 		return nil, err
@@ -167,7 +170,7 @@ func (s *File) ids() ([]string, error) {
 // bundle whose metadata cannot be read is reported in the error but does not
 // hide the others.
 func (s *File) List(ctx context.Context) ([]*bundle.Metadata, error) {
-	ids, err := s.ids()
+	ids, err := s.IDs()
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +192,7 @@ func (s *File) List(ctx context.Context) ([]*bundle.Metadata, error) {
 
 // Get reads one bundle's metadata.json.
 func (s *File) Get(ctx context.Context, id string) (*bundle.Metadata, error) {
-	dir, err := s.bundleDir(id)
+	dir, err := s.BundleDir(id)
 	if err != nil {
 		return nil, err
 	}
@@ -223,7 +226,7 @@ const updateLock = ".update.lock"
 // Update rewrites a published bundle's metadata.json: a new file, synced,
 // renamed over the old one, so readers see either version whole.
 func (s *File) Update(ctx context.Context, id string, fn func(*bundle.Metadata) error) error {
-	dir, err := s.bundleDir(id)
+	dir, err := s.BundleDir(id)
 	if err != nil {
 		return err
 	}
@@ -261,7 +264,7 @@ func (s *File) Update(ctx context.Context, id string, fn func(*bundle.Metadata) 
 
 // Open reads one file of a bundle.
 func (s *File) Open(ctx context.Context, id, name string) (io.ReadCloser, error) {
-	dir, err := s.bundleDir(id)
+	dir, err := s.BundleDir(id)
 	if err != nil {
 		return nil, err
 	}
@@ -278,7 +281,7 @@ func (s *File) Open(ctx context.Context, id, name string) (io.ReadCloser, error)
 
 // Delete removes a bundle and the date directories it leaves empty.
 func (s *File) Delete(ctx context.Context, id string) error {
-	dir, err := s.bundleDir(id)
+	dir, err := s.BundleDir(id)
 	if err != nil {
 		return err
 	}
@@ -331,13 +334,13 @@ func bundleBytes(dir string) int64 {
 // Usage reports the bytes published bundles take on disk and what their
 // filesystem has left.
 func (s *File) Usage(ctx context.Context) (Usage, error) {
-	ids, err := s.ids()
+	ids, err := s.IDs()
 	if err != nil {
 		return Usage{}, err
 	}
 	u := Usage{Bundles: len(ids)}
 	for _, id := range ids {
-		dir, _ := s.bundleDir(id)
+		dir, _ := s.BundleDir(id)
 		u.Bytes += bundleBytes(dir)
 	}
 	var st unix.Statfs_t
@@ -374,7 +377,7 @@ func (s *File) Space(ctx context.Context, r Retention) (*Space, error) {
 
 // refresh measures the store again.
 func (sp *Space) refresh(ctx context.Context) error {
-	ids, err := sp.store.ids()
+	ids, err := sp.store.IDs()
 	if err != nil {
 		return err
 	}
@@ -450,7 +453,7 @@ func (sp *Space) FreeOldest(ctx context.Context) (string, error) {
 
 // remove deletes a bundle and counts the room it gave back.
 func (sp *Space) remove(ctx context.Context, id string) error {
-	dir, err := sp.store.bundleDir(id)
+	dir, err := sp.store.BundleDir(id)
 	if err != nil {
 		return err
 	}

@@ -211,7 +211,7 @@ func TestListNewestFirstReadsOnlyMetadata(t *testing.T) {
 	// Written out of order; two on one day, one a second later.
 	for _, when := range []time.Time{day0.Add(48 * time.Hour), day0, day0.Add(48*time.Hour + time.Second), day0.Add(24 * time.Hour)} {
 		m := write(t, s, when, map[string][]byte{bundle.CoreFile: []byte("core"), "sysroot/lib/x": []byte("lib")})
-		dir, _ := s.bundleDir(m.ID)
+		dir, _ := s.BundleDir(m.ID)
 		dirs = append(dirs, dir)
 		want = append(want, m.ID)
 	}
@@ -371,7 +371,7 @@ func TestVacuum(t *testing.T) {
 			var sizes []int64
 			for _, age := range ages {
 				m := write(t, s, now.Add(-age), map[string][]byte{bundle.CoreFile: randomBytes(64 << 10)})
-				dir, _ := s.bundleDir(m.ID)
+				dir, _ := s.BundleDir(m.ID)
 				all = append(all, m.ID)
 				sizes = append(sizes, diskBytes(dir))
 			}
@@ -472,10 +472,11 @@ func TestOpenURL(t *testing.T) {
 		{url: "relative/path", mention: "absolute"},
 		{url: "file:relative", mention: "absolute"},
 		{url: "file://host/srv/cores", mention: "file:///"},
-		{url: "s3://bucket/prefix", mention: "unknown scheme \"s3\" (supported: file://)"},
+		{url: "gs://bucket/prefix", mention: "unknown scheme \"gs\" (supported: file://, s3://)"},
+		{url: "s3:///prefix", mention: "name the bucket"},
 		{url: "%zz", mention: "store URL"},
 	} {
-		st, err := Open(tc.url)
+		st, err := Open(tc.url, Options{})
 		if tc.mention != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.mention) {
 				t.Errorf("Open(%q) = %v, %v; want an error mentioning %q", tc.url, st, err, tc.mention)
@@ -486,5 +487,14 @@ func TestOpenURL(t *testing.T) {
 		if err != nil || !ok || f.Root() != tc.root || f.String() != "file://"+tc.root {
 			t.Errorf("Open(%q) = %v, %v; want the file store at %s", tc.url, st, err, tc.root)
 		}
+	}
+	for url, want := range map[string]string{"s3://cores/a/b/": "s3://cores/a/b", "s3://cores": "s3://cores"} {
+		st, err := Open(url, Options{S3: S3Options{Endpoint: "http://127.0.0.1:9", PathStyle: true}})
+		if _, ok := st.(*S3); err != nil || !ok || st.String() != want {
+			t.Errorf("Open(%q) = %v, %v; want the S3 store %s", url, st, err, want)
+		}
+	}
+	if _, err := Open("s3://cores", Options{S3: S3Options{Endpoint: "ftp://host"}}); err == nil || !strings.Contains(err.Error(), "https://host") {
+		t.Errorf("Open with an ftp:// endpoint: %v, want an error that shows the endpoint's forms", err)
 	}
 }

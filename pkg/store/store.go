@@ -1,6 +1,6 @@
 // Package store keeps bundles. One interface serves the pipe helper, which
 // streams a bundle in, and the SRE commands, which list and read bundles back;
-// each backend (a local directory now, S3 later) is addressed by a URL.
+// each backend (a local directory, an S3 bucket) is addressed by a URL.
 package store
 
 import (
@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
@@ -82,9 +83,25 @@ type Retention struct {
 	KeepFree int64
 }
 
+// Presigner is what a store that can hand out download links implements
+// (S3 does, a local directory does not): alerts carry a link an SRE can
+// open without credentials. Callers type-assert a Store to it.
+type Presigner interface {
+	// PresignGet returns a URL that downloads one file of a bundle until
+	// expiry, which is clamped to 1 s..7 days (the S3 signature's limit).
+	PresignGet(ctx context.Context, id, name string, expiry time.Duration) (string, error)
+}
+
+// Options carry what a store's URL cannot say: how to reach and sign in
+// to an S3 service.
+type Options struct {
+	S3 S3Options
+}
+
 // Open returns the store a URL names: file:///path (or a plain absolute
-// path) for a local directory.
-func Open(rawURL string) (Store, error) {
+// path) for a local directory, s3://bucket/prefix for an S3 bucket
+// reached as o.S3 says.
+func Open(rawURL string, o Options) (Store, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("store URL %q: %w", rawURL, err)
@@ -98,8 +115,13 @@ func Open(rawURL string) (Store, error) {
 			return nil, fmt.Errorf("store URL %q: the path must be absolute", rawURL)
 		}
 		return NewFile(u.Path), nil
+	case "s3":
+		if u.Host == "" {
+			return nil, fmt.Errorf("store URL %q: name the bucket (s3://bucket/prefix)", rawURL)
+		}
+		return NewS3(u.Host, strings.Trim(u.Path, "/"), o.S3)
 	default:
-		return nil, fmt.Errorf("store URL %q: unknown scheme %q (supported: file://)", rawURL, u.Scheme)
+		return nil, fmt.Errorf("store URL %q: unknown scheme %q (supported: file://, s3://)", rawURL, u.Scheme)
 	}
 }
 

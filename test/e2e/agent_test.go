@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -83,10 +82,18 @@ func runAgent(t *testing.T, cmd *exec.Cmd, socket string) *agentProc {
 	return nil
 }
 
-// waitLine waits for a log line that contains every one of parts.
+// waitLine waits up to 10s for a log line that contains every one of
+// parts.
 func (a *agentProc) waitLine(t *testing.T, parts ...string) string {
 	t.Helper()
-	timeout := time.After(10 * time.Second)
+	return a.waitLineWithin(t, 10*time.Second, parts...)
+}
+
+// waitLineWithin waits up to d for a log line that contains every one of
+// parts.
+func (a *agentProc) waitLineWithin(t *testing.T, d time.Duration, parts ...string) string {
+	t.Helper()
+	timeout := time.After(d)
 	for {
 		select {
 		case line, ok := <-a.lines:
@@ -101,7 +108,7 @@ func (a *agentProc) waitLine(t *testing.T, parts ...string) string {
 				return line
 			}
 		case <-timeout:
-			t.Fatalf("the agent did not log %q within 10s", parts)
+			t.Fatalf("the agent did not log %q within %s", parts, d)
 		}
 	}
 }
@@ -201,26 +208,9 @@ func TestAgentRecordsMissingCore(t *testing.T) {
 func TestAgentMetrics(t *testing.T) {
 	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccmet-%d.sock", os.Getpid()))
 	n := harness.Install(t, "socket: "+socket+"\n")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	a := startAgentListen(t, n, socket, addr)
-	get := func(path string) string {
-		t.Helper()
-		resp, err := http.Get("http://" + addr + path)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET %s: %s\n%s", path, resp.Status, body)
-		}
-		return string(body)
-	}
+	get := func(path string) string { return httpGet(t, "http://"+addr+path) }
 	get("/readyz")
 	cmd := exec.Command(buildSignals(t, n.Dir), "segv")
 	n.Crash(cmd)
@@ -243,4 +233,20 @@ func TestAgentMetrics(t *testing.T) {
 	if t.Failed() {
 		t.Logf("/metrics:\n%s", body)
 	}
+}
+
+// httpGet returns the body of a 200 answer to GET url, failing the test on
+// anything else.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s\n%s", url, resp.Status, body)
+	}
+	return string(body)
 }

@@ -87,21 +87,7 @@ func TestCrashMatrix(t *testing.T) {
 func TestCoreExactBytes(t *testing.T) {
 	n := harness.Install(t, "")
 	exe := buildSignals(t, n.Dir)
-	raw := filepath.Join(n.Dir, "raw.core")
-	tee := filepath.Join(n.Dir, "tee.sh")
-	script := fmt.Sprintf("#!/bin/sh\n# Keep the raw core the kernel sends, and pass it on to corecatch.\ntee %s | %s collect -c %s \"$@\"\n",
-		raw, n.Bin, filepath.Join(n.Spool, "collect.yaml"))
-	if err := os.WriteFile(tee, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	pattern := "|" + tee + " %P %I %s %t %c %d %u %g %e"
-	if len(pattern) > 127 {
-		t.Fatalf("core_pattern %q is longer than the kernel's 127 bytes", pattern)
-	}
-	writeKernel(t, "core_pattern", pattern)
-	if got := readKernel(t, "core_pattern"); got != pattern+"\n" {
-		t.Fatalf("core_pattern reads back %q, want %q", got, pattern)
-	}
+	raw := teeCore(t, n)
 
 	const holeMiB = 256 // mapped, never touched: the kernel streams zeros
 	cmd := exec.Command(exe, "segv", "--hole", fmt.Sprint(holeMiB))
@@ -198,6 +184,28 @@ func TestInstallRefusesNonRoot(t *testing.T) {
 			t.Errorf("%s as uid 65534 changed core_pipe_limit from %q to %q", command, limit, got)
 		}
 	}
+}
+
+// teeCore puts a tee in front of the installed helper: the kernel's raw
+// core is kept in a file, whose path it returns, and the helper gets it too.
+func teeCore(t *testing.T, n *harness.Node) string {
+	t.Helper()
+	raw := filepath.Join(n.Dir, "raw.core")
+	tee := filepath.Join(n.Dir, "tee.sh")
+	script := fmt.Sprintf("#!/bin/sh\n# Keep the raw core the kernel sends, and pass it on to corecatch.\ntee %s | %s collect -c %s \"$@\"\n",
+		raw, n.Bin, filepath.Join(n.Spool, "collect.yaml"))
+	if err := os.WriteFile(tee, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pattern := "|" + tee + " %P %I %s %t %c %d %u %g %e"
+	if len(pattern) > 127 {
+		t.Fatalf("core_pattern %q is longer than the kernel's 127 bytes", pattern)
+	}
+	writeKernel(t, "core_pattern", pattern)
+	if got := readKernel(t, "core_pattern"); got != pattern+"\n" {
+		t.Fatalf("core_pattern reads back %q, want %q", got, pattern)
+	}
+	return raw
 }
 
 // buildSignals compiles test/crashers/signals.c, linked with libm and

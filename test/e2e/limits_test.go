@@ -497,7 +497,7 @@ func TestLimitQuota(t *testing.T) {
 // bundle from 2020 at the next crash.
 func TestLimitRetention(t *testing.T) {
 	const base = "retention:\n  max_age: 14d\n  keep_free: \"0\"\n"
-	n := harness.Install(t, base+"  max_use: \"0\"\n")
+	n := harness.Install(t, noDedup+base+"  max_use: \"0\"\n")
 	exe := limMem(t, n)
 	var order []string
 	crash := func() *bundle.Metadata {
@@ -533,14 +533,14 @@ func TestLimitRetention(t *testing.T) {
 	first := crash()
 	size := limDiskBytes(t, n.BundleDir(first.ID))
 	t.Logf("one bundle takes %d bytes; max_use %d", size, size*5/2)
-	limReconfigure(t, n, base+fmt.Sprintf("  max_use: %d\n", size*5/2))
+	limReconfigure(t, n, noDedup+base+fmt.Sprintf("  max_use: %d\n", size*5/2))
 	for i := 0; i < 3; i++ {
 		crash()
 	}
 	expect("max_use of 2.5 bundles after 4 crashes", order[2], order[3])
 
 	// A max_use below one bundle: the one just written stays.
-	limReconfigure(t, n, base+"  max_use: 1KiB\n")
+	limReconfigure(t, n, noDedup+base+"  max_use: 1KiB\n")
 	alone := crash()
 	expect("max_use below one bundle", alone.ID)
 	if _, err := os.Stat(filepath.Join(n.BundleDir(alone.ID), bundle.MetadataFile)); err != nil {
@@ -548,7 +548,7 @@ func TestLimitRetention(t *testing.T) {
 	}
 
 	// max_age: a bundle from 2020 goes at the next crash.
-	limReconfigure(t, n, base+"  max_use: \"0\"\n")
+	limReconfigure(t, n, noDedup+base+"  max_use: \"0\"\n")
 	oldID := "20200101-000000-lim_mem-0a0b0c"
 	old := n.BundleDir(oldID)
 	if err := os.MkdirAll(filepath.Dir(old), 0o700); err != nil {
@@ -580,7 +580,7 @@ func TestLimitRetention(t *testing.T) {
 // new core: three 16 MiB cores (about 18 MiB bundles) under max_use 40MiB
 // are each kept whole, and the first bundle goes to make room for the third.
 func TestLimitRetentionKeepsNewestCore(t *testing.T) {
-	n := harness.Install(t, "retention:\n  max_use: 40MiB\n  keep_free: \"0\"\n")
+	n := harness.Install(t, noDedup+"retention:\n  max_use: 40MiB\n  keep_free: \"0\"\n")
 	exe := limMem(t, n)
 	var order []string
 	for i := 1; i <= 3; i++ {
@@ -614,7 +614,7 @@ func limIndex(list []string, s string) int {
 // leaves its temporary bundle, which the next helper removes before
 // publishing its own.
 func TestLimitHelperKilled(t *testing.T) {
-	n := harness.Install(t, "")
+	n := harness.Install(t, noDedup)
 	exe := limMem(t, n)
 	var pid int
 	for attempt := 1; ; attempt++ {
@@ -668,7 +668,7 @@ func TestLimitHelperKilled(t *testing.T) {
 // is 16 after install): 8 complete bundles with distinct ids.
 func TestLimitManyCrashes(t *testing.T) {
 	const count = 8
-	n := harness.Install(t, "")
+	n := harness.Install(t, noDedup)
 	if limit, _ := os.ReadFile("/proc/sys/kernel/core_pipe_limit"); strings.TrimSpace(string(limit)) != "16" {
 		t.Fatalf("core_pipe_limit is %q after install, want 16", limit)
 	}
@@ -755,3 +755,7 @@ func TestLimitManyCrashes(t *testing.T) {
 		t.Errorf("%d bundles in the store, want %d", got, count)
 	}
 }
+
+// noDedup keeps every core: these tests crash one program again and again
+// and look at each core.
+const noDedup = "dedup:\n  window: \"0\"\n"

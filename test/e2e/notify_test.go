@@ -180,7 +180,7 @@ notify:
 	checkRequests(t, f)
 	card := cards[0].Message.Card
 	if text := card.Text(); !strings.Contains(card.Header.Title.Content, "FIRING") || !strings.Contains(text, "CorecatchCoreDump") ||
-		!strings.Contains(text, "SIGABRT in signals") || !strings.Contains(text, "corecatch pull "+m.ID) {
+		!strings.Contains(text, `SIGABRT in crash\_abrt (signals)`) || !strings.Contains(text, "corecatch pull "+m.ID) {
 		t.Errorf("bridged card %q:\n%s", card.Header.Title.Content, text)
 	}
 	if card.Header.Template != "orange" {

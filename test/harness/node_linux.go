@@ -26,8 +26,9 @@ type Node struct {
 
 // Install takes the privileged lock (see Privileged), writes a config of
 // defaults plus extraYAML (extra top-level YAML, e.g. "collect:\n
-// max_core_bytes: 1MiB\n"), and runs `corecatch install`. The test's
-// cleanup restores the kernel's previous settings.
+// max_core_bytes: 1MiB\n"; with a store: line of its own, such as
+// S3Server.Config's, it replaces the file store), and runs `corecatch
+// install`. The test's cleanup restores the kernel's previous settings.
 func Install(t testing.TB, extraYAML string) *Node {
 	t.Helper()
 	Privileged(t)
@@ -35,7 +36,10 @@ func Install(t testing.TB, extraYAML string) *Node {
 	n := &Node{t: t, Bin: Binary(t), Dir: dir,
 		Store: filepath.Join(dir, "store"), Spool: filepath.Join(dir, "spool"),
 		Config: filepath.Join(dir, "config.yaml")}
-	cfg := fmt.Sprintf("store: file://%s\nspool: %s\n%s", n.Store, n.Spool, extraYAML)
+	cfg := fmt.Sprintf("spool: %s\n%s", n.Spool, extraYAML)
+	if !strings.HasPrefix(extraYAML, "store:") && !strings.Contains(extraYAML, "\nstore:") {
+		cfg = fmt.Sprintf("store: file://%s\n%s", n.Store, cfg)
+	}
 	if err := os.WriteFile(n.Config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
