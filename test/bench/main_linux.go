@@ -98,7 +98,7 @@ func run(size, runs int, shared, only string, storm, burst, crashes, uploadSize 
 		}
 	}
 	if only == "" || only == "storm" {
-		if err := benchStorm(dir, bin, 300, 10*time.Second); err != nil {
+		if err := benchStorm(dir, bin, 300, 10*time.Second, 16); err != nil {
 			return fmt.Errorf("storm: %w", err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -16,17 +17,18 @@ import (
 // benchStorm crashes one binary n times in d, as a crash loop does, with
 // the agent running and default settings (dedup, rate limits), and reports
 // what the storm cost against a single crash of the same binary: the
-// helpers' total CPU time, and how long the kernel held each crasher.
-func benchStorm(dir, bin string, n int, d time.Duration) error {
-	crasher := filepath.Join(dir, "signals")
-	if out, err := exec.Command("gcc", "-g", "-O0", "-fno-omit-frame-pointer", "-pthread", "-o", crasher,
-		filepath.Join(harness.RepoRoot(), "test", "crashers", "signals.c"), "-lm").CombinedOutput(); err != nil {
+// helpers' total CPU time, and how long the kernel held each crasher. The
+// crasher touches mib MiB (random bytes: a core zstd cannot shrink much).
+func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
+	crasher := filepath.Join(dir, "lim_mem")
+	if out, err := exec.Command("gcc", "-g", "-O0", "-fno-omit-frame-pointer", "-o", crasher,
+		filepath.Join(harness.RepoRoot(), "test", "crashers", "lim_mem.c")).CombinedOutput(); err != nil {
 		return fmt.Errorf("build crasher: %v\n%s", err, out)
 	}
 	crash := func(cfg string, count int, every time.Duration) ([]*bundle.Metadata, error) {
 		var wg sync.WaitGroup
 		for range count {
-			cmd := exec.Command(crasher, "segv")
+			cmd := exec.Command(crasher, strconv.Itoa(mib), "rand")
 			if err := cmd.Start(); err != nil {
 				return nil, err
 			}
@@ -80,7 +82,7 @@ func benchStorm(dir, bin string, n int, d time.Duration) error {
 	}
 	sort.Float64s(held)
 	med, p99 := held[len(held)/2], held[min(len(held)-1, len(held)*99/100)]
-	fmt.Printf("\nstorm: %d crashes of one binary in %.1fs (bundles: %v)\n", n, took.Seconds(), reasons)
+	fmt.Printf("\nstorm: %d crashes of one binary (%d MiB core) in %.1fs (bundles: %v)\n", n, mib, took.Seconds(), reasons)
 	fmt.Printf("single crash: helper CPU %.0f ms, crasher held %.1f ms\n", single.CPUSeconds*1000, single.HeldSeconds*1000)
 	fmt.Printf("storm helpers' total CPU %.2fs = %.1f single crashes for %d crashes (%.0f%% of %d separate ones)\n",
 		cpu, cpu/single.CPUSeconds, n, 100*cpu/single.CPUSeconds/float64(n), n)
