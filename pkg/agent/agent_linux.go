@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -68,7 +69,15 @@ type Agent struct {
 	analyze chan *bundle.Metadata
 	mu      sync.Mutex
 	queued  map[string]bool
+	// lastCore is when the observer last saw a core-dumping signal (Unix
+	// nanoseconds): gdb waits for a quiet moment.
+	lastCore atomic.Int64
 }
+
+// analyzeQuiet is how long after the last crash the analysis worker waits
+// before it runs gdb: a crash storm, and freezing its containers, come
+// first.
+const analyzeQuiet = time.Second
 
 // analyzeQueue bounds the bundles waiting for gdb; beyond it a bundle is
 // announced with its frame-pointer backtrace only.
@@ -233,6 +242,13 @@ func (a *Agent) analyzeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case m := <-a.analyze:
+			for quiet := time.Since(time.Unix(0, a.lastCore.Load())); quiet < analyzeQuiet; quiet = time.Since(time.Unix(0, a.lastCore.Load())) {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(analyzeQuiet - quiet):
+				}
+			}
 			start := time.Now()
 			done, err := analysis.Complete(ctx, a.o.Config.Analysis, a.o.Store, m, work)
 			if err != nil {
@@ -295,8 +311,11 @@ func (a *Agent) countDedup(d *bundle.Dedup) {
 // watch consumes the observer's events.
 func (a *Agent) watch(ob *observer.Observer) {
 	for ev := range ob.Events() {
-		if ev.Kind == observer.KindCore && a.freezes != nil {
-			a.freezes.start(ev)
+		if ev.Kind == observer.KindCore {
+			a.lastCore.Store(time.Now().UnixNano())
+			if a.freezes != nil {
+				a.freezes.start(ev)
+			}
 		}
 		if a.missing != nil {
 			switch ev.Kind {

@@ -64,9 +64,12 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 	args = append(args, filepath.Join(dir, exe), filepath.Join(dir, "core"))
 	cmd := exec.CommandContext(ctx, path, args...)
 	if prlimit, err := exec.LookPath("prlimit"); err == nil {
-		// Bound what gdb may take; nice keeps it behind the workloads.
+		// Bound what gdb may take. SCHED_IDLE and the idle I/O class keep
+		// it behind everything else: the workloads, and the agent's own
+		// freezing of the next crasher's container, which nice 19 alone
+		// delayed by up to 20 ms on two busy CPUs.
 		cmd = exec.CommandContext(ctx, prlimit, append([]string{fmt.Sprintf("--as=%d", g.Memory),
-			fmt.Sprintf("--cpu=%d", int(g.Timeout.Seconds())+1), "--", "nice", "-n", "19", path}, args...)...)
+			fmt.Sprintf("--cpu=%d", int(g.Timeout.Seconds())+1), "--", "chrt", "--idle", "0", "ionice", "-c", "3", path}, args...)...)
 	}
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "LC_ALL=C"}
 	cmd.WaitDelay = time.Second

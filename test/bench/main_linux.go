@@ -159,7 +159,9 @@ func setupHelpers(dir, bin, seed string) ([]helper, error) {
 		return nil, err
 	}
 	cfg := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("store: file://%s/store\nspool: %s/spool\n", dir, dir)), 0o644); err != nil {
+	// Every run stores its core, as the other helpers do: one core per bug
+	// would keep only the first run's.
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("store: file://%s/store\nspool: %s/spool\ndedup:\n  window: \"0\"\n", dir, dir)), 0o644); err != nil {
 		return nil, err
 	}
 	// fileSize waits until no process has the crash's needle in its
