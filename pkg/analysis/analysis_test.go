@@ -149,6 +149,13 @@ func TestSignature(t *testing.T) {
 	if got := Title("SIGABRT", gof); got != "SIGABRT in main.parseHeader (app)" {
 		t.Errorf("Go title %q", got)
 	}
+	// A walk that left the stack (addresses in no file) ends there: the
+	// same bug keeps its signature whatever the garbage below main.
+	junk := append(frames("crash_here", "main"), bundle.Frame{Offset: 0x7ffd1234}, bundle.Frame{Offset: 0x5})
+	junk2 := append(frames("crash_here", "main"), bundle.Frame{Offset: 0x7ffe9999})
+	if Signature("id", "SIGSEGV", junk) != Signature("id", "SIGSEGV", junk2) {
+		t.Error("frames outside any file change the signature")
+	}
 	// Unnamed frames are named by module and offset.
 	if got := Title("SIGSEGV", []bundle.Frame{{Module: "libfoo.so", Offset: 0x1c40}}); got != "SIGSEGV in libfoo.so+0x1c40" {
 		t.Errorf("unnamed title %q", got)

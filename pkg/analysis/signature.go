@@ -51,7 +51,13 @@ func Normalize(frames []bundle.Frame) []bundle.Frame {
 		}
 	}
 	var out []bundle.Frame
-	for _, f := range rest {
+	for i, f := range rest {
+		if i > 0 && f.Module == "" {
+			// An address in no mapped file: the walk left the stack's
+			// frames (code without frame pointers below), and what
+			// follows is noise that would differ from crash to crash.
+			break
+		}
 		if !noise(f) {
 			out = append(out, f)
 		}
