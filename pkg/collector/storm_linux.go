@@ -246,7 +246,13 @@ func (s *coreStream) drain(head []byte, in *os.File) error {
 		defer null.Close()
 		for {
 			n, err := unix.Splice(int(in.Fd()), nil, int(null.Fd()), nil, chunk, unix.SPLICE_F_MOVE)
-			if err == unix.EINTR || err == unix.EAGAIN {
+			if err == unix.EAGAIN {
+				// A non-blocking pipe with nothing yet: wait for the
+				// kernel instead of spinning.
+				unix.Poll([]unix.PollFd{{Fd: int32(in.Fd()), Events: unix.POLLIN}}, 100)
+				continue
+			}
+			if err == unix.EINTR {
 				continue
 			}
 			if err != nil {

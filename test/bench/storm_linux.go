@@ -18,7 +18,7 @@ import (
 // the agent running and default settings (dedup, rate limits), and reports
 // what the storm cost against a single crash of the same binary: the
 // helpers' total CPU time, and how long the kernel held each crasher. The
-// crasher touches mib MiB (random bytes: a core zstd cannot shrink much).
+// crasher touches mib MiB.
 func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 	crasher := filepath.Join(dir, "lim_mem")
 	if out, err := exec.Command("gcc", "-g", "-O0", "-fno-omit-frame-pointer", "-o", crasher,
@@ -28,7 +28,7 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 	crash := func(cfg string, count int, every time.Duration) ([]*bundle.Metadata, error) {
 		var wg sync.WaitGroup
 		for range count {
-			cmd := exec.Command(crasher, strconv.Itoa(mib), "rand")
+			cmd := exec.Command(crasher, strconv.Itoa(mib), "fill")
 			if err := cmd.Start(); err != nil {
 				return nil, err
 			}
