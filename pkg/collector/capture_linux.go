@@ -17,7 +17,6 @@ import (
 
 	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
-	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -48,7 +47,6 @@ type capture struct {
 	mappings   []mapping
 	warnings   []string
 	cmdline    []string
-	cgroup     string
 	exe        []byte
 	stored     map[string]bool
 	seen       map[fileKey]int // inode → index in files
@@ -106,8 +104,6 @@ func (c *capture) captureTexts() {
 				s, _ := bundle.Text(a)
 				c.cmdline = append(c.cmdline, s)
 			}
-		case "cgroup":
-			c.cgroup = identity.ProcCgroup(data)
 		case "status":
 			c.nsPID = nsPID(data)
 		case "auxv":

@@ -291,9 +291,6 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	m.Core = core
 
 	m.NSPID, m.Cmdline = cap.nsPID, cap.cmdline
-	if m.Cgroup == "" {
-		m.Cgroup = cap.cgroup
-	}
 	if cap.hsErrFrame != nil {
 		// A JVM caught the fault and aborted: its log says where.
 		m.Title = analysis.Title(m.SignalName, []bundle.Frame{*cap.hsErrFrame})

@@ -197,8 +197,8 @@ func (q *queue) retry(it *item) {
 	}
 }
 
-// next returns the earliest time at which ready's notion of time lets a
-// waiting item go, given by at; zero when nothing waits.
+// next returns the earliest time, by at, at which a waiting item may go;
+// zero when nothing waits.
 func (q *queue) next(at func(*item) time.Time) time.Time {
 	q.mu.Lock()
 	defer q.mu.Unlock()
