@@ -9,6 +9,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/observer"
@@ -56,6 +58,20 @@ type Options struct {
 	// freeze.enabled, freezes a crasher's container while its core
 	// streams; nil when it could not be set up.
 	Freezer *freezer.Freezer
+	// Cores is the kernel's coredump socket, listening, with the socket
+	// intake: the agent collects each crash itself, into Store. Nil with
+	// the pipe intake.
+	Cores *net.UnixListener
+	// Retention bounds Store for the agent's own collections, Claimer
+	// makes their deduplication cluster-wide (nil: node-local), Version
+	// goes into their bundles.
+	Retention config.Retention
+	Claimer   collector.Claimer
+	Version   string
+	// OnStop is called once the agent is told to stop, before it stops
+	// listening on Cores: core_pattern must point elsewhere first, or a
+	// crash in between finds no listener and loses its core.
+	OnStop func()
 }
 
 // Agent serves one node.
@@ -82,6 +98,10 @@ const analyzeQuiet = time.Second
 // analyzeQueue bounds the bundles waiting for gdb; beyond it a bundle is
 // announced with its frame-pointer backtrace only.
 const analyzeQueue = 256
+
+// stopDrain is how long a stopping agent still accepts on the coredump
+// socket after core_pattern changed.
+const stopDrain = 200 * time.Millisecond
 
 // New prepares an agent.
 func New(o Options) *Agent {
@@ -144,10 +164,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	if ob := a.o.Observer; ob != nil {
 		wg.Go(func() { a.watch(ob) })
 	}
+	if a.o.Cores != nil {
+		wg.Go(func() { a.serveCores(ctx, a.o.Cores) })
+	}
 	if up := a.o.Uploader; up != nil {
 		wg.Go(func() { up.Run(ctx) })
 	}
 	<-ctx.Done()
+	if a.o.OnStop != nil {
+		a.o.OnStop()
+	}
+	if a.o.Cores != nil {
+		// The connections queued before core_pattern changed are still
+		// taken; then the socket closes.
+		a.o.Cores.SetDeadline(time.Now().Add(stopDrain))
+	}
 	ln.Close()
 	if a.o.Observer != nil {
 		a.o.Observer.Close()

@@ -212,6 +212,9 @@ const (
 	// allowance of full cores (collect.max_cores_per_minute) or ran its
 	// allowance of concurrent collections.
 	ReasonRateLimit = "rate_limit"
+	// ReasonBusy marks a crash the agent refused before its dump because
+	// it held collect.backlog crashes already.
+	ReasonBusy = "busy"
 )
 
 // Frame is one frame of a backtrace. Module and Offset (the module's

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/coresock"
 	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
@@ -51,19 +54,21 @@ install after changing the config. Running it again is safe.`,
 			if err != nil {
 				return err
 			}
-			res, err := install(cfg)
+			res, err := install(cfg, false)
 			if err != nil {
 				return err
 			}
 			printInstall(cmd.OutOrStdout(), res)
+			fmt.Fprintf(cmd.OutOrStdout(), "intake: pipe (the kernel runs the helper for each crash; the agent takes cores over %s when it runs)\n", cfg.CoredumpSocket)
 			return nil
 		},
 	}
 }
 
 // install snapshots cfg into the spool and points core_pattern at this
-// binary, or at its copy in host.bin_dir.
-func install(cfg *config.Config) (sysctl.Result, error) {
+// binary, or at its copy in host.bin_dir; with socket at the coredump
+// socket instead, where an agent listens.
+func install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 	if _, err := openStore(cfg); err != nil {
 		return sysctl.Result{}, err
 	}
@@ -101,7 +106,49 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 	if err := os.WriteFile(snapshot, data, 0o600); err != nil {
 		return sysctl.Result{}, fmt.Errorf("write the helper's config: %w", err)
 	}
-	return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, pattern)
+	sockPattern := coresock.Pattern(cfg.CoredumpSocket)
+	if !socket {
+		return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, pattern, sockPattern)
+	}
+	if len(sockPattern) > sysctl.MaxPattern {
+		return sysctl.Result{}, fmt.Errorf("core_pattern %q is longer than the kernel's %d bytes: choose a shorter coredump_socket", sockPattern, sysctl.MaxPattern)
+	}
+	return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, sockPattern, pattern)
+}
+
+// installIntake installs the intake cfg asks for: the coredump socket,
+// listening, where the kernel takes it (core_modes lists socket, and the
+// @@ pattern reads back as written), else the pipe helper, which is
+// installed first in any case. It returns the listener (nil for the pipe)
+// and what the first install found.
+func installIntake(cfg *config.Config, log *zap.Logger) (sysctl.Result, *net.UnixListener, error) {
+	res, err := install(cfg, false)
+	if err != nil || cfg.Intake != config.IntakeSocket {
+		return res, nil, err
+	}
+	if !sysctl.SocketSupported(cfg.Host.ProcSysKernel) {
+		log.Warn("intake: pipe; this kernel cannot send cores to a socket (kernel.core_modes lacks socket, Linux < 6.16)")
+		return res, nil, nil
+	}
+	ln, err := coresock.Listen(cfg.CoredumpSocket)
+	if err != nil {
+		log.Warn("intake: pipe; the coredump socket cannot listen", zap.Error(err))
+		return res, nil, nil
+	}
+	sres, err := install(cfg, true)
+	if err != nil {
+		// Since 6.16.8 the kernel takes a pattern it cannot use on
+		// write and refuses it on read: the pipe helper goes back.
+		ln.Close()
+		os.Remove(cfg.CoredumpSocket)
+		log.Warn("intake: pipe; the kernel refused the coredump socket's pattern (Linux < 6.17, or not written from the host's mount namespace)", zap.Error(err))
+		if _, err := install(cfg, false); err != nil {
+			return res, nil, err
+		}
+		return res, nil, nil
+	}
+	res.Pattern = sres.Pattern
+	return res, ln, nil
 }
 
 // uninstall restores the sysctls install replaced, then removes the helper
@@ -204,26 +251,25 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		return err
 	}
 	local, bounds := nodeStore(cfg, st)
-	res, err := install(cfg)
+	res, cores, err := installIntake(cfg, log)
 	if err != nil {
 		return err
+	}
+	mode := config.IntakePipe
+	if cores != nil {
+		mode = config.IntakeSocket
 	}
 	if res.AlreadyInstalled {
 		// Killed before it could restore (SIGKILL, OOM, a node crash):
 		// the sysctls it saved stay the ones to restore.
 		log.Warn("repaired: a previous agent left corecatch installed; its saved sysctls will be restored at exit", zap.String("found", res.PreviousPattern))
 	}
-	log.Info("installed", zap.String("core_pattern", res.Pattern), zap.String("previous", res.PreviousPattern), zap.String("store", st.String()))
-	defer func() {
-		if res, err := uninstall(cfg); err != nil {
-			log.Error("restore core_pattern", zap.Error(err))
-		} else {
-			log.Info("restored", zap.String("core_pattern", res.Pattern))
-		}
-	}()
-
-	ctx, stop := signalContext(ctx)
+	log.Info("installed", zap.String("intake", mode), zap.String("core_pattern", res.Pattern), zap.String("previous", res.PreviousPattern), zap.String("store", st.String()))
+	ctx, stop, sig := stopContext(ctx)
 	defer stop()
+	var left sync.Once
+	leave := func() { left.Do(func() { leaveNode(cfg, sig(), log) }) }
+	defer leave()
 	opts, err := observerOptions(cfg)
 	if err != nil {
 		return err
@@ -242,6 +288,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped + st.Undecodable) }
 	}
 	met := metrics.New(Version, lost)
+	met.Intake(mode)
 	met.DedupClusterWide(clusterDedupProbe(ctx, cfg, st, log))
 	nt, err := newNotifier(cfg, st, met, log)
 	if err != nil {
@@ -291,8 +338,13 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		log.Error("freezer unavailable; containers will not be frozen", zap.Error(err))
 		fz = nil
 	}
+	var claimer collector.Claimer
+	if s3, ok := st.(*store.S3); ok && clusterDedup(cfg) {
+		claimer = s3
+	}
 	return agent.New(agent.Options{
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: local, Uploader: up,
+		Cores: cores, Retention: bounds, Claimer: claimer, Version: Version, OnStop: leave,
 		OnBundle:   met.Bundle,
 		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m) },
 		OnSignal: func(ev observer.Event) {
@@ -315,6 +367,26 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}).Run(ctx)
 }
 
+// leaveNode is what a stopping agent does to the node: at SIGTERM (kubelet
+// stopping the pod, a rolling update) it points core_pattern at the pipe
+// helper, which takes the crashes until the next agent starts; otherwise
+// (SIGINT, an error) it restores what install replaced.
+func leaveNode(cfg *config.Config, sig os.Signal, log *zap.Logger) {
+	if sig == syscall.SIGTERM {
+		if res, err := install(cfg, false); err != nil {
+			log.Error("point core_pattern at the pipe helper", zap.Error(err))
+		} else {
+			log.Info("stopped: core_pattern points at the pipe helper until the next agent", zap.String("core_pattern", res.Pattern))
+		}
+		return
+	}
+	if res, err := uninstall(cfg); err != nil {
+		log.Error("restore core_pattern", zap.Error(err))
+	} else {
+		log.Info("restored", zap.String("core_pattern", res.Pattern))
+	}
+}
+
 // daemon loads the config of a long-running command, lets adjust lay its
 // flags over it, validates it and makes the daemon's JSON logger.
 func (g *globals) daemon(cmd *cobra.Command, adjust func(*config.Config)) (*config.Config, *zap.Logger, error) {
@@ -330,6 +402,26 @@ func (g *globals) daemon(cmd *cobra.Command, adjust func(*config.Config)) (*conf
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	log, err := zc.Build()
 	return cfg, log, err
+}
+
+// stopContext ends at SIGINT or SIGTERM, and tells which ended it.
+func stopContext(ctx context.Context) (context.Context, context.CancelFunc, func() os.Signal) {
+	ctx, cancel := context.WithCancel(ctx)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	var got atomic.Value
+	go func() {
+		select {
+		case s := <-ch:
+			got.Store(s)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { signal.Stop(ch); cancel() }, func() os.Signal {
+		s, _ := got.Load().(os.Signal)
+		return s
+	}
 }
 
 // signalContext ends at SIGINT or SIGTERM.

@@ -16,7 +16,7 @@ import (
 // DropReasons are the values of corecatch_cores_dropped_total's reason
 // label. Each exists at 0 from the start, so that an alert on increase()
 // sees the first drop.
-var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "error"}
+var DropReasons = []string{"dedup", "rate_limit", "busy", "too_large", "disk_full", "rlimit", "missing", "error"}
 
 // Metrics holds the agent's collectors.
 type Metrics struct {
@@ -35,6 +35,7 @@ type Metrics struct {
 	uploadBacklog  prometheus.Gauge
 	notifications  *prometheus.CounterVec
 	dedupCluster   prometheus.Gauge
+	intake         *prometheus.GaugeVec
 }
 
 // New registers every corecatch metric, and the Go and process collectors,
@@ -98,6 +99,10 @@ func New(version string, ebpfLost func() float64) *Metrics {
 		Name: "corecatch_dedup_cluster_wide",
 		Help: "1 when deduplication is cluster-wide (an S3 store that honours conditional writes), 0 when each node deduplicates alone.",
 	})
+	m.intake = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "corecatch_intake_info",
+		Help: "1 for the way cores reach corecatch on this node (mode socket: the kernel's coredump socket; pipe: the core_pattern helper), 0 for the other.",
+	}, []string{"mode"})
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "corecatch_build_info",
 		Help:        "The running corecatch's version, as a label; always 1.",
@@ -105,7 +110,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.crashes, m.fatalSignals, m.coresStored, m.coresDropped, m.coreBytes,
-		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.notifications, m.dedupCluster, info,
+		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.notifications, m.dedupCluster, m.intake, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		register(c)
 	}
@@ -117,6 +122,9 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	}
 	for _, r := range DropReasons {
 		m.coresDropped.WithLabelValues(r)
+	}
+	for _, mode := range []string{"socket", "pipe"} {
+		m.intake.WithLabelValues(mode)
 	}
 	for _, k := range []string{"raw", "stored"} {
 		m.coreBytes.WithLabelValues(k)
@@ -174,6 +182,8 @@ func dropReason(c bundle.Core) string {
 		return "dedup"
 	case bundle.ReasonRateLimit:
 		return "rate_limit"
+	case bundle.ReasonBusy:
+		return "busy"
 	}
 	return "error"
 }
@@ -242,6 +252,18 @@ func (c *pendingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c *pendingCollector) Collect(ch chan<- prometheus.Metric) {
 	for sink, n := range c.pending() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), sink)
+	}
+}
+
+// Intake records which intake is in use: "socket" or "pipe".
+func (m *Metrics) Intake(mode string) {
+	m.intake.Reset()
+	for _, other := range []string{"socket", "pipe"} {
+		v := 0.0
+		if other == mode {
+			v = 1
+		}
+		m.intake.WithLabelValues(other).Set(v)
 	}
 }
 

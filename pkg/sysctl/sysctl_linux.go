@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -109,8 +110,9 @@ func IsOurs(pattern []byte) bool {
 // raises core_pipe_limit when it is 0, and saves the previous values in
 // spool unless corecatch was already installed (then the saved values from
 // that install stay: an agent that was killed without restoring finds
-// them, and its successor restores them).
-func Install(proc, spool, pattern string) (Result, error) {
+// them, and its successor restores them). ours are the other patterns of
+// this install (the coredump socket's), which are corecatch's too.
+func Install(proc, spool, pattern string, ours ...string) (Result, error) {
 	oldPattern, oldLimit, err := readBoth(proc)
 	if err != nil {
 		return Result{}, err
@@ -122,7 +124,7 @@ func Install(proc, spool, pattern string) (Result, error) {
 	res.PipeLimit = res.PreviousLimit
 	state := filepath.Join(spool, StateFile)
 	_, statErr := os.Stat(state)
-	res.AlreadyInstalled = IsOurs(oldPattern)
+	res.AlreadyInstalled = IsOurs(oldPattern) || slices.Contains(append(ours, pattern), strings.TrimSuffix(string(oldPattern), "\n"))
 	if !res.AlreadyInstalled || errors.Is(statErr, fs.ErrNotExist) {
 		if res.AlreadyInstalled {
 			// Ours but nothing saved (spool wiped): the best restore
@@ -154,6 +156,16 @@ func Install(proc, spool, pattern string) (Result, error) {
 		return res, fmt.Errorf("kernel.core_pattern reads back %q, not %q: is another agent (systemd-coredump, apport) rewriting it?", got, pattern)
 	}
 	return res, nil
+}
+
+// SocketSupported reports whether the kernel in proc can send cores to a
+// socket (kernel.core_modes lists "socket", Linux 6.16+). Only a pattern
+// that reads back as written proves it takes the request protocol (@@):
+// since 6.16.8 the kernel accepts an invalid pattern on write and refuses
+// it on read, which Install checks.
+func SocketSupported(proc string) bool {
+	modes, err := read(proc, "core_modes")
+	return err == nil && slices.Contains(strings.Fields(string(modes)), "socket")
 }
 
 // Uninstall restores the values install saved in spool into the kernel's
