@@ -88,6 +88,11 @@ type Agent struct {
 	// lastCore is when the observer last saw a core-dumping signal (Unix
 	// nanoseconds): gdb waits for a quiet moment.
 	lastCore atomic.Int64
+	// uncounted holds, by the id of the bundle that keeps a bug's core,
+	// the duplicates refused while that bundle was still being written
+	// (a refusal before the dump is over long before the kept core is):
+	// they are counted into it when it is reported.
+	uncounted map[string]int
 }
 
 // analyzeQuiet is how long after the last crash the analysis worker waits
@@ -120,7 +125,7 @@ func New(o Options) *Agent {
 	if o.OnStoreOp == nil {
 		o.OnStoreOp = func(string, error) {}
 	}
-	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}}
+	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}, uncounted: map[string]int{}}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
 		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, byPID: map[int]*freezeState{}}
 	}
@@ -222,7 +227,14 @@ func (a *Agent) bundle(m *bundle.Metadata, spooled bool) {
 		zap.Bool("truncated", m.Core.Truncated), zap.String("truncate_reason", m.Core.TruncateReason),
 		zap.Bool("from_spool", spooled), zap.String("debug", "corecatch debug "+m.ID))
 	if d := m.Dedup; d != nil && d.Of != "" {
-		a.countDedup(d)
+		a.countDedup(d, 1)
+	}
+	a.mu.Lock()
+	n := a.uncounted[m.ID]
+	delete(a.uncounted, m.ID)
+	a.mu.Unlock()
+	if n > 0 && m.Dedup != nil {
+		a.countDedup(&bundle.Dedup{Of: m.ID, Key: m.Dedup.Key, Until: m.Dedup.Until}, n)
 	}
 	a.o.OnBundle(m)
 	if m.Analysis != nil && m.Analysis.Pending && a.enqueue(m) {
@@ -316,12 +328,12 @@ func (a *Agent) resumeAnalysis(ctx context.Context) {
 // countDedup counts a deduplicated crash into the bundle that keeps its
 // bug's core: in the outbox while it waits for upload, else in the store
 // it went to (an S3 store, where other nodes may count at the same time).
-func (a *Agent) countDedup(d *bundle.Dedup) {
+func (a *Agent) countDedup(d *bundle.Dedup, n int) {
 	inc := func(first *bundle.Metadata) error {
 		if first.Dedup == nil {
 			first.Dedup = &bundle.Dedup{Count: 1, Key: d.Key, Until: d.Until}
 		}
-		first.Dedup.Count++
+		first.Dedup.Count += n
 		return nil
 	}
 	err := errors.New("the store cannot amend metadata")
@@ -332,6 +344,13 @@ func (a *Agent) countDedup(d *bundle.Dedup) {
 		if u, ok := a.o.Uploader.Remote().(store.Updater); ok {
 			err = u.Update(context.Background(), d.Of, inc)
 		}
+	}
+	if errors.Is(err, store.ErrNotFound) && time.Now().Before(d.Until) {
+		// Still being written, here or by a helper: counted at its report.
+		a.mu.Lock()
+		a.uncounted[d.Of] += n
+		a.mu.Unlock()
+		return
 	}
 	a.o.OnStoreOp("update", err)
 	if err != nil {

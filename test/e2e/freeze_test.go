@@ -157,7 +157,7 @@ func TestAgentFreeze(t *testing.T) {
 func TestAgentKilledMidFreeze(t *testing.T) {
 	h := freezeHiers(t)[0]
 	socket := filepath.Join(os.TempDir(), fmt.Sprintf("cckill-%d.sock", os.Getpid()))
-	n := harness.Install(t, "socket: "+socket+"\n")
+	n := harness.Install(t, "socket: "+socket+"\nintake: pipe\n") // the helper outlives the agent
 	a := startAgent(t, n, socket)
 	_, dir, _ := freezeContainer(t, h)
 	crasher := crashInto(t, n, dir)
