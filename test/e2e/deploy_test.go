@@ -56,15 +56,15 @@ func renderPod(t *testing.T, dir string, sets ...string) *podSim {
 		t.Fatal(err)
 	}
 	m, err := harness.DecodeManifests(harness.RenderChart(t, append([]string{
-		"--set", "host.dataDir="+filepath.Join(dir, "d"),
-		"--set", "host.runDir="+filepath.Join(dir, "r"),
-		"--set", "host.binDir="+hostBinDir,
-		"--set", "criSocket="+filepath.Join(dir, "cri.sock"),
-		"--set", "metrics.port="+strconv.Itoa(port),
+		"--set", "host.dataDir=" + filepath.Join(dir, "d"),
+		"--set", "host.runDir=" + filepath.Join(dir, "r"),
+		"--set", "host.binDir=" + hostBinDir,
+		"--set", "criSocket=" + filepath.Join(dir, "cri.sock"),
+		"--set", "metrics.port=" + strconv.Itoa(port),
 		// Where the container finds what the host's mounts would give it:
 		// the bin directory's link, and the real sysctls.
-		"--set", "config.host.bin_mount="+podBinDir,
-		"--set", "config.host.proc_sys_kernel="+sysctl.Proc,
+		"--set", "config.host.bin_mount=" + podBinDir,
+		"--set", "config.host.proc_sys_kernel=" + sysctl.Proc,
 	}, sets...)...))
 	if err != nil {
 		t.Fatal(err)
