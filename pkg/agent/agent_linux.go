@@ -131,7 +131,8 @@ func New(o Options) *Agent {
 	}
 	if o.Store != nil {
 		a.missing = &missing{store: o.Store, after: time.Duration(o.Config.Observer.MissingAfter), node: o.Config.Node,
-			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, published: func(m *bundle.Metadata) { a.o.OnBundle(m); a.announce(m) }, pending: map[int]*pendingCore{}}
+			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, published: func(m *bundle.Metadata) { a.o.OnBundle(m); a.announce(m) }, pending: map[int]*pendingCore{},
+			dir: filepath.Join(o.Config.Spool, MissingDir)}
 	}
 	return a
 }
@@ -153,6 +154,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { a.analyzeLoop(ctx) })
+	if a.missing != nil {
+		a.missing.resume()
+	}
 	a.ingestSpool()
 	a.resumeAnalysis(ctx)
 	ln, err := agentapi.Listen(a.o.Config.Socket)

@@ -135,7 +135,7 @@ func Install(proc, spool, pattern string, ours ...string) (Result, error) {
 		if err := os.MkdirAll(spool, 0o755); err != nil {
 			return res, fmt.Errorf("create spool %s: %w", spool, err)
 		}
-		if err := writeAtomic(state, 0o600, bytes.NewReader(data)); err != nil {
+		if err := WriteAtomic(state, 0o600, bytes.NewReader(data)); err != nil {
 			return res, fmt.Errorf("save previous sysctls: %w", err)
 		}
 	}
@@ -222,7 +222,7 @@ func CopyHelper(src, dir string) (string, error) {
 		return "", fmt.Errorf("create the helper's directory %s: %w (check host.bin_dir and its mount)", dir, err)
 	}
 	dst := filepath.Join(dir, HelperName)
-	if err := writeAtomic(dst, 0o755, in); err != nil {
+	if err := WriteAtomic(dst, 0o755, in); err != nil {
 		return "", fmt.Errorf("install the helper as %s: %w (check host.bin_dir and its mount)", dst, err)
 	}
 	return dst, syncDir(dir)
@@ -237,11 +237,11 @@ func RemoveHelper(dir string) error {
 	return nil
 }
 
-// writeAtomic writes what r holds to path with mode through a temporary
+// WriteAtomic writes what r holds to path with mode through a temporary
 // file beside it, synced before it is renamed over path. The temporary name
 // is fixed, so that a write cut by a kill leaves nothing the next one does
 // not replace.
-func writeAtomic(path string, mode os.FileMode, r io.Reader) error {
+func WriteAtomic(path string, mode os.FileMode, r io.Reader) error {
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
 	if err != nil {
