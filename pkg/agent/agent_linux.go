@@ -68,10 +68,6 @@ type Options struct {
 	Retention config.Retention
 	Claimer   collector.Claimer
 	Version   string
-	// OnStop is called once the agent is told to stop, before it stops
-	// listening on Cores: core_pattern must point elsewhere first, or a
-	// crash in between finds no listener and loses its core.
-	OnStop func()
 }
 
 // Agent serves one node.
@@ -180,12 +176,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { up.Run(ctx) })
 	}
 	<-ctx.Done()
-	if a.o.OnStop != nil {
-		a.o.OnStop()
-	}
 	if a.o.Cores != nil {
-		// The connections queued before core_pattern changed are still
-		// taken; then the socket closes.
+		// The supervisor pointed core_pattern elsewhere before it told
+		// the worker to stop: the connections queued before are still
+		// taken, then the worker stops accepting.
 		a.o.Cores.SetDeadline(time.Now().Add(stopDrain))
 	}
 	ln.Close()

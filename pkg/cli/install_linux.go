@@ -245,19 +245,28 @@ cards.`,
 	return cmd
 }
 
+// runAgent runs the agent's supervisor: it installs the intake, owns the
+// coredump socket and core_pattern, and runs the worker (runWorker, this
+// same command with agent.WorkerEnv set), restarting it whenever it dies.
 func runAgent(ctx context.Context, cfg *config.Config, listen string, interval time.Duration, log *zap.Logger) error {
+	if mode := os.Getenv(agent.WorkerEnv); mode != "" {
+		return runWorker(ctx, cfg, mode, listen, interval, log)
+	}
 	st, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
-	local, bounds := nodeStore(cfg, st)
 	res, cores, err := installIntake(cfg, log)
 	if err != nil {
 		return err
 	}
 	mode := config.IntakePipe
+	var coresFile *os.File
 	if cores != nil {
 		mode = config.IntakeSocket
+		if coresFile, err = cores.File(); err != nil {
+			return fmt.Errorf("hand the coredump socket to the worker: %w", err)
+		}
 	}
 	if res.AlreadyInstalled {
 		// Killed before it could restore (SIGKILL, OOM, a node crash):
@@ -270,6 +279,28 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	var left sync.Once
 	leave := func() { left.Do(func() { leaveNode(cfg, sig(), log) }) }
 	defer leave()
+	return agent.Supervise(ctx, os.Args[1:], mode, coresFile, log, sig, leave)
+}
+
+// runWorker serves the node under runAgent's supervisor: the observer,
+// the helper's socket, metrics and notifications, and, with the socket
+// intake, the crashes on the coredump socket it inherits.
+func runWorker(ctx context.Context, cfg *config.Config, mode, listen string, interval time.Duration, log *zap.Logger) error {
+	st, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	local, bounds := nodeStore(cfg, st)
+	var cores *net.UnixListener
+	if mode == config.IntakeSocket {
+		ln, err := net.FileListener(os.NewFile(agent.CoresFD, "coredump.sock"))
+		if err != nil {
+			return fmt.Errorf("the coredump socket from the supervisor: %w", err)
+		}
+		cores = ln.(*net.UnixListener)
+	}
+	ctx, stop := signalContext(ctx)
+	defer stop()
 	opts, err := observerOptions(cfg)
 	if err != nil {
 		return err
@@ -344,7 +375,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}
 	return agent.New(agent.Options{
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: local, Uploader: up,
-		Cores: cores, Retention: bounds, Claimer: claimer, Version: Version, OnStop: leave,
+		Cores: cores, Retention: bounds, Claimer: claimer, Version: Version,
 		OnBundle:   met.Bundle,
 		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m) },
 		OnSignal: func(ev observer.Event) {

@@ -275,6 +275,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		var regs analysis.Regs
 		var regsErr error
 		head, regs, regsErr = readHead(o.Core)
+		if m.Signal == 0 && regs.Signal > 0 {
+			m.Signal, m.SignalName = regs.Signal, bundle.SignalName(regs.Signal)
+		}
 		quick = analysis.Live(req.PID, m.SignalName, regs, regsErr)
 	}
 	m.Backtrace, m.Title, m.Signature = quick.Frames, quick.Title, quick.Signature
