@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sync"
 	"strings"
 	"syscall"
 	"testing"
@@ -253,4 +254,84 @@ func TestSocketIntakeRefusesDuplicates(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Errorf("the first bundle does not count the 5 crashes of its bug: %+v", n.WaitBundle(first.PID).Dedup)
+}
+
+// crashes runs n crashers, up to 4 at once, calling during(i) before the
+// i-th, and returns their pids.
+func crashes(t *testing.T, exe string, n int, during func(i int)) []int {
+	t.Helper()
+	pids := make([]int, n)
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for i := range n {
+		during(i)
+		sem <- struct{}{}
+		cmd := exec.Command(exe, "segv")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pids[i] = cmd.Process.Pid
+		wg.Go(func() { cmd.Wait(); <-sem })
+		time.Sleep(20 * time.Millisecond)
+	}
+	wg.Wait()
+	return pids
+}
+
+// waitAll waits until every pid has a bundle and returns how many bundles
+// each reason left.
+func waitAll(t *testing.T, n *harness.Node, pids []int, within time.Duration) map[string]int {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		by := map[int]*bundle.Metadata{}
+		for _, m := range n.Bundles() {
+			by[m.PID] = m
+		}
+		reasons, lost := map[string]int{}, 0
+		for _, pid := range pids {
+			if m := by[pid]; m != nil {
+				reasons[m.Core.TruncateReason]++
+			} else {
+				lost++
+			}
+		}
+		if lost == 0 {
+			return reasons
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d crashes have no bundle after %s (bundles by reason: %v)", lost, len(pids), within, reasons)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestSocketIntakeRestarts: the agent's worker SIGKILLed during a run of
+// crashes, then the whole agent stopped (SIGTERM) and started again
+// during another: every crash has a bundle (a crash the killed worker
+// held gets its "missing" record from the next worker).
+func TestSocketIntakeRestarts(t *testing.T) {
+	n, a, socket, _, _ := intakeNode(t, "rst", "observer:\n  missing_after: 3s\n")
+	exe := buildSignals(t, n.Dir)
+	line := a.waitLine(t, "agent worker started")
+	var worker int
+	if _, err := fmt.Sscanf(line[strings.Index(line, `"worker_pid":`):], `"worker_pid":%d`, &worker); err != nil {
+		t.Fatalf("no worker pid in %q", line)
+	}
+	pids := crashes(t, exe, 40, func(i int) {
+		if i == 15 {
+			syscall.Kill(worker, syscall.SIGKILL)
+		}
+	})
+	a.waitLine(t, "agent worker exited; restarting it")
+	t.Logf("worker killed: %v", waitAll(t, n, pids, 60*time.Second))
+
+	more := crashes(t, exe, 40, func(i int) {
+		if i == 15 {
+			a.cmd.Process.Signal(syscall.SIGTERM)
+			a.cmd.Wait()
+			a = startAgent(t, n, socket)
+		}
+	})
+	t.Logf("agent restarted: %v", waitAll(t, n, more, 60*time.Second))
 }
