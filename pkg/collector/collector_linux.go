@@ -170,7 +170,8 @@ type Claimer interface {
 func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	start := time.Now()
 	req, cfg := o.Request, o.Config
-	if o.Agent == nil {
+	helper := o.Agent == nil // a process of its own, run by the kernel
+	if helper {
 		o.Agent = socketLink{cfg.Socket, cfg.Spool}
 	}
 	answered := false
@@ -321,6 +322,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		withEnviron:  cfg.Collect.CaptureEnviron,
 		light:        light,
 	}
+	var released time.Time
 	if early && !keep {
 		// Refused before the dump: what the bundle keeps of the process
 		// is read while the kernel still holds it, then it is let go.
@@ -329,6 +331,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		if err := answer(false); err != nil {
 			m.Warnings = append(m.Warnings, err.Error())
 		}
+		released = time.Now()
 	} else {
 		wg.Go(cap.run)
 	}
@@ -382,6 +385,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		o.Core.Close()
 	}
 	held := time.Since(start)
+	if !released.IsZero() {
+		held = released.Sub(start)
+	}
 	if agentResp != nil && agentResp.Freeze != nil && agentResp.Freeze.Frozen {
 		// The container may run again: what it could change is captured.
 		if resp, err := o.Agent.Release(req.PID); err != nil {
@@ -440,14 +446,16 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		}
 	}
 
-	rss, cpu := usage()
 	m.Collector = bundle.Collector{
 		Version:         o.Version,
 		HeldSeconds:     held.Seconds(),
 		DurationSeconds: time.Since(start).Seconds(),
-		MaxRSSBytes:     rss,
-		CPUSeconds:      cpu,
-		DiskWriteBytes:  diskWrites(),
+	}
+	if helper {
+		// The process's own figures are one crash's only in a helper;
+		// the agent's are in its metrics.
+		m.Collector.MaxRSSBytes, m.Collector.CPUSeconds = usage()
+		m.Collector.DiskWriteBytes = diskWrites()
 	}
 	// The agent runs gdb on a stored core once it is published (gdb lives
 	// in the agent's image, not necessarily on the host the helper runs
