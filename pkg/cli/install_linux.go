@@ -113,7 +113,15 @@ func install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 	if len(sockPattern) > sysctl.MaxPattern {
 		return sysctl.Result{}, fmt.Errorf("core_pattern %q is longer than the kernel's %d bytes: choose a shorter coredump_socket", sockPattern, sysctl.MaxPattern)
 	}
-	return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, sockPattern, pattern)
+	// In the host's mount namespace, the host's paths are the real ones:
+	// its /proc/sys/kernel, and the spool and socket (hostPaths).
+	var res sysctl.Result
+	err = inHostMountNamespace(func() error {
+		var err error
+		res, err = sysctl.Install(sysctl.Proc, cfg.Spool, sockPattern, pattern)
+		return err
+	})
+	return res, err
 }
 
 // installIntake installs the intake cfg asks for: the coredump socket,
