@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -55,7 +56,8 @@ func joinHostCgroupNamespace() error {
 }
 
 // inHostMountNamespace runs f on a thread of its own in the host's mount
-// namespace, when this process is in another one (a pod): the kernel takes
+// namespace (PID 1's), when this process is in another one (a pod); it
+// fails without running f when it is not: the kernel takes
 // a coredump socket's pattern only from a task in its initial mount
 // namespace, and resolves the socket's path there. The thread gets its own
 // filesystem context first (setns refuses a mount namespace to a thread
@@ -64,7 +66,7 @@ func inHostMountNamespace(f func() error) error {
 	self, err1 := os.Stat("/proc/self/ns/mnt")
 	host, err2 := os.Stat("/proc/1/ns/mnt")
 	if err1 != nil || err2 != nil || os.SameFile(self, host) {
-		return f()
+		return errors.New("already in PID 1's mount namespace")
 	}
 	done := make(chan error, 1)
 	go func() {

@@ -113,15 +113,20 @@ func install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 	if len(sockPattern) > sysctl.MaxPattern {
 		return sysctl.Result{}, fmt.Errorf("core_pattern %q is longer than the kernel's %d bytes: choose a shorter coredump_socket", sockPattern, sysctl.MaxPattern)
 	}
-	// In the host's mount namespace, the host's paths are the real ones:
-	// its /proc/sys/kernel, and the spool and socket (hostPaths).
-	var res sysctl.Result
-	err = inHostMountNamespace(func() error {
-		var err error
+	res, err := sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, sockPattern, pattern)
+	if err == nil {
+		return res, nil
+	}
+	// The kernel may take the pattern only from its initial mount
+	// namespace: try again from PID 1's, where the host's paths are the
+	// real ones (its /proc/sys/kernel; the spool and socket are hostPaths).
+	if herr := inHostMountNamespace(func() error {
 		res, err = sysctl.Install(sysctl.Proc, cfg.Spool, sockPattern, pattern)
 		return err
-	})
-	return res, err
+	}); herr != nil {
+		return res, fmt.Errorf("%w; from the host's mount namespace: %w", err, herr)
+	}
+	return res, nil
 }
 
 // installIntake installs the intake cfg asks for: the coredump socket,
