@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,7 +110,9 @@ func TestFeishuCard(t *testing.T) {
 }
 
 // TestAlertmanagerRoundTrip pushes a real crash to a real Alertmanager,
-// whose webhook brings it back through the agent's bridge as a card.
+// whose webhook brings it back through the agent's bridge as a card:
+// Alertmanager sends the bridge's token from a file, the bridge listens on
+// its own port, and the metrics port serves no bridge.
 func TestAlertmanagerRoundTrip(t *testing.T) {
 	f := startFeishu(t)
 	dir, err := os.MkdirTemp("", "ccam")
@@ -117,7 +120,8 @@ func TestAlertmanagerRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	amAddr, agentAddr := freeAddr(t), freeAddr(t)
+	amAddr, agentAddr, bridgeAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	token := writeToken(t, dir)
 	cfg := filepath.Join(dir, "alertmanager.yml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`route:
   receiver: feishu
@@ -130,7 +134,10 @@ receivers:
     webhook_configs:
       - url: http://%s/alertmanager/feishu
         send_resolved: true
-`, agentAddr)), 0o644); err != nil {
+        http_config:
+          authorization:
+            credentials_file: %s
+`, bridgeAddr, token)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	am := startService(t, dir, amAddr, "/-/ready", "prometheus-alertmanager", "--config.file", cfg,
@@ -148,9 +155,20 @@ notify:
     crashes: false
   alertmanager:
     url: %s
-`, socket, f.URL("tok"), am.base))
+  bridge:
+    listen: %s
+    token_file: %s
+`, socket, f.URL("tok"), am.base, bridgeAddr, token))
 	t.Cleanup(func() { os.Remove(socket) })
 	startAgentListen(t, n, socket, agentAddr)
+	for _, c := range []struct {
+		u    string
+		want int
+	}{{"http://" + agentAddr + "/alertmanager/feishu", http.StatusNotFound}, {"http://" + bridgeAddr + "/alertmanager/feishu", http.StatusUnauthorized}} {
+		if code := send(t, c.u, "", []byte("{}")); code != c.want {
+			t.Errorf("POST %s without a token: %d, want %d", c.u, code, c.want)
+		}
+	}
 	exe := buildSignals(t, n.Dir)
 	cmd := exec.Command(exe, "abrt")
 	n.Crash(cmd)
