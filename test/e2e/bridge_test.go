@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -96,6 +97,22 @@ func dropped(page, sink string) int {
 	return n
 }
 
+// TestSecretsOffTheCommandLine: --help offers the file and environment
+// forms of the bot's URL and secret, and says why.
+func TestSecretsOffTheCommandLine(t *testing.T) {
+	for _, cmd := range []string{"agent", "feishu-bridge"} {
+		out, err := exec.Command(harness.Binary(t), cmd, "--help").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s --help: %v\n%s", cmd, err, out)
+		}
+		for _, want := range []string{"--feishu-webhook-file", "--feishu-secret-file", "CORECATCH_FEISHU_WEBHOOK", "CORECATCH_FEISHU_SECRET", "in ps"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("%s --help does not mention %q", cmd, want)
+			}
+		}
+	}
+}
+
 // TestBridgeHostile puts a real `corecatch feishu-bridge` in front of
 // hostile peers: requests without the token, or with a wrong one, get 401;
 // a bot with alerts: false gets nothing even when a request names it;
@@ -111,6 +128,13 @@ func TestBridgeHostile(t *testing.T) {
 	t.Cleanup(f.Close)
 	dir := harness.TempDir(t, "ccbr")
 	spool := filepath.Join(dir, "spool")
+	// The first bot's URL comes from a file named in the environment,
+	// over the config's: no secret on the command line.
+	hook := filepath.Join(dir, "webhook")
+	if err := os.WriteFile(hook, []byte(f.URL("tok")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CORECATCH_FEISHU_WEBHOOK_FILE", hook)
 	cfg := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`spool: %s
 notify:
@@ -118,7 +142,7 @@ notify:
   item_max_bytes: 8KiB
   feishu:
   - name: sre
-    webhook: %s
+    webhook: http://127.0.0.1:1/open-apis/bot/v2/hook/overridden
     lang: en
   - name: quiet
     webhook: %s
@@ -128,7 +152,7 @@ notify:
     token_file: %s
     button_hosts: [runbooks.example.com, "*.prom.example.com"]
     max_body_bytes: 64KiB
-`, spool, f.URL("tok"), f.URL("quiet"), writeToken(t, dir))), 0o600); err != nil {
+`, spool, f.URL("quiet"), writeToken(t, dir))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
