@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -218,7 +219,17 @@ func (a *alertmanager) push(ctx context.Context, items []*item) error {
 	case resp.StatusCode/100 == 2:
 		return nil
 	case resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusTooManyRequests:
-		return &permanentError{fmt.Errorf("alertmanager %s: HTTP %s: %s", a.url, resp.Status, strings.TrimSpace(string(data)))}
+		return &permanentError{fmt.Errorf("alertmanager %s: HTTP %s: %s", shownURL(a.url), resp.Status, strings.TrimSpace(string(data)))}
 	}
-	return fmt.Errorf("alertmanager %s: HTTP %s: %s", a.url, resp.Status, strings.TrimSpace(string(data)))
+	return fmt.Errorf("alertmanager %s: HTTP %s: %s", shownURL(a.url), resp.Status, strings.TrimSpace(string(data)))
+}
+
+// shownURL is a URL as errors show it: without a password (net/http's own
+// errors drop it too).
+func shownURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(the configured URL)"
+	}
+	return p.Redacted()
 }
