@@ -45,8 +45,8 @@ const digestAt = 4
 
 // feishuBot is one Feishu/Lark custom bot and its queue.
 type feishuBot struct {
-	cfg       config.Feishu
-	webhook   string
+	cfg     config.Feishu
+	webhook string
 	// buttons says whether a bridged card may link to a URL.
 	buttons   func(string) bool
 	secret    string

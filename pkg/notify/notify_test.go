@@ -23,6 +23,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/test/fakefeishu"
+	"github.com/corecatch/corecatch/test/harness"
 )
 
 // results counts outcomes per sink, as the agent's metrics do.
@@ -455,7 +456,7 @@ func TestQueueBounds(t *testing.T) {
 		}
 		dropped += len(d)
 	}
-	if got := spoolBytes(t, dir); got > l.total || q.bytes != got || q.len() != 4 || dropped != 16 {
+	if got := harness.DirBytes(t, dir); got > l.total || q.bytes != got || q.len() != 4 || dropped != 16 {
 		t.Errorf("after 20 items of 7 KiB: %d items, %d bytes counted, %d in the spool, %d dropped; want 4 within %d", q.len(), q.bytes, got, dropped, l.total)
 	}
 	// A spool written by another configuration, and a hostile file: the
@@ -466,24 +467,9 @@ func TestQueueBounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := spoolBytes(t, dir); got > l.total || q.bytes != got || q.len() != 2 {
+	if got := harness.DirBytes(t, dir); got > l.total || q.bytes != got || q.len() != 2 {
 		t.Errorf("reloaded: %d items, %d bytes counted, %d in the spool; want 2 within %d", q.len(), q.bytes, got, l.total)
 	}
-}
-
-func spoolBytes(t *testing.T, dir string) int64 {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil {
-			n += fi.Size()
-		}
-	}
-	return n
 }
 
 // TestWebhookRedacted: a send that fails, as net/http reports it with the

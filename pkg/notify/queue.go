@@ -78,9 +78,9 @@ type queue struct {
 	wake  chan struct{}
 }
 
-// openQueue loads the items a previous agent left in dir, within l: files
-// over the item limit are removed unread, and the oldest items beyond the
-// count or total go.
+// openQueue loads the items a previous agent left in dir, within l: a file
+// over the item limit is removed, read no further than the limit, and the
+// oldest items beyond the count or total go.
 func openQueue(dir string, l limits) (*queue, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create the notification queue %s: %w", dir, err)

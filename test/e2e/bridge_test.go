@@ -70,22 +70,6 @@ func send(t *testing.T, u, auth string, body []byte) int {
 	return resp.StatusCode
 }
 
-// dirBytes is the size of the files in dir.
-func dirBytes(t *testing.T, dir string) int64 {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil {
-			n += fi.Size()
-		}
-	}
-	return n
-}
-
 // dropped reads corecatch_notifications_total{result="dropped"} of a sink
 // from a /metrics page.
 func dropped(page, sink string) int {
@@ -208,7 +192,7 @@ notify:
 		}
 	}
 	queue := filepath.Join(spool, notify.Dir, "feishu-sre")
-	n, d := dirBytes(t, queue), dropped(br.get("/metrics"), "feishu/sre")
+	n, d := harness.DirBytes(t, queue), dropped(br.get("/metrics"), "feishu/sre")
 	t.Logf("Feishu down, 12 groups of about 5 KiB: %d bytes queued in the spool, %d dropped", n, d)
 	if n > 32<<10 {
 		t.Errorf("the queue holds %d bytes in the spool, over queue_max_bytes (32 KiB)", n)
@@ -224,7 +208,7 @@ notify:
 		t.Fatal(err)
 	}
 	br = start()
-	if n := dirBytes(t, queue); n > 32<<10 || n == 0 {
+	if n := harness.DirBytes(t, queue); n > 32<<10 || n == 0 {
 		t.Errorf("after the restart the queue holds %d bytes, over queue_max_bytes (32 KiB)", n)
 	}
 

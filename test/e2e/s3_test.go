@@ -326,20 +326,8 @@ func getBundle(n *harness.Node, id string) (*bundle.Metadata, error) {
 func TestS3CardLinkExpiry(t *testing.T) {
 	f := startFeishu(t)
 	srv := harness.S3(t)
-	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccs3l-%d.sock", os.Getpid()))
-	n := harness.Install(t, srv.Config(s3Prefix)+"socket: "+socket+fmt.Sprintf(`
-notify:
-  link_expiry: 2h
-  feishu:
-  - name: sre
-    webhook: %s
-    secret: s3cr3t
-    keyword: corecatch
-    lang: en
-`, f.URL("tok")))
-	t.Cleanup(func() { os.Remove(socket) })
+	n, a, _, _ := notifyNode(t, f, "  link_expiry: 2h\n", srv.Config(s3Prefix))
 	exe := buildSignals(t, n.Dir)
-	a := startAgent(t, n, socket)
 	cmd := exec.Command(exe, "segv")
 	n.Crash(cmd)
 	a.waitLineWithin(t, 60*time.Second, "bundle uploaded")
