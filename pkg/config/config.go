@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"path"
@@ -478,6 +479,9 @@ func (n *Notify) validateLimits() error {
 	}
 	if n.ItemMaxBytes.Bytes > n.QueueMaxBytes.Bytes {
 		return fmt.Errorf("notify.item_max_bytes %s is larger than notify.queue_max_bytes %s: raise the queue's or lower the item's", n.ItemMaxBytes, n.QueueMaxBytes)
+	}
+	if _, _, err := net.SplitHostPort(n.Bridge.Listen); n.Bridge.Listen != "" && err != nil {
+		return fmt.Errorf("notify.bridge.listen %q: write [host]:port (:9978): %w", n.Bridge.Listen, err)
 	}
 	if n.Bridge.Listen != "" && n.Bridge.TokenFile == "" {
 		return errors.New("notify.bridge.listen is set without notify.bridge.token_file: the bridge answers only requests bearing a token; put one in a file (a mounted Secret) and name it")
