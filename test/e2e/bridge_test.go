@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -212,41 +213,50 @@ notify:
 		t.Errorf("after the restart the queue holds %d bytes, over queue_max_bytes (32 KiB)", n)
 	}
 
-	// Slowloris: one connection trickles its headers, one sends nothing,
-	// one sends more headers than allowed; the server cuts each off.
-	trickle := func(conn net.Conn) {
-		fmt.Fprintf(conn, "POST /alertmanager/feishu HTTP/1.1\r\nHost: x\r\n")
-		for range 60 {
-			time.Sleep(500 * time.Millisecond)
-			if _, err := fmt.Fprintf(conn, "X-Slow: 1\r\n"); err != nil {
-				return
+	cutsOffSlowPeers(t, addr)
+}
+
+// cutsOffSlowPeers checks that the HTTP server at addr cuts off, at once
+// and without waiting for each other, a connection that trickles its
+// headers, one that sends nothing, and one that sends more headers than
+// allowed (431).
+func cutsOffSlowPeers(t *testing.T, addr string) {
+	t.Helper()
+	peers := map[string]func(net.Conn){
+		"trickled headers": func(conn net.Conn) {
+			fmt.Fprintf(conn, "POST /alertmanager/feishu HTTP/1.1\r\nHost: x\r\n")
+			for range 60 {
+				time.Sleep(500 * time.Millisecond)
+				if _, err := fmt.Fprintf(conn, "X-Slow: 1\r\n"); err != nil {
+					return
+				}
 			}
-		}
+		},
+		"silence": func(net.Conn) {},
+		"64 KiB of headers": func(conn net.Conn) {
+			fmt.Fprintf(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("h", 64<<10))
+		},
 	}
-	for name, talk := range map[string]func(net.Conn){"trickled headers": trickle, "silence": func(net.Conn) {}} {
+	var wg sync.WaitGroup
+	for name, talk := range peers {
 		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		go talk(conn)
-		began := time.Now()
-		conn.SetReadDeadline(began.Add(30 * time.Second))
-		_, err = io.ReadAll(conn)
-		conn.Close()
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			t.Errorf("%s: the connection is still open after 30 s", name)
-		}
-		t.Logf("%s: closed by the server after %v", name, time.Since(began).Round(100*time.Millisecond))
+		wg.Go(func() {
+			defer conn.Close()
+			go talk(conn)
+			began := time.Now()
+			conn.SetReadDeadline(began.Add(30 * time.Second))
+			answer, err := io.ReadAll(conn)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Errorf("%s %s: the connection is still open after 30 s", addr, name)
+			}
+			if name == "64 KiB of headers" && !bytes.HasPrefix(answer, []byte("HTTP/1.1 431")) {
+				t.Errorf("%s %s: answered %.40q, want 431", addr, name, answer)
+			}
+			t.Logf("%s %s: closed by the server after %v", addr, name, time.Since(began).Round(100*time.Millisecond))
+		})
 	}
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("h", 64<<10))
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	head, _ := io.ReadAll(io.LimitReader(conn, 64))
-	if !bytes.HasPrefix(head, []byte("HTTP/1.1 431")) {
-		t.Errorf("64 KiB of headers: answered %q, want 431", head)
-	}
+	wg.Wait()
 }

@@ -169,6 +169,8 @@ notify:
 			t.Errorf("POST %s without a token: %d, want %d", c.u, code, c.want)
 		}
 	}
+	cutsOffSlowPeers(t, agentAddr)
+	cutsOffSlowPeers(t, bridgeAddr)
 	exe := buildSignals(t, n.Dir)
 	cmd := exec.Command(exe, "abrt")
 	n.Crash(cmd)
