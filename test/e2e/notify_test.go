@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -305,5 +306,37 @@ func TestFeishuOutage(t *testing.T) {
 	}
 	if len(cards) != 2 || got["SIGSEGV"] != 2 || got["SIGABRT"] != 1 {
 		t.Errorf("%d cards standing for %v, want 2 cards: SIGSEGV 2, SIGABRT 1 (bundles %v)", len(cards), got, ids)
+	}
+}
+
+// TestS3CardLinkExpiry: a crash's card links to the core with a presigned
+// URL that lasts notify.link_expiry, and the link downloads it.
+func TestS3CardLinkExpiry(t *testing.T) {
+	f := startFeishu(t)
+	srv := harness.S3(t)
+	n, a, _, _ := notifyNode(t, f, "  link_expiry: 2h\n", srv.Config(s3Prefix))
+	exe := buildSignals(t, n.Dir)
+	cmd := exec.Command(exe, "segv")
+	n.Crash(cmd)
+	a.waitLineWithin(t, 60*time.Second, "bundle uploaded")
+	cards := waitCards(t, f, 1, 20*time.Second)
+	b := cards[0].Message.Card.Buttons()
+	if len(b) != 1 {
+		t.Fatalf("buttons %+v, want the download link", b)
+	}
+	u, err := url.Parse(b[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Query().Get("X-Amz-Expires"); got != "7200" {
+		t.Errorf("X-Amz-Expires %q, want 7200 (notify.link_expiry 2h)", got)
+	}
+	resp, err := http.Get(b[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET the card's link: %s", resp.Status)
 	}
 }

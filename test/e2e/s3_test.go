@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -319,36 +317,4 @@ func getBundle(n *harness.Node, id string) (*bundle.Metadata, error) {
 		}
 	}
 	return nil, fmt.Errorf("bundle %s not listed", id)
-}
-
-// TestS3CardLinkExpiry: a crash's card links to the core with a presigned
-// URL that lasts notify.link_expiry, and the link downloads it.
-func TestS3CardLinkExpiry(t *testing.T) {
-	f := startFeishu(t)
-	srv := harness.S3(t)
-	n, a, _, _ := notifyNode(t, f, "  link_expiry: 2h\n", srv.Config(s3Prefix))
-	exe := buildSignals(t, n.Dir)
-	cmd := exec.Command(exe, "segv")
-	n.Crash(cmd)
-	a.waitLineWithin(t, 60*time.Second, "bundle uploaded")
-	cards := waitCards(t, f, 1, 20*time.Second)
-	b := cards[0].Message.Card.Buttons()
-	if len(b) != 1 {
-		t.Fatalf("buttons %+v, want the download link", b)
-	}
-	u, err := url.Parse(b[0].URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := u.Query().Get("X-Amz-Expires"); got != "7200" {
-		t.Errorf("X-Amz-Expires %q, want 7200 (notify.link_expiry 2h)", got)
-	}
-	resp, err := http.Get(b[0].URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("GET the card's link: %s", resp.Status)
-	}
 }
