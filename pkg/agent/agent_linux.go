@@ -89,6 +89,11 @@ type Agent struct {
 	// (a refusal before the dump is over long before the kept core is):
 	// they are counted into it when it is reported.
 	uncounted map[string]int
+	// held counts the crashes the agent collects at once (collect.backlog),
+	// from the coredump socket or handed over by the pipe helper; taking
+	// waits for the handed-over ones when the agent stops.
+	held   chan struct{}
+	taking sync.WaitGroup
 }
 
 // analyzeQuiet is how long after the last crash the analysis worker waits
@@ -121,7 +126,8 @@ func New(o Options) *Agent {
 	if o.OnStoreOp == nil {
 		o.OnStoreOp = func(string, error) {}
 	}
-	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}, uncounted: map[string]int{}}
+	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}, uncounted: map[string]int{},
+		held: make(chan struct{}, o.Config.Collect.Backlog)}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
 		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, byPID: map[int]*freezeState{}}
 	}
@@ -183,6 +189,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.o.Cores.SetDeadline(time.Now().Add(stopDrain))
 	}
 	ln.Close()
+	a.taking.Wait()
 	if a.o.Observer != nil {
 		a.o.Observer.Close()
 	}
@@ -384,7 +391,18 @@ func (a *Agent) watch(ob *observer.Observer) {
 
 // handle answers one helper request.
 func (a *Agent) handle(req agentapi.Request) agentapi.Response {
+	if req.Core != nil && req.Op != "take" {
+		req.Core.Close()
+	}
 	switch req.Op {
+	case "take":
+		if req.Core == nil {
+			return agentapi.Response{Error: "take without the core's pipe"}
+		}
+		if err := a.take(req.Args, req.Core); err != nil {
+			return agentapi.Response{Error: err.Error()}
+		}
+		return agentapi.Response{}
 	case "event":
 		wait := min(time.Duration(req.WaitMS)*time.Millisecond, 2*time.Second)
 		deadline := time.Now().Add(wait)

@@ -33,7 +33,7 @@ func (a *Agent) serveCores(ctx context.Context, ln *net.UnixListener) {
 	ctx = context.WithoutCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	held := make(chan struct{}, a.o.Config.Collect.Backlog)
+	held := a.held
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -105,6 +105,42 @@ func (a *Agent) takeCore(ctx context.Context, c *net.UnixConn, refuse string) {
 	if _, err := collector.Run(ctx, o); err != nil {
 		log.Error("core not stored", zap.Error(err))
 	}
+}
+
+// take collects a crash the pipe helper handed over (its pattern
+// arguments and the kernel's pipe), in the background: the helper exits
+// once this returns. A refused core's pipe is closed as soon as the crash
+// is decided, so the kernel stops dumping it.
+func (a *Agent) take(args []string, core *os.File) error {
+	req, err := collector.ParseRequest(args)
+	if err != nil {
+		core.Close()
+		return err
+	}
+	if a.o.Store == nil {
+		core.Close()
+		return errors.New("the agent has no store for handed-over crashes")
+	}
+	refuse := ""
+	select {
+	case a.held <- struct{}{}:
+	default:
+		refuse = bundle.ReasonBusy
+	}
+	log := a.o.Log.With(zap.Int("pid", req.PID))
+	a.taking.Go(func() {
+		if refuse == "" {
+			defer func() { <-a.held }()
+		}
+		o := collector.Options{
+			Config: a.o.Config, Store: a.o.Store, Retention: a.o.Retention, Request: req, Core: core, Log: log,
+			Version: a.o.Version, Claimer: a.o.Claimer, Agent: link{a}, CloseRefused: true, Refuse: refuse,
+		}
+		if _, err := collector.Run(context.Background(), o); err != nil {
+			log.Error("core not stored", zap.Error(err))
+		}
+	})
+	return nil
 }
 
 // link is the collector's Link to this agent, by direct calls.
