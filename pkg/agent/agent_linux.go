@@ -365,6 +365,9 @@ func (a *Agent) countDedup(d *bundle.Dedup, n int) {
 
 // watch consumes the observer's events.
 func (a *Agent) watch(ob *observer.Observer) {
+	if err := observer.Urgent(); err != nil {
+		a.o.Log.Warn("the path from a fatal signal to the freeze runs at normal priority", zap.Error(err))
+	}
 	for ev := range ob.Events() {
 		if ev.Kind == observer.KindCore {
 			a.lastCore.Store(time.Now().UnixNano())
