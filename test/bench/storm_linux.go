@@ -63,10 +63,19 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 		filepath.Join(harness.RepoRoot(), "test", "crashers", "lim_mem.c")).CombinedOutput(); err != nil {
 		return fmt.Errorf("build crasher: %v\n%s", err, out)
 	}
+	tenbugs := filepath.Join(dir, "tenbugs")
+	if out, err := exec.Command("gcc", "-g", "-O0", "-fno-omit-frame-pointer", "-o", tenbugs,
+		filepath.Join(harness.RepoRoot(), "test", "crashers", "tenbugs.c")).CombinedOutput(); err != nil {
+		return fmt.Errorf("build crasher: %v\n%s", err, out)
+	}
+	bugs := 1
 	crash := func(cfg string, count int, every time.Duration) ([]*bundle.Metadata, error) {
 		var wg sync.WaitGroup
-		for range count {
+		for i := range count {
 			cmd := exec.Command(crasher, strconv.Itoa(mib), "fill")
+			if bugs > 1 {
+				cmd = exec.Command(tenbugs, strconv.Itoa(mib), strconv.Itoa(i%bugs))
+			}
 			if err := cmd.Start(); err != nil {
 				return nil, err
 			}
@@ -98,12 +107,17 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 	}
 	single := one[0].Collector
 	fmt.Printf("\nsingle crash through the pipe helper: helper CPU %.0f ms, crasher held %.1f ms\n", single.CPUSeconds*1000, single.HeldSeconds*1000)
-	for _, intake := range []string{"pipe", "socket"} {
-		cfg, stop, err = startAgent(bin, filepath.Join(dir, "s-"+intake), "intake: "+intake+"\ncoredump_socket: "+filepath.Join(dir, "s-"+intake, "core.sock")+"\nobserver:\n  missing_after: 5s\n")
+	for _, run := range []struct {
+		intake string
+		bugs   int
+	}{{"pipe", 1}, {"socket", 1}, {"pipe", 10}, {"socket", 10}} {
+		intake := run.intake
+		bugs = run.bugs
+		cfg, stop, err = startAgent(bin, filepath.Join(dir, fmt.Sprintf("s-%s%d", intake, bugs)), "intake: "+intake+"\ncoredump_socket: "+filepath.Join(dir, fmt.Sprintf("s-%s%d", intake, bugs), "core.sock")+"\nobserver:\n  missing_after: 5s\n")
 		if err != nil {
 			return err
 		}
-		worker := workerPID(filepath.Join(dir, "s-"+intake, "agent.log"))
+		worker := workerPID(filepath.Join(dir, fmt.Sprintf("s-%s%d", intake, bugs), "agent.log"))
 		cpu0 := procCPU(worker)
 		start := time.Now()
 		list, err := crash(cfg, n, d/time.Duration(n))
@@ -117,6 +131,7 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 		var held []float64
 		reasons := map[string]int{}
 		signed := 0
+		sigs, kept := map[string]bool{}, map[string]bool{}
 		for _, m := range list {
 			cpu += m.Collector.CPUSeconds
 			raw += m.Core.RawBytes
@@ -129,11 +144,15 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 			if m.Signature != "" && len(m.Backtrace) > 0 {
 				signed++
 			}
+			sigs[m.Signature] = true
+			if r == "stored" {
+				kept[m.Signature] = true
+			}
 		}
 		sort.Float64s(held)
 		med, p99 := held[len(held)/2], held[min(len(held)-1, len(held)*99/100)]
-		fmt.Printf("\nstorm, intake %s: %d crashes of one binary (%d MiB core) in %.1fs (bundles: %v; %d with signature and backtrace; dumps skipped: %d)\n",
-			intake, n, mib, took.Seconds(), reasons, signed, reasons[bundle.ReasonMissing])
+		fmt.Printf("\nstorm, intake %s: %d crashes of %d bug(s) in one binary (%d MiB core) in %.1fs (bundles: %v; %d with signature and backtrace; %d signatures, %d with a core kept; dumps skipped: %d)\n",
+			intake, n, bugs, mib, took.Seconds(), reasons, signed, len(sigs), len(kept), reasons[bundle.ReasonMissing])
 		fmt.Printf("  CPU: helpers %.2fs + agent %.2fs = %.1f ms per crash (a single helper: %.0f ms); agent peak RSS %.0f MiB\n",
 			cpu, agentCPU, 1000*(cpu+agentCPU)/float64(n), single.CPUSeconds*1000, float64(rss)/(1<<20))
 		fmt.Printf("  the kernel dumped %.1f MiB in all (%.2f cores); crasher held: median %.1f ms = %.2f x single, p99 %.1f ms\n",
