@@ -16,6 +16,22 @@ import (
 	"github.com/corecatch/corecatch/test/harness"
 )
 
+// helpersOnly installs the pipe helper without an agent (the helper per
+// crash, as before the coredump socket); stop uninstalls it.
+func helpersOnly(bin, work string) (cfg string, stop func(), err error) {
+	cfg = filepath.Join(work, "config.yaml")
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return "", nil, err
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("store: file://%s/store\nspool: %s/s\nsocket: %s/agent.sock\n", work, work, work)), 0o644); err != nil {
+		return "", nil, err
+	}
+	if err := installCorecatch(bin, cfg); err != nil {
+		return "", nil, err
+	}
+	return cfg, func() { exec.Command(bin, "--config", cfg, "uninstall").Run() }, nil
+}
+
 // workerPID reads the agent worker's pid from the agent's log.
 func workerPID(log string) int {
 	data, _ := os.ReadFile(log)
@@ -96,7 +112,7 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 	}
 	// The helper per crash (intake: pipe) against the agent taking the
 	// cores over the coredump socket, in the same run.
-	cfg, stop, err := startAgent(bin, filepath.Join(dir, "s1"), "intake: pipe\n")
+	cfg, stop, err := helpersOnly(bin, filepath.Join(dir, "s1"))
 	if err != nil {
 		return err
 	}
@@ -106,18 +122,23 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 		return err
 	}
 	single := one[0].Collector
-	fmt.Printf("\nsingle crash through the pipe helper: helper CPU %.0f ms, crasher held %.1f ms\n", single.CPUSeconds*1000, single.HeldSeconds*1000)
+	fmt.Printf("\nsingle crash through the pipe helper, no agent: helper CPU %.0f ms, crasher held %.1f ms\n", single.CPUSeconds*1000, single.HeldSeconds*1000)
 	for _, run := range []struct {
 		intake string
 		bugs   int
-	}{{"pipe", 1}, {"socket", 1}, {"pipe", 10}, {"socket", 10}} {
+	}{{"helper", 1}, {"socket", 1}, {"helper", 10}, {"socket", 10}} {
 		intake := run.intake
 		bugs = run.bugs
-		cfg, stop, err = startAgent(bin, filepath.Join(dir, fmt.Sprintf("s-%s%d", intake, bugs)), "intake: "+intake+"\ncoredump_socket: "+filepath.Join(dir, fmt.Sprintf("s-%s%d", intake, bugs), "core.sock")+"\nobserver:\n  missing_after: 5s\n")
+		work := filepath.Join(dir, fmt.Sprintf("%c%d", intake[0], bugs)) // core_pattern holds the spool path: keep it short
+		if intake == "helper" {
+			cfg, stop, err = helpersOnly(bin, work)
+		} else {
+			cfg, stop, err = startAgent(bin, work, "coredump_socket: "+filepath.Join(work, "core.sock")+"\nobserver:\n  missing_after: 5s\n")
+		}
 		if err != nil {
 			return err
 		}
-		worker := workerPID(filepath.Join(dir, fmt.Sprintf("s-%s%d", intake, bugs), "agent.log"))
+		worker := workerPID(filepath.Join(work, "agent.log"))
 		cpu0 := procCPU(worker)
 		start := time.Now()
 		list, err := crash(cfg, n, d/time.Duration(n))
