@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/coresock"
 )
 
 // Request is one call; each connection carries one request and one
@@ -231,23 +232,7 @@ func Spooled(spool string) ([]*bundle.Metadata, func(id string) error, error) {
 // Listen opens the agent's socket, root only: the directory 0700 and the
 // socket 0600. A stale socket from an agent that died is replaced.
 func Listen(socket string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
-		return nil, fmt.Errorf("create the socket's directory: %w", err)
-	}
-	if conn, err := net.DialTimeout("unix", socket, 100*time.Millisecond); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("another agent is listening on %s: stop it first", socket)
-	}
-	os.Remove(socket)
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", socket, err)
-	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	return coresock.Listen(socket)
 }
 
 // Serve answers requests on ln with handle until ln is closed.

@@ -47,14 +47,13 @@ const markReqAck = 0
 // request step.
 func Pattern(path string) string { return "@@" + path }
 
-// Listen binds the coredump socket at path: root only (directory 0700,
-// socket 0600; the kernel connects with its own credentials). A stale
-// socket is replaced. The listen backlog is the kernel's maximum
-// (net.core.somaxconn): a full queue drops a core.
+// Listen binds a unix socket at path, root only (directory 0700, socket
+// 0600; the kernel connects with its own credentials), for the coredump
+// socket and the agent's own. A stale socket is replaced. The listen
+// backlog is the kernel's maximum (net.core.somaxconn): a full queue drops
+// a core. The socket stays when the listener closes: a supervisor's
+// listener outlives its users.
 func Listen(path string) (*net.UnixListener, error) {
-	if !filepath.IsAbs(path) {
-		return nil, fmt.Errorf("coredump socket %q must be an absolute path (the kernel resolves it in the host's mount namespace)", path)
-	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create the coredump socket's directory: %w", err)
 	}
@@ -67,7 +66,7 @@ func Listen(path string) (*net.UnixListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	ln.SetUnlinkOnClose(false) // a supervisor's listener outlives its users
+	ln.SetUnlinkOnClose(false)
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
 		return nil, err
