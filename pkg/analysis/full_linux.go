@@ -26,6 +26,7 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 	}
 	var frames []bundle.Frame
 	var threads []bundle.Thread
+	var clues Clues
 	var err error
 	switch {
 	case cfg.GDB == "":
@@ -41,6 +42,7 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 			g := GDB{Path: cfg.GDB, Timeout: time.Duration(cfg.Timeout), Memory: cfg.MaxMemory.Bytes, MaxThreads: cfg.MaxThreads}
 			status, _ := os.ReadFile(filepath.Join(dir, bundle.ProcDir, "status"))
 			frames, threads, err = g.Unwind(ctx, dir, m, statusThreads(status))
+			clues = BundleClues(dir, m)
 		}
 	}
 	var out *bundle.Metadata
@@ -53,11 +55,7 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 		if err != nil {
 			a.Reason = err.Error()
 		} else {
-			// A title that is not the walk's (a JVM's error log named the
-			// frame) stays.
-			if stored.Title == Title(stored.SignalName, stored.Backtrace) {
-				stored.Title = Title(stored.SignalName, frames)
-			}
+			stored.Title = Describe(stored.SignalName, frames, clues)
 			stored.Backtrace = frames
 			a = bundle.Analysis{Unwinder: "gdb", Threads: threads}
 		}

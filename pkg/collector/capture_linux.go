@@ -40,8 +40,9 @@ type capture struct {
 	// of a deduplicated or rate-limited crash is not kept, so neither are
 	// the files a debugger would need for it.
 	light bool
-	// hsErrFrame is where a JVM's fatal error log says it crashed.
-	hsErrFrame *bundle.Frame
+	// hsErr is the head of a JVM's fatal error log, which says where it
+	// crashed.
+	hsErr []byte
 	nsPID      int
 	files      []bundle.File
 	mappings   []mapping
@@ -299,9 +300,7 @@ func (c *capture) captureHsErr() {
 	if err := c.put(name, r); err != nil {
 		c.warn("store %s: %v", name, err)
 	}
-	if fr, ok := analysis.HsErrFrame(head.Bytes()); ok {
-		c.hsErrFrame = &fr
-	}
+	c.hsErr = head.Bytes()
 }
 
 // limitedBuffer keeps the first max bytes written to it and accepts the
