@@ -167,6 +167,7 @@ func TestParseGDB(t *testing.T) {
 $1 = 0x55555555513d
 #0  crash_here (p=...) at segv.c:4
 #1  0x0000555555555160 in main () at segv.c:9
+#2  inlined_into_main () at segv.c:12
 @@threads
 $2 = 0x7ffff7e9a1b0
 $3 = 0x55555555513d
@@ -181,7 +182,10 @@ Thread 1 (Thread 0x7ffff7d8b740 (LWP 4241)):
 `)
 	sym := NewSymbolizer(nil, nil)
 	crashed, threads := parseGDB(out, sym)
-	if len(crashed) != 2 || crashed[0].Function != "crash_here" || crashed[0].File != "segv.c" || crashed[0].Line != 4 ||
+	if len(crashed) != 3 || crashed[2].Offset != 0x555555555160 {
+		t.Errorf("an inlined frame has not its physical frame's address: %+v", crashed)
+	}
+	if crashed[0].Function != "crash_here" || crashed[0].File != "segv.c" || crashed[0].Line != 4 ||
 		crashed[0].Offset != 0x55555555513d || crashed[1].Function != "main" {
 		t.Errorf("crashed %+v", crashed)
 	}
@@ -258,6 +262,17 @@ func TestRuntimeTitles(t *testing.T) {
 	}
 	if Signature("id", "SIGABRT", rust) != Signature("id", "SIGABRT", frames("main::parse", "main::main")) {
 		t.Error("Rust's panic machinery or start glue enters the signature")
+	}
+	// A panic caught, then std::process::abort: no panic on the stack,
+	// and the catch_unwind that lang_start calls main through is glue.
+	caught := frames("__GI_abort", "std::sys::pal::unix::abort_internal", "std::process::abort", "main::give_up", "main::main",
+		"core::ops::function::FnOnce::call_once<fn(), ()>", "std::rt::lang_start::{closure#0}<()>",
+		"std::panicking::catch_unwind::do_call<&(dyn core::ops::function::Fn<(), Output=i32>), i32>", "std::rt::lang_start_internal")
+	if got := Describe("SIGABRT", caught, Clues{Log: []byte(log)}); got != "SIGABRT in main::give_up (app)" {
+		t.Errorf("caught panic, then abort: title %q", got)
+	}
+	if Signature("id", "SIGABRT", caught) != Signature("id", "SIGABRT", frames("main::give_up", "main::main")) {
+		t.Error("lang_start's glue enters the signature")
 	}
 	// The helper's walk reads mangled names from the symbol table.
 	mangled := frames("_RNvNtNtNtCsjrHSEGnQ3l9_3std3sys3pal4unix14abort_internal", "_ZN4main7give_up17h92f092d77587044eE")

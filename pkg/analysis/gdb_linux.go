@@ -104,7 +104,7 @@ func parseGDB(out []byte, sym *Symbolizer) ([]bundle.Frame, []bundle.Thread) {
 	var crashed []bundle.Frame
 	var threads []bundle.Thread
 	var pcs []uint64 // each thread's pc, in the order gdb walks them
-	section, pc := "", uint64(0)
+	section, pc, prev := "", uint64(0), uint64(0)
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -138,9 +138,15 @@ func parseGDB(out []byte, sym *Symbolizer) ([]bundle.Frame, []bundle.Thread) {
 		}
 		n, _ := strconv.Atoi(m[1])
 		addr := pc
-		if m[2] != "" {
+		switch {
+		case m[2] != "":
 			addr, _ = strconv.ParseUint(m[2], 16, 64)
+		case n > 0:
+			// A function the previous frame was inlined into: gdb
+			// prints no address, it is the previous frame's.
+			addr = prev
 		}
+		prev = addr
 		f := sym.Frame(addr, n > 0)
 		if m[3] != "??" {
 			f.Function = m[3]

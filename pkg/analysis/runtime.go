@@ -2,7 +2,6 @@ package analysis
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,8 +13,9 @@ import (
 
 // Clues is what a crashed process's runtime wrote about its crash besides
 // the core, as far as the bundle holds it: the JVM's fatal error log, and
-// the end of the process's log (the container's log, in the CRI's format
-// or plain), where Rust's panic hook and Node.js write.
+// the end of the process's log (the container's log, in the CRI's format,
+// or its standard error's file), where Rust's panic hook and Node.js
+// write.
 type Clues struct {
 	HsErr []byte
 	Log   []byte
@@ -25,8 +25,11 @@ type Clues struct {
 func BundleClues(dir string, m *bundle.Metadata) Clues {
 	var c Clues
 	c.Log, _ = os.ReadFile(filepath.Join(dir, bundle.ContainerLog))
+	if len(c.Log) == 0 {
+		c.Log, _ = os.ReadFile(filepath.Join(dir, bundle.StderrLog))
+	}
 	if m.NSPID > 0 {
-		c.HsErr, _ = os.ReadFile(filepath.Join(dir, fmt.Sprintf("hs_err_pid%d.log", m.NSPID)))
+		c.HsErr, _ = os.ReadFile(filepath.Join(dir, bundle.HsErrLog(m.NSPID)))
 	}
 	return c
 }

@@ -23,12 +23,14 @@ func rustPanicking(fn string) bool {
 
 // rustGlue tells the frames by which Rust's standard library ends the
 // process (std::process::abort, the platform's abort_internal), how it died
-// as abort() is for C, and those by which it starts main (lang_start and
-// the closures it calls main through), which every program shares.
+// as abort() is for C, and those by which it starts main (lang_start, the
+// closures and the catch_unwind it calls main through), which every
+// program shares.
 func rustGlue(fn string) bool {
 	fn = strings.TrimPrefix(fn, "<")
 	for _, p := range []string{"std::process::abort", "std::rt::lang_start", "std::sys::backtrace::__rust_begin_short_backtrace",
-		"core::ops::function::FnOnce::call_once", "core::ops::function::impls::"} {
+		"core::ops::function::FnOnce::call_once", "core::ops::function::impls::", "std::panicking::catch_unwind",
+		"std::panicking::try", "std::panic::catch_unwind"} {
 		if strings.HasPrefix(fn, p) {
 			return true
 		}

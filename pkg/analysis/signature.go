@@ -73,10 +73,11 @@ func normalize(frames []bundle.Frame) ([]bundle.Frame, bool) {
 			break
 		}
 		switch {
-		case rustPanicking(f.Function):
+		case rustGlue(f.Function):
+		case len(out) == 0 && rustPanicking(f.Function):
 			// Rust's panic machinery, and the library helpers that
 			// panicked for their caller (unwrap, expect, bounds).
-			panicked, out = true, nil
+			panicked = true
 		case panicked && len(out) == 0 && rustLibrary(f.Function):
 		case !noise(f):
 			out = append(out, f)

@@ -224,6 +224,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
 		withEnviron:  cfg.Collect.CaptureEnviron,
 		light:        light,
+		logTail:      cfg.Identity.LogTail.Bytes,
 	}
 	wg.Go(cap.run)
 	retention := RetentionFor(o.Retention, local)
@@ -314,6 +315,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 	// What the runtime wrote of its crash (a JVM's error log, a panic or
 	// a JavaScript stack in the log) names it better than its frames.
+	if len(tail) == 0 {
+		tail = cap.stderr
+	}
 	m.Title = analysis.Describe(m.SignalName, m.Backtrace, analysis.Clues{HsErr: cap.hsErr, Log: tail})
 
 	rss, cpu := usage()
