@@ -168,6 +168,12 @@ $1 = 0x55555555513d
 #0  crash_here (p=...) at segv.c:4
 #1  0x0000555555555160 in main () at segv.c:9
 #2  inlined_into_main () at segv.c:12
+@@script
+Traceback (most recent call first):
+  File "/app/main.py", line 3, in read_name
+    return ctypes.string_at(p)
+  File "/app/main.py", line 6, in <module>
+    main()
 @@threads
 $2 = 0x7ffff7e9a1b0
 $3 = 0x55555555513d
@@ -181,7 +187,11 @@ Thread 1 (Thread 0x7ffff7d8b740 (LWP 4241)):
 #0  crash_here (p=...) at segv.c:4
 `)
 	sym := NewSymbolizer(nil, nil)
-	crashed, threads := parseGDB(out, sym)
+	u := parseGDB(out, sym)
+	crashed, threads := u.Frames, u.Threads
+	if len(u.Script) != 2 || u.Script[0] != (bundle.Frame{Function: "read_name", File: "/app/main.py", Line: 3, Module: "python"}) {
+		t.Errorf("Python stack %+v", u.Script)
+	}
 	if len(crashed) != 3 || crashed[2].Offset != 0x555555555160 {
 		t.Errorf("an inlined frame has not its physical frame's address: %+v", crashed)
 	}

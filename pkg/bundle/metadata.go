@@ -270,6 +270,10 @@ type Analysis struct {
 	// Threads holds every thread's backtrace when the full unwinder ran
 	// and the process had few enough threads.
 	Threads []Thread `json:"threads,omitempty"`
+	// Script is the interpreted program's stack, innermost first (module
+	// "python": file, line and function), when gdb had the interpreter's
+	// helpers (Debian's python3.x-dbg) where the agent runs.
+	Script []Frame `json:"script,omitempty"`
 }
 
 // Dedup links a crash to the stored core of the same bug: Of is that

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,22 +45,29 @@ func hostRuntime(extra ...string) []*runtimeapi.Mount {
 	return mounts
 }
 
-// crashPod runs a pod whose container, once released, runs program (its
-// files copied into the pod's /trigger first, from files), and returns
-// its analyzed bundle.
+// crashPod runs a pod whose container, once released, runs program in
+// /trigger (its files copied there first, from files), and returns its
+// analyzed bundle. The program is not the container's init: signals an
+// init sends itself without a handler (abort's SIGABRT) are ignored.
 func crashPod(t *testing.T, n *harness.Node, c *cri, name, program string, files []string, mounts []*runtimeapi.Mount) *bundle.Metadata {
 	t.Helper()
-	p := c.runPodExec(t, n.Dir, name, "runtimes", map[string]string{}, program, mounts...)
+	p := c.runPodExec(t, n.Dir, name, "runtimes", map[string]string{}, `/bin/sh -c "cd /trigger && `+program+`; sleep 1"`, mounts...)
 	for _, f := range files {
 		copyFile(t, f, filepath.Join(filepath.Dir(p.fifo), filepath.Base(f)))
 		os.Chmod(filepath.Join(filepath.Dir(p.fifo), filepath.Base(f)), 0o755)
 	}
 	releaseFifo(t, p.fifo, time.Now().Add(10*time.Second))
-	m := n.WaitAnalyzed(p.pid)
-	if m.Cgroup != p.cgroup {
-		t.Errorf("%s: bundle's cgroup %q, want the container's %q", name, m.Cgroup, p.cgroup)
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, m := range n.Bundles() {
+			if m.Cgroup == p.cgroup {
+				return n.WaitAnalyzed(m.PID)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return m
+	t.Fatalf("%s: no bundle of the container's cgroup %s after 60s", name, p.cgroup)
+	return nil
 }
 
 // crashHost runs cmd on the host, with its stderr into a file of its own
@@ -150,4 +158,86 @@ func TestTitleRust(t *testing.T) {
 	checkTitle(t, "container: panic=abort", m, "panic in main::parse (rcrash)"+msg)
 	m = crashPod(t, n, c, "rust-ffi", "/trigger/rcrash ffi x", []string{unwind}, hostRuntime())
 	checkTitle(t, "container: panic in extern C", m, "panic in main::ffi_parse (rcrash)"+msg)
+}
+
+// crasherFile is a file of test/crashers.
+func crasherFile(name string) string {
+	return filepath.Join(harness.RepoRoot(), "test", "crashers", name)
+}
+
+// TestTitleJVM crashes a real JVM (JDK 17) by writing through a null
+// pointer with sun.misc.Unsafe: the JVM catches the SIGSEGV, writes its
+// hs_err log and aborts; the title is the SIGSEGV in the application's
+// Java method, from the log, not the abort or Unsafe_PutLong.
+func TestTitleJVM(t *testing.T) {
+	n, c := runtimeNode(t, "jvm")
+	java := tool(t, "java")
+	javac := tool(t, "javac")
+	classes := filepath.Join(n.Dir, "classes")
+	if out, err := exec.Command(javac, "-nowarn", "-d", classes, crasherFile("Crash.java")).CombinedOutput(); err != nil {
+		t.Fatalf("javac: %v\n%s", err, out)
+	}
+	// A small heap and one GC thread keep the core small.
+	flags := "-Xmx64m -XX:+UseSerialGC -XX:-UsePerfData"
+	const want = "SIGSEGV in Crash.store (java)"
+	cmd := exec.Command(java, append(strings.Fields(flags), "-cp", classes, "Crash")...)
+	cmd.Dir = n.Dir // where the JVM writes hs_err_pid<pid>.log
+	m := crashHost(t, n, cmd, false)
+	checkTitle(t, "host", m, want)
+	if _, err := os.Stat(filepath.Join(n.BundleDir(m.ID), bundle.HsErrLog(m.NSPID))); err != nil {
+		t.Errorf("host: the bundle lacks the hs_err log: %v", err)
+	}
+	// The JDK's launcher, by its real path (/usr/bin/java is an
+	// alternatives link into /etc), and its configuration in /etc.
+	real, err := filepath.EvalSymlinks(java)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etc, _ := filepath.Glob("/etc/java-*")
+	m = crashPod(t, n, c, "jvm", real+" "+flags+" -cp /trigger Crash",
+		[]string{filepath.Join(classes, "Crash.class")}, hostRuntime(etc...))
+	checkTitle(t, "container", m, want)
+}
+
+// TestTitleNode aborts a real Node.js program from a JavaScript function
+// (process.abort()): the title names the top JavaScript frame from the
+// stack Node printed, from the container's log, or from a host process's
+// stderr when that is a file. Without any log (a host process writing to
+// a terminal or a pipe) the title falls back to Node's native frame,
+// node::Abort.
+func TestTitleNode(t *testing.T) {
+	n, c := runtimeNode(t, "node")
+	node := tool(t, "node")
+	const want = "SIGABRT in parseHeader (jscrash.js:4)"
+	checkTitle(t, "host, stderr in a file", crashHost(t, n, exec.Command(node, crasherFile("jscrash.js")), true), want)
+	m := crashHost(t, n, exec.Command(node, crasherFile("jscrash.js")), false)
+	checkTitle(t, "host, no log", m, "SIGABRT in node::Abort(v8::FunctionCallbackInfo<v8::Value> const&) (node)")
+	m = crashPod(t, n, c, "node", node+" /trigger/jscrash.js", []string{crasherFile("jscrash.js")}, hostRuntime())
+	checkTitle(t, "container", m, want)
+}
+
+// TestTitlePython crashes a real Python program in a C extension
+// (ctypes.string_at(0)): the title is ctypes' string_at, not the C
+// library's strlen it called, and with Debian's python3.11-dbg installed
+// where the agent runs the bundle holds the Python stack, file and line.
+func TestTitlePython(t *testing.T) {
+	n, c := runtimeNode(t, "python")
+	// Debian's interpreter, whose gdb helpers and debug info
+	// python3.11-dbg installs (not a pyenv one in PATH).
+	const python = "/usr/bin/python3.11"
+	const want = "SIGSEGV in string_at (_ctypes.cpython-311-x86_64-linux-gnu.so)"
+	check := func(what string, m *bundle.Metadata, file string) {
+		t.Helper()
+		checkTitle(t, what, m, want)
+		var script []string
+		for _, f := range m.Analysis.Script {
+			script = append(script, fmt.Sprintf("%s:%d %s", f.File, f.Line, f.Function))
+		}
+		if len(script) < 3 || !strings.HasSuffix(script[1], file+":6 read_name") || !strings.HasSuffix(script[2], file+":10 main") {
+			t.Errorf("%s: Python stack %q, want string_at, then read_name and main in %s", what, script, file)
+		}
+	}
+	check("host", crashHost(t, n, exec.Command(python, crasherFile("pycrash.py")), false), crasherFile("pycrash.py"))
+	m := crashPod(t, n, c, "python", python+" /trigger/pycrash.py", []string{crasherFile("pycrash.py")}, hostRuntime())
+	check("container", m, "/trigger/pycrash.py")
 }
