@@ -213,7 +213,7 @@ func TestParseHsErr(t *testing.T) {
 		"# Problematic frame:\n# J 123 c2 java.lang.String.length()I (11 bytes) @ 0x00007f\n": {Problematic: bundle.Frame{Function: "123 c2 java.lang.String.length()I (11 bytes) @ 0x00007f"}},
 	} {
 		got, ok := ParseHsErr([]byte(log))
-		if !ok || got != want {
+		if !ok || !reflect.DeepEqual(got, want) {
 			t.Errorf("%q: %+v, want %+v", log, got, want)
 		}
 	}
@@ -241,6 +241,9 @@ v  ~StubRoutines::call_stub
 	h, ok := ParseHsErr([]byte(jvm))
 	if !ok || h.Signal != "SIGSEGV" || h.Java != "Crash.store" {
 		t.Errorf("JDK log: %+v", h)
+	}
+	if s := Script(Clues{HsErr: []byte(jvm)}); len(s) != 4 || s[2] != (bundle.Frame{Function: "Crash.store", Module: "java"}) {
+		t.Errorf("JDK log's Java frames %+v", s)
 	}
 	if got := Describe("SIGABRT", nil, Clues{HsErr: []byte(jvm)}); got != "SIGSEGV in Crash.store (java)" {
 		t.Errorf("JVM title %q", got)
@@ -303,6 +306,11 @@ func TestRuntimeTitles(t *testing.T) {
 		"1: parseHeader (/app/crash.js:2:29)\n2: main (/app/crash.js:5:19)\n3: /app/crash.js:6:1\n4: Module._compile (node:internal/modules/cjs/loader:1521:14)\n\n"
 	if got := Describe("SIGABRT", frames("node::Abort()"), Clues{Log: []byte(node)}); got != "SIGABRT in parseHeader (crash.js:2)" {
 		t.Errorf("Node title %q", got)
+	}
+	js := Script(Clues{Log: []byte(node)})
+	if len(js) != 4 || js[0] != (bundle.Frame{Function: "parseHeader", File: "/app/crash.js", Line: 2, Module: "javascript"}) ||
+		js[2].Function != "<anonymous>" || js[3].File != "node:internal/modules/cjs/loader" {
+		t.Errorf("Node's JavaScript stack %+v", js)
 	}
 	// Python's ctypes.string_at(0): strlen faulted on its caller's pointer.
 	py := []bundle.Frame{{Function: "__strlen_evex", Module: "libc.so.6"}, {Function: "string_at", Module: "_ctypes.cpython-311-x86_64-linux-gnu.so"},

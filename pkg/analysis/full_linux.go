@@ -62,6 +62,9 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 			stored.Title = Describe(stored.SignalName, unwound.Frames, clues)
 			stored.Backtrace = unwound.Frames
 			a = bundle.Analysis{Unwinder: "gdb", Threads: unwound.Threads, Script: unwound.Script}
+			if len(a.Script) == 0 {
+				a.Script = Script(clues)
+			}
 		}
 		stored.Analysis = &a
 		out = stored

@@ -37,6 +37,9 @@ type HsErr struct {
 	// Java is the first Java frame of the crashed thread that is not the
 	// JDK's own, the application's method that made the faulting call.
 	Java string
+	// Frames are the crashed thread's Java frames, innermost first
+	// (module "java").
+	Frames []bundle.Frame
 }
 
 // ParseHsErr reads a JVM's fatal error log; ok is false when it names no
@@ -66,17 +69,24 @@ func ParseHsErr(log []byte) (h HsErr, ok bool) {
 		}
 		switch {
 		case strings.HasPrefix(line, "Native frames:"), strings.HasPrefix(line, "Java frames:"):
-			section = line
+			if len(h.Frames) == 0 { // the Java frames repeat the native ones
+				section = line
+			}
 			continue
 		case line == "":
 			section = ""
 		}
-		if section == "" || h.Java != "" {
+		if section == "" {
 			continue
 		}
+		m := hsErrJava.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		h.Frames = append(h.Frames, bundle.Frame{Function: m[2], Module: "java"})
 		// The JDK's own methods (java.base, jdk.unsupported...) carry
 		// their module; the application's, on the class path, do not.
-		if m := hsErrJava.FindStringSubmatch(line); m != nil && m[3] == "" {
+		if m[3] == "" && h.Java == "" {
 			h.Java = m[2]
 		}
 	}

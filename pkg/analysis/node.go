@@ -1,6 +1,7 @@
 package analysis
 
 import (
+	"fmt"
 	"path"
 	"regexp"
 	"strconv"
@@ -18,42 +19,44 @@ const nodeStackHeader = "----- JavaScript stack trace -----"
 // or, for code outside any function, "3: /app/crash.js:6:1".
 var nodeFrame = regexp.MustCompile(`^\s*\d+: (?:(.+?) \((.+):(\d+):\d+\)|(.+):(\d+):\d+)$`)
 
-// NodeStack returns the top frame of the last JavaScript stack Node.js
-// printed in log that is not Node's own (node:internal/...): its function
-// (or "<anonymous>"), the file's base name and line as module, the whole
-// path as file.
-func NodeStack(log string) (bundle.Frame, bool) {
+// NodeStack returns the last JavaScript stack Node.js printed in log,
+// innermost first: each frame's function (or "<anonymous>"), file and
+// line, module "javascript".
+func NodeStack(log string) []bundle.Frame {
 	i := strings.LastIndex(log, nodeStackHeader)
 	if i < 0 {
-		return bundle.Frame{}, false
+		return nil
 	}
-	var first *bundle.Frame
-	started := false
+	var frames []bundle.Frame
 	for _, line := range strings.Split(log[i+len(nodeStackHeader):], "\n") {
 		m := nodeFrame.FindStringSubmatch(line)
 		if m == nil {
-			if started {
+			if len(frames) > 0 {
 				break
 			}
 			continue
 		}
-		started = true
-		f := bundle.Frame{Function: m[1], File: m[2]}
+		f := bundle.Frame{Function: m[1], File: m[2], Module: "javascript"}
 		f.Line, _ = strconv.Atoi(m[3])
 		if m[4] != "" {
-			f = bundle.Frame{Function: "<anonymous>", File: m[4]}
+			f = bundle.Frame{Function: "<anonymous>", File: m[4], Module: "javascript"}
 			f.Line, _ = strconv.Atoi(m[5])
 		}
-		f.Module = path.Base(f.File) + ":" + strconv.Itoa(f.Line)
-		if first == nil {
-			first = &f
-		}
+		frames = append(frames, f)
+	}
+	return frames
+}
+
+// nodeTitle names a Node.js crash by the top frame of its JavaScript
+// stack that is not Node's own (node:internal/...): "parseHeader
+// (app.js:4)".
+func nodeTitle(signal string, frames []bundle.Frame) string {
+	top := frames[0]
+	for _, f := range frames {
 		if !strings.HasPrefix(f.File, "node:") {
-			return f, true
+			top = f
+			break
 		}
 	}
-	if first == nil {
-		return bundle.Frame{}, false
-	}
-	return *first, true
+	return fmt.Sprintf("%s in %s (%s:%d)", signal, top.Function, path.Base(top.File), top.Line)
 }

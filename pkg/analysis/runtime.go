@@ -34,6 +34,16 @@ func BundleClues(dir string, m *bundle.Metadata) Clues {
 	return c
 }
 
+// Script returns the interpreted program's stack that the runtime wrote
+// of its crash: a JVM's Java frames from its error log, or the JavaScript
+// stack Node.js printed to the log.
+func Script(c Clues) []bundle.Frame {
+	if h, ok := ParseHsErr(c.HsErr); ok {
+		return h.Frames
+	}
+	return NodeStack(LogText(c.Log))
+}
+
 // maxMessage bounds the panic message a title carries.
 const maxMessage = 160
 
@@ -47,8 +57,8 @@ func Describe(signal string, frames []bundle.Frame, c Clues) string {
 		return h.Title(signal)
 	}
 	log := LogText(c.Log)
-	if js, ok := NodeStack(log); ok {
-		return signal + " in " + js.Function + " (" + js.Module + ")"
+	if js := NodeStack(log); len(js) > 0 {
+		return nodeTitle(signal, js)
 	}
 	title := Title(signal, frames)
 	if _, panicked := normalize(frames); panicked {

@@ -270,9 +270,12 @@ type Analysis struct {
 	// Threads holds every thread's backtrace when the full unwinder ran
 	// and the process had few enough threads.
 	Threads []Thread `json:"threads,omitempty"`
-	// Script is the interpreted program's stack, innermost first (module
-	// "python": file, line and function), when gdb had the interpreter's
-	// helpers (Debian's python3.x-dbg) where the agent runs.
+	// Script is the interpreted or JIT-compiled program's stack,
+	// innermost first: Python's (module "python": file, line, function)
+	// when gdb had the interpreter's helpers (Debian's python3.x-dbg)
+	// where the agent runs; a JVM's Java frames (module "java") from its
+	// hs_err log; the JavaScript stack (module "javascript") Node.js
+	// printed to the log the bundle holds.
 	Script []Frame `json:"script,omitempty"`
 }
 

@@ -318,7 +318,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if len(tail) == 0 {
 		tail = cap.stderr
 	}
-	m.Title = analysis.Describe(m.SignalName, m.Backtrace, analysis.Clues{HsErr: cap.hsErr, Log: tail})
+	clues := analysis.Clues{HsErr: cap.hsErr, Log: tail}
+	m.Title = analysis.Describe(m.SignalName, m.Backtrace, clues)
+	m.Analysis.Script = analysis.Script(clues)
 
 	rss, cpu := usage()
 	m.Collector = bundle.Collector{

@@ -197,6 +197,13 @@ func TestTitleJVM(t *testing.T) {
 	m = crashPod(t, n, c, "jvm", real+" "+flags+" -cp /trigger Crash",
 		[]string{filepath.Join(classes, "Crash.class")}, hostRuntime(etc...))
 	checkTitle(t, "container", m, want)
+	var frames []string
+	for _, f := range m.Analysis.Script {
+		frames = append(frames, f.Function)
+	}
+	if !strings.Contains(strings.Join(frames, " "), "Crash.store Crash.main") {
+		t.Errorf("container: Java frames %q, want Crash.store then Crash.main", frames)
+	}
 }
 
 // TestTitleNode aborts a real Node.js program from a JavaScript function
@@ -214,6 +221,10 @@ func TestTitleNode(t *testing.T) {
 	checkTitle(t, "host, no log", m, "SIGABRT in node::Abort(v8::FunctionCallbackInfo<v8::Value> const&) (node)")
 	m = crashPod(t, n, c, "node", node+" /trigger/jscrash.js", []string{crasherFile("jscrash.js")}, hostRuntime())
 	checkTitle(t, "container", m, want)
+	if s := m.Analysis.Script; len(s) < 3 || s[0] != (bundle.Frame{Function: "parseHeader", File: "/trigger/jscrash.js", Line: 4, Module: "javascript"}) ||
+		s[1].Function != "main" {
+		t.Errorf("container: JavaScript stack %+v, want parseHeader, main from jscrash.js", s)
+	}
 }
 
 // TestTitlePython crashes a real Python program in a C extension
