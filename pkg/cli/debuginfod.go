@@ -33,9 +33,12 @@ process had mapped:
 				return fmt.Errorf("listen on %s: %w (pass another --listen)", listen, err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "serving %s by build-id on http://%s\n", st, l.Addr())
+			// The bounds of every server of corecatch's, but a file of
+			// up to collect.max_file_bytes gets minutes to go out.
 			srv := &http.Server{
 				Handler:           &debuginfod.Server{Store: st, MaxBytes: c.Collect.MaxFileBytes.Bytes, TempDir: os.TempDir()},
-				ReadHeaderTimeout: 10 * time.Second,
+				ReadHeaderTimeout: httpReadHeaderTimeout, ReadTimeout: httpReadTimeout, WriteTimeout: 10 * time.Minute,
+				IdleTimeout: httpIdleTimeout, MaxHeaderBytes: httpMaxHeaderBytes,
 			}
 			go func() {
 				<-cmd.Context().Done()
