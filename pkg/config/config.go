@@ -455,7 +455,7 @@ var units = []struct {
 func ParseSize(text string) (Size, error) {
 	t := strings.TrimSpace(text)
 	if p, ok := strings.CutSuffix(t, "%"); ok {
-		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		f, err := finite(strings.TrimSpace(p))
 		if err != nil || f < 0 || f > 100 {
 			return Size{}, fmt.Errorf("size %q: a percentage must be between 0%% and 100%%", text)
 		}
@@ -468,12 +468,12 @@ func ParseSize(text string) (Size, error) {
 			break
 		}
 	}
-	f, err := strconv.ParseFloat(t, 64)
+	f, err := finite(t)
 	if err != nil || f < 0 {
 		return Size{}, fmt.Errorf("size %q: write a number of bytes, optionally with a unit (512MiB, 4GB) or a percentage (10%%)", text)
 	}
 	if f*float64(mult) >= math.MaxInt64 {
-		return Size{}, fmt.Errorf("size %q is too large", text)
+		return Size{}, fmt.Errorf("size %q is too large: at most 8EiB", text)
 	}
 	return Size{Bytes: int64(f * float64(mult))}, nil
 }
@@ -514,6 +514,19 @@ func unmarshal[T any](b []byte, parse func(string) (T, error), dst *T) error {
 	return nil
 }
 
+// finite reads a decimal number, refusing what strconv.ParseFloat also
+// accepts but no size or duration can be: NaN and the infinities.
+func finite(text string) (float64, error) {
+	f, err := strconv.ParseFloat(text, 64)
+	if err != nil {
+		return 0, err
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("%q is not a finite number", text)
+	}
+	return f, nil
+}
+
 // Duration is a time.Duration written as Go does (90s, 10m, 2h) or in days
 // (14d), the unit retention is usually thought in.
 type Duration time.Duration
@@ -522,9 +535,12 @@ type Duration time.Duration
 func ParseDuration(text string) (Duration, error) {
 	t := strings.TrimSpace(text)
 	if d, ok := strings.CutSuffix(t, "d"); ok {
-		n, err := strconv.ParseFloat(d, 64)
+		n, err := finite(d)
 		if err != nil || n < 0 {
 			return 0, fmt.Errorf("duration %q: write 14d, 36h or 10m", text)
+		}
+		if n*float64(24*time.Hour) >= math.MaxInt64 {
+			return 0, fmt.Errorf("duration %q is too long: at most 106751d", text)
 		}
 		return Duration(n * float64(24*time.Hour)), nil
 	}
