@@ -242,6 +242,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped + st.Undecodable) }
 	}
 	met := metrics.New(Version, lost)
+	met.LimitExeLabels(cfg.Metrics.MaxExeLabels)
 	met.DedupClusterWide(clusterDedupProbe(ctx, cfg, st, log))
 	nt, err := newNotifier(cfg, st, met, log)
 	if err != nil {

@@ -56,6 +56,17 @@ type Config struct {
 	Host      Host      `json:"host"`
 	S3        S3        `json:"s3"`
 	Upload    Upload    `json:"upload"`
+	Metrics   Metrics   `json:"metrics"`
+}
+
+// Metrics bounds what the agent exports to Prometheus where the crashing
+// process, not the operator, picks a label's value.
+type Metrics struct {
+	// MaxExeLabels is how many distinct executable names the exe label of
+	// corecatch_crashes_total takes in one agent's life; later names count
+	// as "other", so that a container renaming its binary at each crash
+	// cannot make a series per crash.
+	MaxExeLabels int `json:"max_exe_labels"`
 }
 
 // Analysis bounds the full unwind (gdb) of each stored core; the helper's
@@ -316,9 +327,10 @@ func Default() *Config {
 			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
-		Dedup:  Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
-		Host:   Host{ProcSysKernel: "/proc/sys/kernel"},
-		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Dedup:   Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:    Host{ProcSysKernel: "/proc/sys/kernel"},
+		Upload:  Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Metrics: Metrics{MaxExeLabels: 100},
 	}
 }
 
@@ -374,6 +386,9 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
 			}
 		}
+	}
+	if c.Metrics.MaxExeLabels < 1 {
+		return fmt.Errorf("metrics.max_exe_labels %d: allow at least 1 executable name", c.Metrics.MaxExeLabels)
 	}
 	if c.Collect.MaxConcurrent < 1 || c.Collect.MaxCoresPerMinute < 0 {
 		return errors.New("collect.max_concurrent must be at least 1 and collect.max_cores_per_minute at least 0 (0: no cap)")
