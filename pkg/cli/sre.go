@@ -204,8 +204,8 @@ func newPull(g *globals) *cobra.Command {
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "pulled %s into %s\n", m.ID, out)
 			if exe := m.ExePath(); exe != "" {
-				fmt.Fprintf(w, "gdb -iex 'set sysroot %s' %s %s\n",
-					filepath.Join(out, bundle.SysrootDir), filepath.Join(out, exe), filepath.Join(out, "core"))
+				fmt.Fprintln(w, shellQuote("gdb", "-iex", "set sysroot "+filepath.Join(out, bundle.SysrootDir),
+					filepath.Join(out, exe), filepath.Join(out, "core")))
 			}
 			return nil
 		},
