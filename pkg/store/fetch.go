@@ -2,15 +2,19 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 )
@@ -51,20 +55,22 @@ type PullOptions struct {
 	// DefaultPullWorkers).
 	Workers int
 	// ChunkBytes is the size of one ranged read (default
-	// DefaultPullChunk). Memory stays under about 4 x Workers x ChunkBytes.
+	// DefaultPullChunk). The reads in flight take about
+	// (Workers+4) x ChunkBytes of memory.
 	ChunkBytes int64
 	Progress   Progress
 }
 
-// Defaults of PullOptions: 8 reads of 8 MiB in flight fill a fast link to
-// an S3 service and keep a pull's buffers under 300 MiB.
+// Defaults of PullOptions: 8 reads of 4 MiB in flight fill a fast link to
+// an S3 service in about 48 MiB of buffers.
 const (
 	DefaultPullWorkers = 8
-	DefaultPullChunk   = 8 << 20
+	DefaultPullChunk   = 4 << 20
 )
 
-// PartSuffix ends the name of an interrupted pull's data beside its target
-// (.core.zst.part, and .core.zst.part.json for which version it holds).
+// PartSuffix ends the names of an interrupted pull's core beside its
+// target: .core.part (the core up to the last whole frame) and
+// .core.part.json (which bundle, version and offsets it holds).
 const PartSuffix = ".part"
 
 // fetchRetries is how often one range is asked again after a failed read,
@@ -72,11 +78,12 @@ const PartSuffix = ".part"
 const fetchRetries = 4
 
 // PullWith writes a bundle of st into dir as Pull does. From a Ranger, the
-// core arrives by o.Workers parallel ranged reads, is decompressed while it
-// arrives (in order) into a sparse dir/core, and is also kept compressed in
-// dir/.core.zst.part until the pull is whole, so that a pull interrupted
-// (killed, a lost link) and run again into the same dir fetches only the
-// rest.
+// core arrives by o.Workers parallel ranged reads and is decompressed
+// while it arrives, in order, into a sparse dir/.core.part, renamed to
+// dir/core once whole. After each zstd frame (bundle.CoreFrameBytes of raw
+// core, its checksum verified) dir/.core.part.json records how far the
+// core is done, so that a pull interrupted (killed, a lost link) and run
+// again into the same dir fetches only the frames after.
 func PullWith(ctx context.Context, st Store, id, dir string, o PullOptions) (*bundle.Metadata, error) {
 	m, err := st.Get(ctx, id)
 	if err != nil {
@@ -97,27 +104,25 @@ func PullWith(ctx context.Context, st Store, id, dir string, o PullOptions) (*bu
 			total += f.Size
 		}
 	}
-	var core *partReader
-	if r, ok := st.(Ranger); ok && m.Core.StoredBytes > 0 {
-		if core, err = openPart(ctx, r, id, dir, o); err != nil {
+	r, ranged := st.(Ranger)
+	ranged = ranged && m.Core.StoredBytes > 0
+	var core *corePull
+	if ranged {
+		if core, err = startCore(ctx, r, id, dir); err != nil {
 			return nil, err
 		}
-		defer core.Close()
 		total += core.v.Size
 	} else {
 		total += m.Core.StoredBytes
 	}
 	if o.Progress != nil {
-		kept := int64(0)
+		done := int64(0)
 		if core != nil {
-			kept = core.kept
+			done = core.done()
 		}
-		o.Progress.Start(total, kept)
+		o.Progress.Start(total, done)
 	}
 	open := func(name string) (io.ReadCloser, error) {
-		if name == bundle.CoreFile && core != nil {
-			return io.NopCloser(core), nil
-		}
 		r, err := st.Open(ctx, id, name)
 		if errors.Is(err, ErrNotFound) {
 			return nil, fmt.Errorf("%w: %w", err, os.ErrNotExist)
@@ -127,9 +132,13 @@ func PullWith(ctx context.Context, st Store, id, dir string, o PullOptions) (*bu
 		}
 		return counting{r, o.Progress}, nil
 	}
-	err = bundle.Materialize(dir, m, open)
-	if core != nil {
-		err = core.finish(err)
+	if ranged {
+		err = core.run(ctx, r, o)
+		if err == nil {
+			err = bundle.MaterializeFiles(dir, m, open)
+		}
+	} else {
+		err = bundle.Materialize(dir, m, open)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("pull %s into %s: %w", id, dir, err)
@@ -149,153 +158,494 @@ func (c counting) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// partState says which bundle's core, in which version, a .part file
-// holds a prefix of. Written once, when the part starts.
-type partState struct {
-	ID   string `json:"id"`
-	ETag string `json:"etag"`
-	Size int64  `json:"size"`
+// coreState is what .core.part.json says of the part: which core (bundle
+// ID's core.zst in version ETag/Size) it holds, and how much of it. With a
+// seek table, Frames has a '1' for each frame decoded whole into place;
+// without, the part holds the first Raw bytes, decoded from the first Comp
+// bytes of core.zst, which end a frame.
+type coreState struct {
+	ID     string `json:"id"`
+	ETag   string `json:"etag"`
+	Size   int64  `json:"size"`
+	Frames string `json:"frames_done,omitempty"`
+	Comp   int64  `json:"compressed_done"`
+	Raw    int64  `json:"raw_done"`
 }
 
-// partReader reads a bundle's core.zst: first the prefix an earlier pull
-// kept in the part file, then the rest from the store, appending each
-// chunk to the part file as it passes.
-type partReader struct {
+// corePull is one pull of a core into dir/core through its part.
+type corePull struct {
+	id, dir    string
+	part, meta string
 	v          Version
-	kept       int64
-	data, meta string
-	f          *os.File
-	local      *io.SectionReader
-	remote     *rangeStream
-	cur        *chunk
-	pos        int
-	writes     chan *chunk
-	written    sync.WaitGroup
-	writeErr   atomic.Pointer[error]
-	closed     bool
+	state      coreState
+	// frames is core.zst's seek table; nil for a core.zst without one.
+	frames []bundle.SeekEntry
+	mu     sync.Mutex // over state, once frames are pulled in parallel
 }
 
-// openPart opens the core of bundle id for pulling into dir, continuing
-// the part file there when it holds the same version.
-func openPart(ctx context.Context, r Ranger, id, dir string, o PullOptions) (*partReader, error) {
+// startCore finds where a pull of the core of id into dir starts: where
+// an earlier one of the same version stopped, or at 0.
+func startCore(ctx context.Context, r Ranger, id, dir string) (*corePull, error) {
 	v, err := r.Version(ctx, id, bundle.CoreFile)
 	if err != nil {
 		return nil, err
 	}
-	p := &partReader{v: v, data: filepath.Join(dir, "."+bundle.CoreFile+PartSuffix)}
-	p.meta = p.data + ".json"
-	want := partState{ID: id, ETag: v.ETag, Size: v.Size}
-	var have partState
-	if b, err := os.ReadFile(p.meta); err == nil && json.Unmarshal(b, &have) == nil && have == want {
-		if fi, err := os.Stat(p.data); err == nil {
-			p.kept = min(fi.Size(), v.Size)
-		}
+	c := &corePull{id: id, dir: dir, v: v, part: filepath.Join(dir, ".core"+PartSuffix)}
+	c.meta = c.part + ".json"
+	c.state = coreState{ID: id, ETag: v.ETag, Size: v.Size}
+	if c.frames, err = seekTable(ctx, r, id, v); errors.Is(err, bundle.ErrNoSeekTable) {
+		err = nil
 	}
-	if p.f, err = os.OpenFile(p.data, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
-		return nil, fmt.Errorf("keep the download in %s: %w", p.data, err)
-	}
-	if err := p.f.Truncate(p.kept); err != nil {
-		p.f.Close()
-		return nil, fmt.Errorf("keep the download in %s: %w", p.data, err)
-	}
-	if p.kept == 0 {
-		b, _ := json.Marshal(want)
-		if err := os.WriteFile(p.meta, b, 0o600); err != nil {
-			p.f.Close()
-			return nil, fmt.Errorf("keep the download in %s: %w", p.meta, err)
-		}
-	}
-	if _, err := p.f.Seek(p.kept, io.SeekStart); err != nil {
-		p.f.Close()
+	if err != nil {
 		return nil, err
 	}
-	p.local = io.NewSectionReader(p.f, 0, p.kept)
-	p.remote = fetchRanges(ctx, r, id, bundle.CoreFile, v, p.kept, o)
-	p.writes = make(chan *chunk, 2*o.Workers)
-	p.written.Add(1)
-	go func() {
-		defer p.written.Done()
-		for c := range p.writes {
-			if p.writeErr.Load() == nil {
-				if _, err := p.f.Write(c.buf[:c.n]); err != nil {
-					err = fmt.Errorf("keep the download in %s: %w", p.data, err)
-					p.writeErr.Store(&err)
-				}
-			}
-			c.release()
+	var have coreState
+	if b, err := os.ReadFile(c.meta); err == nil && json.Unmarshal(b, &have) == nil &&
+		have.ID == id && have.ETag == v.ETag && have.Size == v.Size && have.Comp <= v.Size &&
+		(c.frames == nil || len(have.Frames) == len(c.frames)) {
+		if fi, err := os.Stat(c.part); err == nil && fi.Size() >= have.Raw {
+			c.state = have
 		}
-	}()
-	return p, nil
+	}
+	if c.frames != nil && c.state.Frames == "" {
+		c.state.Frames = strings.Repeat("0", len(c.frames))
+	}
+	return c, nil
 }
 
-// Read returns the kept prefix, then the store's bytes in order.
-func (p *partReader) Read(b []byte) (int, error) {
-	if p.local != nil {
-		n, err := p.local.Read(b)
+// seekTable reads core.zst's seek table with two ranged reads.
+func seekTable(ctx context.Context, r Ranger, id string, v Version) ([]bundle.SeekEntry, error) {
+	if v.Size < bundle.SeekFooterBytes {
+		return nil, bundle.ErrNoSeekTable
+	}
+	tail := func(n int64) ([]byte, error) {
+		rc, err := r.OpenRange(ctx, id, bundle.CoreFile, v, v.Size-n, n)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		b := make([]byte, n)
+		_, err = io.ReadFull(rc, b)
+		return b, err
+	}
+	footer, err := tail(bundle.SeekFooterBytes)
+	if err != nil {
+		return nil, err
+	}
+	n, err := bundle.SeekTableSize(footer)
+	if err != nil {
+		return nil, err
+	}
+	if n > v.Size {
+		return nil, fmt.Errorf("%s of bundle %s: a seek table longer than the file", bundle.CoreFile, id)
+	}
+	table, err := tail(n)
+	if err != nil {
+		return nil, err
+	}
+	frames, err := bundle.ParseSeekTable(table, v.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%s of bundle %s: %w", bundle.CoreFile, id, err)
+	}
+	return frames, nil
+}
+
+// done is how many compressed bytes of the core an earlier pull did.
+func (c *corePull) done() int64 {
+	if c.frames == nil {
+		return c.state.Comp
+	}
+	var n int64
+	for i, f := range c.frames {
+		if c.state.Frames[i] == '1' {
+			n += f.Compressed
+		}
+	}
+	return n
+}
+
+// run fetches what is left of the core into the part, and renames the
+// part to core at the end.
+func (c *corePull) run(ctx context.Context, r Ranger, o PullOptions) error {
+	if c.frames == nil {
+		return c.runStream(ctx, r, o)
+	}
+	return c.runFrames(ctx, r, o)
+}
+
+// runFrames pulls the frames of the seek table not done yet, o.Workers at
+// once, each by its own ranged read decoded as it arrives straight to its
+// place in the part, and records each frame done.
+func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error {
+	f, err := os.OpenFile(c.part, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("write the core into %s: %w", c.part, err)
+	}
+	defer f.Close()
+	offs := make([]int64, len(c.frames)+1) // compressed offsets; raws below
+	raws := make([]int64, len(c.frames)+1)
+	for i, fr := range c.frames {
+		offs[i+1], raws[i+1] = offs[i]+fr.Compressed, raws[i]+fr.Raw
+	}
+	if err := f.Truncate(raws[len(c.frames)]); err != nil {
+		return fmt.Errorf("write the core into %s: %w", c.part, err)
+	}
+	if err := c.save(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	jobs := make(chan int)
+	go func() {
+		defer close(jobs)
+		for i := range c.frames {
+			if c.state.Frames[i] == '1' {
+				continue
+			}
+			select {
+			case jobs <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	var first atomic.Pointer[error]
+	for range min(o.Workers, len(c.frames)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
+			if err != nil {
+				first.CompareAndSwap(nil, &err)
+				cancel()
+				return
+			}
+			defer dec.Close()
+			for i := range jobs {
+				err := c.pullFrame(ctx, r, dec, f, i, offs[i], raws[i], o.Progress)
+				if err == nil {
+					c.mu.Lock()
+					c.state.Frames = c.state.Frames[:i] + "1" + c.state.Frames[i+1:]
+					err = c.save()
+					c.mu.Unlock()
+				}
+				if err != nil {
+					first.CompareAndSwap(nil, &err)
+					cancel()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if e := first.Load(); e != nil {
+		err := *e
+		var fe *fetchError
+		if errors.As(err, &fe) || errors.Is(err, context.Canceled) {
+			return fmt.Errorf("%w (%s of core.zst are done in %s: run the same pull again to continue)", err, bundle.HumanBytes(c.done()), c.part)
+		}
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.complete(f)
+}
+
+// pullFrame fetches frame i (at compressed offset off, raw offset rawOff)
+// and decodes it into place, asking again when the read breaks off.
+func (c *corePull) pullFrame(ctx context.Context, r Ranger, dec *zstd.Decoder, f *os.File, i int, off, rawOff int64, p Progress) error {
+	fr := c.frames[i]
+	var err error
+	for attempt := 0; attempt <= fetchRetries; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		var rc io.ReadCloser
+		if rc, err = r.OpenRange(ctx, c.id, bundle.CoreFile, c.v, off, fr.Compressed); err != nil {
+			if errors.Is(err, errChanged) || ctx.Err() != nil {
+				return err
+			}
+			continue
+		}
+		body := &readErr{r: rc, p: p}
+		var n int64
+		if err = dec.Reset(body); err == nil {
+			// A retry rewrites the same bytes at the same places, so what
+			// an attempt that broke off left behind is never wrong.
+			n, err = dec.WriteTo(&bundle.SparseWriter{W: f, Off: rawOff})
+		}
+		rc.Close()
+		if err == nil && n != fr.Raw {
+			err = fmt.Errorf("frame %d of %s holds %d bytes, its seek table says %d", i, bundle.CoreFile, n, fr.Raw)
+		}
+		switch {
+		case err == nil:
+			return nil
+		case body.err == nil:
+			// Not the read: the frame itself is damaged.
+			return fmt.Errorf("decompress frame %d of %s: %w (the bundle may be damaged; `zstd -t` tells)", i, bundle.CoreFile, err)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		if p != nil {
+			p.Add(-body.n) // counted again by the next attempt
+		}
+		err = body.err
+	}
+	return &fetchError{fmt.Errorf("read frame %d of %s of bundle %s: %w", i, bundle.CoreFile, c.id, err)}
+}
+
+// readErr remembers a read's failure, apart from a decoder's, and counts
+// what arrived.
+type readErr struct {
+	r   io.Reader
+	p   Progress
+	n   int64
+	err error
+}
+
+func (b *readErr) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if b.p != nil && n > 0 {
+		b.p.Add(int64(n))
+	}
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// complete makes the whole part the core.
+func (c *corePull) complete(f *os.File) error {
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write the core into %s: %w", c.part, err)
+	}
+	if err := os.Rename(c.part, filepath.Join(c.dir, "core")); err != nil {
+		return err
+	}
+	os.Remove(c.meta)
+	return nil
+}
+
+// runStream fetches the rest of a core.zst without a seek table (one
+// written before corecatch wrote them): its bytes in order by parallel
+// ranged reads, decoded frame by frame into the part, each whole frame
+// recorded.
+func (c *corePull) runStream(ctx context.Context, r Ranger, o PullOptions) error {
+	f, err := os.OpenFile(c.part, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("write the core into %s: %w", c.part, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(c.state.Raw); err != nil {
+		return fmt.Errorf("write the core into %s: %w", c.part, err)
+	}
+	if err := c.save(); err != nil {
+		return err
+	}
+	stream := fetchRanges(ctx, r, c.id, bundle.CoreFile, c.v, c.state.Comp, o)
+	defer stream.close()
+	fr := &frames{src: &chunkReader{s: stream}, off: c.state.Comp}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	out := &bundle.SparseWriter{W: f, Off: c.state.Raw}
+	for {
+		frame, err := fr.next()
 		if err == io.EOF {
-			p.local, err = nil, nil
+			break
 		}
-		if n > 0 || err != nil {
-			return n, err
+		if err == nil {
+			err = dec.Reset(frame)
+		}
+		if err == nil {
+			_, err = dec.WriteTo(out)
+		}
+		if err != nil {
+			var fe *fetchError
+			if errors.As(err, &fe) || ctx.Err() != nil {
+				return fmt.Errorf("%w (%s of the core are kept in %s: run the same pull again to continue)", err, bundle.HumanBytes(c.state.Raw), c.part)
+			}
+			return fmt.Errorf("decompress %s at %d: %w (the bundle may be damaged; `zstd -t` tells)", bundle.CoreFile, c.state.Comp, err)
+		}
+		c.state.Comp, c.state.Raw = fr.off, out.Off
+		if err := c.save(); err != nil {
+			return err
 		}
 	}
-	if e := p.writeErr.Load(); e != nil {
-		return 0, *e
+	if c.state.Comp != c.v.Size {
+		return fmt.Errorf("%s ends at %d of its %d bytes: the bundle is damaged", bundle.CoreFile, c.state.Comp, c.v.Size)
 	}
-	for p.cur == nil || p.pos == p.cur.n {
-		if p.cur != nil {
-			p.cur.release()
-			p.cur = nil
+	if err := f.Truncate(out.Off); err != nil {
+		return fmt.Errorf("write the core into %s: %w", c.part, err)
+	}
+	return c.complete(f)
+}
+
+// save records how far the core is done. It is rewritten in place: one
+// torn by a kill fails to parse, and the next pull starts over.
+func (c *corePull) save() error {
+	b, _ := json.Marshal(c.state)
+	if err := os.WriteFile(c.meta, b, 0o600); err != nil {
+		return fmt.Errorf("record the pull's progress in %s: %w", c.meta, err)
+	}
+	return nil
+}
+
+// chunkReader reads a rangeStream's chunks in order as one stream.
+type chunkReader struct {
+	s   *rangeStream
+	cur *chunk
+	pos int
+}
+
+func (c *chunkReader) Read(b []byte) (int, error) {
+	for c.cur == nil || c.pos == c.cur.n {
+		if c.cur != nil {
+			c.cur.release()
+			c.cur = nil
 		}
-		c, err := p.remote.next()
+		next, err := c.s.next()
 		if err != nil {
 			return 0, err
 		}
-		c.refs.Add(1)
-		p.writes <- c
-		p.cur, p.pos = c, 0
+		c.cur, c.pos = next, 0
 	}
-	n := copy(b, p.cur.buf[p.pos:p.cur.n])
-	p.pos += n
+	n := copy(b, c.cur.buf[c.pos:c.cur.n])
+	c.pos += n
 	return n, nil
 }
 
-// Close stops the fetch and waits until the part file has what arrived.
-func (p *partReader) Close() error {
-	if p.closed {
-		return nil
-	}
-	p.closed = true
-	if p.cur != nil {
-		p.cur.release()
-		p.cur = nil
-	}
-	p.remote.close()
-	close(p.writes)
-	p.written.Wait()
-	return p.f.Close()
+// frames cuts a zstd stream into its frames by their headers, without
+// decoding them, counting the bytes it consumed (off, from the stream's
+// start).
+type frames struct {
+	src io.Reader
+	off int64
 }
 
-// finish ends a pull whose materialization returned err: a whole pull
-// removes the part; a failed one keeps it for the next run, unless it was
-// continued from an earlier run and failed other than by reading from the
-// store (a damaged prefix, say), which the next run must not reuse.
-func (p *partReader) finish(err error) error {
-	cerr := p.Close()
-	var fe *fetchError
-	switch {
-	case err == nil && cerr == nil:
-		os.Remove(p.data)
-		os.Remove(p.meta)
-		return nil
-	case err == nil:
-		return cerr
-	case p.kept > 0 && !errors.As(err, &fe) && !errors.Is(err, context.Canceled):
-		os.Remove(p.data)
-		os.Remove(p.meta)
-		return fmt.Errorf("%w (the pull had continued an earlier one: its part is removed, run it again)", err)
+// zstd's framing (RFC 8878): a frame's magic, a skippable frame's magics.
+const (
+	frameMagic     = 0xFD2FB528
+	skippableMagic = 0x184D2A50 // to 0x184D2A5F
+)
+
+// frame is one frame's bytes: its header, then each block's header and
+// content, then its checksum.
+type frame struct {
+	fs       *frames
+	pending  []byte // header bytes read, not yet passed on
+	left     int64  // content bytes to pass on before the next header
+	last     bool   // the last block's header was read
+	checksum bool
+	done     bool
+}
+
+func (fs *frames) read(b []byte) error {
+	n, err := io.ReadFull(fs.src, b)
+	fs.off += int64(n)
+	return err
+}
+
+// next returns the next frame, or io.EOF at the stream's end.
+func (fs *frames) next() (*frame, error) {
+	hdr := make([]byte, 4, 18)
+	if err := fs.read(hdr); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			err = fmt.Errorf("%s ends inside a frame header at %d", bundle.CoreFile, fs.off)
+		}
+		return nil, err
 	}
-	return fmt.Errorf("%w (what arrived is kept in %s: run the same pull again to continue)", err, p.data)
+	f := &frame{fs: fs}
+	switch magic := binary.LittleEndian.Uint32(hdr); {
+	case magic&0xFFFFFFF0 == skippableMagic:
+		size := make([]byte, 4)
+		if err := fs.read(size); err != nil {
+			return nil, eofInFrame(err)
+		}
+		f.pending, f.left, f.last, f.done = append(hdr, size...), int64(binary.LittleEndian.Uint32(size)), true, true
+		return f, nil
+	case magic != frameMagic:
+		return nil, fmt.Errorf("no zstd frame at %d of %s", fs.off-4, bundle.CoreFile)
+	}
+	desc := []byte{0}
+	if err := fs.read(desc); err != nil {
+		return nil, eofInFrame(err)
+	}
+	d := desc[0]
+	single := d&0x20 != 0
+	n := []int{0, 1, 2, 4}[d&3] // dictionary id
+	n += []int{0, 2, 4, 8}[d>>6]
+	if single && d>>6 == 0 {
+		n++ // a one-byte content size
+	}
+	if !single {
+		n++ // the window descriptor
+	}
+	rest := make([]byte, n)
+	if err := fs.read(rest); err != nil {
+		return nil, eofInFrame(err)
+	}
+	f.pending = append(append(hdr, d), rest...)
+	f.checksum = d&4 != 0
+	return f, nil
+}
+
+func eofInFrame(err error) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return fmt.Errorf("%s ends inside a frame: %w", bundle.CoreFile, io.ErrUnexpectedEOF)
+	}
+	return err
+}
+
+// Read passes the frame's bytes on, and io.EOF after its last.
+func (f *frame) Read(b []byte) (int, error) {
+	for {
+		switch {
+		case len(f.pending) > 0:
+			n := copy(b, f.pending)
+			f.pending = f.pending[n:]
+			return n, nil
+		case f.left > 0:
+			n, err := f.fs.src.Read(b[:min(int64(len(b)), f.left)])
+			f.fs.off += int64(n)
+			f.left -= int64(n)
+			if err == io.EOF {
+				err = eofInFrame(err)
+			}
+			return n, err
+		case f.done:
+			return 0, io.EOF
+		case f.last:
+			f.done = true
+			if f.checksum {
+				f.left = 4
+			}
+		default:
+			bh := make([]byte, 3)
+			if err := f.fs.read(bh); err != nil {
+				return 0, eofInFrame(err)
+			}
+			h := uint32(bh[0]) | uint32(bh[1])<<8 | uint32(bh[2])<<16
+			f.last = h&1 != 0
+			f.pending, f.left = bh, int64(h>>3)
+			switch (h >> 1) & 3 {
+			case 1: // RLE: one byte repeated
+				f.left = 1
+			case 3:
+				return 0, fmt.Errorf("a reserved block type at %d of %s", f.fs.off-3, bundle.CoreFile)
+			}
+		}
+	}
 }
 
 // fetchError is a failure to read the store, after retries: what arrived
@@ -341,11 +691,11 @@ type job struct {
 
 func fetchRanges(ctx context.Context, r Ranger, id, name string, v Version, from int64, o PullOptions) *rangeStream {
 	ctx, cancel := context.WithCancel(ctx)
-	window := 2 * o.Workers
+	window := o.Workers + 2
 	s := &rangeStream{ctx: ctx, cancel: cancel, order: make(chan chan result, window)}
-	// Buffers: the window's, the one the reader holds, and those waiting
-	// for the part writer; allocated on first use.
-	pool := make(chan []byte, 2*window+2)
+	// Buffers: the window's, the dispatched one and the one the reader
+	// holds; allocated on first use.
+	pool := make(chan []byte, window+2)
 	for range cap(pool) {
 		pool <- nil
 	}

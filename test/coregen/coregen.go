@@ -74,7 +74,7 @@ func PutCoreBundle(ctx context.Context, st store.Store, core io.Reader) (*bundle
 		return nil, err
 	}
 	counted := &countingWriter{w: f}
-	enc, err := zstd.NewWriter(counted, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(4<<20), zstd.WithEncoderCRC(true))
+	enc, err := bundle.NewCoreWriter(counted, zstd.SpeedFastest)
 	if err != nil {
 		return nil, err
 	}

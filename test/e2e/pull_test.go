@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -80,7 +81,7 @@ func checkCore(t *testing.T, dir string, size int64) {
 	if alloc := st.Blocks * 512; alloc > size*3/4 {
 		t.Errorf("core takes %d bytes on disk for %d bytes: not sparse", alloc, size)
 	}
-	for _, part := range []string{"." + bundle.CoreFile + store.PartSuffix, "." + bundle.CoreFile + store.PartSuffix + ".json"} {
+	for _, part := range []string{".core" + store.PartSuffix, ".core" + store.PartSuffix + ".json"} {
 		if _, err := os.Stat(filepath.Join(dir, part)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s is left after a whole pull (%v)", part, err)
 		}
@@ -147,26 +148,29 @@ func TestPullResumesAfterKill(t *testing.T) {
 	const size = 768 << 20
 	cfg, m := pullSetup(t, size)
 	dir := filepath.Join(t.TempDir(), "out")
-	part := filepath.Join(dir, "."+bundle.CoreFile+store.PartSuffix)
+	state := filepath.Join(dir, ".core"+store.PartSuffix+".json")
 	cmd := exec.Command(harness.Binary(t), "--config", cfg, "pull", m.ID, "--out", dir, "--parallel", "2")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var kept int64
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-		if fi, err := os.Stat(part); err == nil && fi.Size() >= 64<<20 {
-			break
+	var done struct {
+		Frames string `json:"frames_done"`
+	}
+	frames := func() int { return strings.Count(done.Frames, "1") }
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline) && frames() < 3; time.Sleep(2 * time.Millisecond) {
+		if b, err := os.ReadFile(state); err == nil {
+			json.Unmarshal(b, &done)
 		}
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
-	if fi, err := os.Stat(part); err == nil {
-		kept = fi.Size()
+	if b, err := os.ReadFile(state); err == nil {
+		json.Unmarshal(b, &done)
 	}
-	if kept == 0 || kept >= m.Core.StoredBytes {
-		t.Fatalf("the killed pull kept %d of %d bytes: not killed half way", kept, m.Core.StoredBytes)
+	if frames() == 0 || frames() == len(done.Frames) {
+		t.Fatalf("the killed pull had done frames %q: not killed half way", done.Frames)
 	}
-	t.Logf("killed with %d of %d bytes kept", kept, m.Core.StoredBytes)
+	t.Logf("killed with frames %s done", done.Frames)
 	out := runInTerminal(t, "--config", cfg, "pull", m.ID, "--out", dir)
 	if !strings.Contains(out, "continued") {
 		t.Errorf("the second pull did not continue the first:\n%q", out)
