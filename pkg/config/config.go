@@ -345,8 +345,16 @@ func Load(path string, explicit bool) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
+	return Parse(data, path)
+}
+
+// Parse reads a config file's text over the defaults, as Load does, for
+// configs that are not files of their own (the chart's ConfigMap, which
+// `kubectl corecatch` reads); source names it in errors.
+func Parse(data []byte, source string) (*Config, error) {
+	c := Default()
 	if err := yaml.UnmarshalStrict(data, c); err != nil {
-		return nil, fmt.Errorf("config %s: %w (see `corecatch config example`)", path, err)
+		return nil, fmt.Errorf("config %s: %w (see `corecatch config example`)", source, err)
 	}
 	return c, c.Validate()
 }
