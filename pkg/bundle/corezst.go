@@ -92,6 +92,9 @@ func (c *CoreWriter) endFrame() error {
 	return nil
 }
 
+// Compressed returns how many bytes the compressed core took so far.
+func (c *CoreWriter) Compressed() int64 { return c.w.n }
+
 // Close ends the last frame (unless a multiple of CoreFrameBytes just
 // ended it) and writes the seek table.
 func (c *CoreWriter) Close() error {

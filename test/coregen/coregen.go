@@ -73,8 +73,7 @@ func PutCoreBundle(ctx context.Context, st store.Store, core io.Reader) (*bundle
 	if err != nil {
 		return nil, err
 	}
-	counted := &countingWriter{w: f}
-	enc, err := bundle.NewCoreWriter(counted, zstd.SpeedFastest)
+	enc, err := bundle.NewCoreWriter(f, zstd.SpeedFastest)
 	if err != nil {
 		return nil, err
 	}
@@ -89,20 +88,9 @@ func PutCoreBundle(ctx context.Context, st store.Store, core io.Reader) (*bundle
 		return nil, fmt.Errorf("write core.zst: %w", err)
 	}
 	m := &bundle.Metadata{Schema: bundle.Schema, ID: id, Time: now.Truncate(time.Second), Comm: "synthetic",
-		Core: bundle.Core{Compression: "zstd", RawBytes: raw, KeptBytes: raw, StoredBytes: counted.n}}
+		Core: bundle.Core{Compression: "zstd", RawBytes: raw, KeptBytes: raw, StoredBytes: enc.Compressed()}}
 	if err := w.Commit(ctx, m); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
