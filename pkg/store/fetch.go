@@ -44,7 +44,8 @@ type Progress interface {
 	// Start gives the bytes the pull reads in all, and how many of them an
 	// earlier, interrupted pull already kept.
 	Start(total, done int64)
-	// Add counts bytes read since.
+	// Add counts bytes read since; negative when a read that broke off
+	// is asked again from its start.
 	Add(n int64)
 }
 
@@ -52,25 +53,26 @@ type Progress interface {
 // reports no progress.
 type PullOptions struct {
 	// Workers is how many ranged reads of the core run at once (default
-	// DefaultPullWorkers).
+	// DefaultPullWorkers): frames of its seek table, each with its own
+	// decoder (a 4 MiB window), or chunks of a core.zst without one.
 	Workers int
-	// ChunkBytes is the size of one ranged read (default
-	// DefaultPullChunk). The reads in flight take about
-	// (Workers+4) x ChunkBytes of memory.
+	// ChunkBytes is the size of one ranged read of a core.zst without a
+	// seek table (default DefaultPullChunk): the reads in flight take
+	// about (Workers+4) x ChunkBytes of memory.
 	ChunkBytes int64
 	Progress   Progress
 }
 
-// Defaults of PullOptions: 8 reads of 4 MiB in flight fill a fast link to
-// an S3 service in about 48 MiB of buffers.
+// Defaults of PullOptions: 8 reads in flight fill a fast link to an S3
+// service; 4 MiB chunks keep a table-less pull's buffers near 48 MiB.
 const (
 	DefaultPullWorkers = 8
 	DefaultPullChunk   = 4 << 20
 )
 
 // PartSuffix ends the names of an interrupted pull's core beside its
-// target: .core.part (the core up to the last whole frame) and
-// .core.part.json (which bundle, version and offsets it holds).
+// target: .core.part (the frames decoded so far, in place) and
+// .core.part.json (which bundle and version, and which frames are whole).
 const PartSuffix = ".part"
 
 // fetchRetries is how often one range is asked again after a failed read,
