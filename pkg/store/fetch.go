@@ -289,6 +289,13 @@ func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error
 	for i, fr := range c.frames {
 		offs[i+1], raws[i+1] = offs[i]+fr.Compressed, raws[i]+fr.Raw
 	}
+	if !strings.Contains(c.state.Frames, "1") {
+		// Starting over: what a pull of another version left must go, as
+		// zero pages are not written.
+		if err := f.Truncate(0); err != nil {
+			return fmt.Errorf("write the core into %s: %w", c.part, err)
+		}
+	}
 	if err := f.Truncate(raws[len(c.frames)]); err != nil {
 		return fmt.Errorf("write the core into %s: %w", c.part, err)
 	}
@@ -341,18 +348,18 @@ func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error
 		}()
 	}
 	wg.Wait()
+	err = ctx.Err()
 	if e := first.Load(); e != nil {
-		err := *e
-		var fe *fetchError
-		if errors.As(err, &fe) || errors.Is(err, context.Canceled) {
-			return fmt.Errorf("%w (%s of core.zst are done in %s: run the same pull again to continue)", err, bundle.HumanBytes(c.done()), c.part)
-		}
-		return err
+		err = *e
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	var fe *fetchError
+	switch {
+	case err == nil:
+		return c.complete(f)
+	case errors.As(err, &fe) || errors.Is(err, context.Canceled):
+		return fmt.Errorf("%w (%s of core.zst are done in %s: run the same pull again to continue)", err, bundle.HumanBytes(c.done()), c.part)
 	}
-	return c.complete(f)
+	return err
 }
 
 // pullFrame fetches frame i (at compressed offset off, raw offset rawOff)
