@@ -80,12 +80,15 @@ const PartSuffix = ".part"
 const fetchRetries = 4
 
 // PullWith writes a bundle of st into dir as Pull does. From a Ranger, the
-// core arrives by o.Workers parallel ranged reads and is decompressed
-// while it arrives, in order, into a sparse dir/.core.part, renamed to
-// dir/core once whole. After each zstd frame (bundle.CoreFrameBytes of raw
-// core, its checksum verified) dir/.core.part.json records how far the
-// core is done, so that a pull interrupted (killed, a lost link) and run
-// again into the same dir fetches only the frames after.
+// core's frames (bundle.CoreFrameBytes of raw core each, listed by the
+// seek table at the end of core.zst) arrive by o.Workers parallel ranged
+// reads, each decoded as it arrives straight to its place in a sparse
+// dir/.core.part, renamed to dir/core once whole. Each frame decoded whole
+// (its checksum verified) is recorded in dir/.core.part.json, so that a
+// pull interrupted (killed, a lost link) and run again into the same dir
+// fetches only the frames not done. A core.zst without a seek table
+// arrives in order by parallel ranged reads of chunks, and continues from
+// its last whole frame.
 func PullWith(ctx context.Context, st Store, id, dir string, o PullOptions) (*bundle.Metadata, error) {
 	m, err := st.Get(ctx, id)
 	if err != nil {
