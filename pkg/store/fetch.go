@@ -72,7 +72,7 @@ const (
 
 // PartSuffix ends the names of an interrupted pull's core beside its
 // target: .core.part (the frames decoded so far, in place) and
-// .core.part.json (which bundle and version, and which frames are whole).
+// .core.part.log (which bundle and version, then each frame made whole).
 const PartSuffix = ".part"
 
 // fetchRetries is how often one range is asked again after a failed read,
@@ -84,7 +84,7 @@ const fetchRetries = 4
 // seek table at the end of core.zst) arrive by o.Workers parallel ranged
 // reads, each decoded as it arrives straight to its place in a sparse
 // dir/.core.part, renamed to dir/core once whole. Each frame decoded whole
-// (its checksum verified) is recorded in dir/.core.part.json, so that a
+// (its checksum verified) is recorded in dir/.core.part.log, so that a
 // pull interrupted (killed, a lost link) and run again into the same dir
 // fetches only the frames not done. A core.zst without a seek table
 // arrives in order by parallel ranged reads of chunks, and continues from
@@ -163,29 +163,63 @@ func (c counting) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// coreState is what .core.part.json says of the part: which core (bundle
-// ID's core.zst in version ETag/Size) it holds, and how much of it. With a
-// seek table, Frames has a '1' for each frame decoded whole into place;
-// without, the part holds the first Raw bytes, decoded from the first Comp
-// bytes of core.zst, which end a frame.
+// coreVersion names the core a part holds: bundle ID's core.zst in
+// version ETag/Size. It is the first line of the part's log.
+type coreVersion struct {
+	ID   string `json:"id"`
+	ETag string `json:"etag"`
+	Size int64  `json:"size"`
+}
+
+// coreState is how much of its core a part holds. With a seek table,
+// Frames has a '1' for each frame decoded whole into place; without, the
+// part holds the first Raw bytes, decoded from the first Comp bytes of
+// core.zst, which end a frame.
 type coreState struct {
-	ID     string `json:"id"`
-	ETag   string `json:"etag"`
-	Size   int64  `json:"size"`
-	Frames string `json:"frames_done,omitempty"`
-	Comp   int64  `json:"compressed_done"`
-	Raw    int64  `json:"raw_done"`
+	Frames    string
+	Comp, Raw int64
+}
+
+// The part's log records progress by appending a line, "frame I" or
+// "upto COMP RAW": a kill can cut only the last line, which replay drops,
+// so the log never loses what was recorded before.
+const (
+	logFrame = "frame %d"
+	logUpto  = "upto %d %d"
+)
+
+// replay reads a part's log: the state it records, if it is of core v.
+func replay(data []byte, v coreVersion, frames int) (coreState, bool) {
+	lines := strings.Split(string(data), "\n")
+	lines = lines[:len(lines)-1] // after the last newline: nothing, or a cut line
+	var have coreVersion
+	if len(lines) == 0 || json.Unmarshal([]byte(lines[0]), &have) != nil || have != v {
+		return coreState{}, false
+	}
+	st := coreState{Frames: strings.Repeat("0", frames)}
+	for _, l := range lines[1:] {
+		var i int
+		var comp, raw int64
+		if n, _ := fmt.Sscanf(l, logFrame, &i); n == 1 && i >= 0 && i < frames {
+			st.Frames = st.Frames[:i] + "1" + st.Frames[i+1:]
+		} else if n, _ := fmt.Sscanf(l, logUpto, &comp, &raw); n == 2 && comp <= v.Size && raw >= 0 {
+			st.Comp, st.Raw = comp, raw
+		}
+	}
+	return st, true
 }
 
 // corePull is one pull of a core into dir/core through its part.
 type corePull struct {
-	id, dir    string
-	part, meta string
-	v          Version
-	state      coreState
+	id, dir   string
+	part, log string
+	v         Version
+	state     coreState
+	resumed   bool // state comes from an earlier pull's log
 	// frames is core.zst's seek table; nil for a core.zst without one.
 	frames []bundle.SeekEntry
-	mu     sync.Mutex // over state, once frames are pulled in parallel
+	mu     sync.Mutex // over state and logf, once frames are pulled in parallel
+	logf   *os.File
 }
 
 // startCore finds where a pull of the core of id into dir starts: where
@@ -196,26 +230,50 @@ func startCore(ctx context.Context, r Ranger, id, dir string) (*corePull, error)
 		return nil, err
 	}
 	c := &corePull{id: id, dir: dir, v: v, part: filepath.Join(dir, ".core"+PartSuffix)}
-	c.meta = c.part + ".json"
-	c.state = coreState{ID: id, ETag: v.ETag, Size: v.Size}
+	c.log = c.part + ".log"
 	if c.frames, err = seekTable(ctx, r, id, v); errors.Is(err, bundle.ErrNoSeekTable) {
 		err = nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	var have coreState
-	if b, err := os.ReadFile(c.meta); err == nil && json.Unmarshal(b, &have) == nil &&
-		have.ID == id && have.ETag == v.ETag && have.Size == v.Size && have.Comp <= v.Size &&
-		(c.frames == nil || len(have.Frames) == len(c.frames)) {
-		if fi, err := os.Stat(c.part); err == nil && fi.Size() >= have.Raw {
-			c.state = have
+	c.state.Frames = strings.Repeat("0", len(c.frames))
+	if data, err := os.ReadFile(c.log); err == nil {
+		if st, ok := replay(data, c.version(), len(c.frames)); ok {
+			if fi, err := os.Stat(c.part); err == nil && fi.Size() >= st.Raw {
+				c.state, c.resumed = st, true
+			}
 		}
 	}
-	if c.frames != nil && c.state.Frames == "" {
-		c.state.Frames = strings.Repeat("0", len(c.frames))
-	}
 	return c, nil
+}
+
+func (c *corePull) version() coreVersion {
+	return coreVersion{ID: c.id, ETag: c.v.ETag, Size: c.v.Size}
+}
+
+// openLog starts the part's log afresh, or continues it.
+func (c *corePull) openLog() error {
+	if !c.resumed {
+		b, _ := json.Marshal(c.version())
+		if err := os.WriteFile(c.log, append(b, '\n'), 0o600); err != nil {
+			return fmt.Errorf("record the pull's progress in %s: %w", c.log, err)
+		}
+	}
+	f, err := os.OpenFile(c.log, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("record the pull's progress in %s: %w", c.log, err)
+	}
+	c.logf = f
+	return nil
+}
+
+// mark appends one line to the part's log, in one write.
+func (c *corePull) mark(format string, args ...any) error {
+	if _, err := fmt.Fprintf(c.logf, format+"\n", args...); err != nil {
+		return fmt.Errorf("record the pull's progress in %s: %w", c.log, err)
+	}
+	return nil
 }
 
 // seekTable reads core.zst's seek table with two ranged reads.
@@ -292,7 +350,7 @@ func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error
 	for i, fr := range c.frames {
 		offs[i+1], raws[i+1] = offs[i]+fr.Compressed, raws[i]+fr.Raw
 	}
-	if !strings.Contains(c.state.Frames, "1") {
+	if !c.resumed {
 		// Starting over: what a pull of another version left must go, as
 		// zero pages are not written.
 		if err := f.Truncate(0); err != nil {
@@ -302,9 +360,10 @@ func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error
 	if err := f.Truncate(raws[len(c.frames)]); err != nil {
 		return fmt.Errorf("write the core into %s: %w", c.part, err)
 	}
-	if err := c.save(); err != nil {
+	if err := c.openLog(); err != nil {
 		return err
 	}
+	defer c.logf.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	jobs := make(chan int)
@@ -339,7 +398,7 @@ func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error
 				if err == nil {
 					c.mu.Lock()
 					c.state.Frames = c.state.Frames[:i] + "1" + c.state.Frames[i+1:]
-					err = c.save()
+					err = c.mark(logFrame, i)
 					c.mu.Unlock()
 				}
 				if err != nil {
@@ -442,7 +501,7 @@ func (c *corePull) complete(f *os.File) error {
 	if err := os.Rename(c.part, filepath.Join(c.dir, "core")); err != nil {
 		return err
 	}
-	os.Remove(c.meta)
+	os.Remove(c.log)
 	return nil
 }
 
@@ -459,9 +518,10 @@ func (c *corePull) runStream(ctx context.Context, r Ranger, o PullOptions) error
 	if err := f.Truncate(c.state.Raw); err != nil {
 		return fmt.Errorf("write the core into %s: %w", c.part, err)
 	}
-	if err := c.save(); err != nil {
+	if err := c.openLog(); err != nil {
 		return err
 	}
+	defer c.logf.Close()
 	stream := fetchRanges(ctx, r, c.id, bundle.CoreFile, c.v, c.state.Comp, o)
 	defer stream.close()
 	fr := &frames{src: &chunkReader{s: stream}, off: c.state.Comp}
@@ -490,7 +550,7 @@ func (c *corePull) runStream(ctx context.Context, r Ranger, o PullOptions) error
 			return fmt.Errorf("decompress %s at %d: %w (the bundle may be damaged; `zstd -t` tells)", bundle.CoreFile, c.state.Comp, err)
 		}
 		c.state.Comp, c.state.Raw = fr.off, out.Off
-		if err := c.save(); err != nil {
+		if err := c.mark(logUpto, c.state.Comp, c.state.Raw); err != nil {
 			return err
 		}
 	}
@@ -501,16 +561,6 @@ func (c *corePull) runStream(ctx context.Context, r Ranger, o PullOptions) error
 		return fmt.Errorf("write the core into %s: %w", c.part, err)
 	}
 	return c.complete(f)
-}
-
-// save records how far the core is done. It is rewritten in place: one
-// torn by a kill fails to parse, and the next pull starts over.
-func (c *corePull) save() error {
-	b, _ := json.Marshal(c.state)
-	if err := os.WriteFile(c.meta, b, 0o600); err != nil {
-		return fmt.Errorf("record the pull's progress in %s: %w", c.meta, err)
-	}
-	return nil
 }
 
 // chunkReader reads a rangeStream's chunks in order as one stream.

@@ -61,8 +61,8 @@ func checkPulled(t *testing.T, dir string, want []byte) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("pulled core: %d bytes, %v; want the %d bytes put", len(got), err, len(want))
 	}
-	if _, err := os.Stat(filepath.Join(dir, ".core"+PartSuffix+".json")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the part's record is left: %v", err)
+	if _, err := os.Stat(filepath.Join(dir, ".core"+PartSuffix+".log")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the part's log is left: %v", err)
 	}
 }
 
@@ -117,11 +117,11 @@ func TestPullContinuesSameVersionOnly(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "run the same pull again") {
 			t.Fatalf("interrupted pull: %v", err)
 		}
-		b, _ := os.ReadFile(filepath.Join(dir, ".core"+PartSuffix+".json"))
+		b, _ := os.ReadFile(filepath.Join(dir, ".core"+PartSuffix+".log"))
 		return string(b)
 	}
-	if state := interrupt(); !strings.Contains(state, `"frames_done":"10`) {
-		t.Fatalf("after the interruption the part records %s", state)
+	if log := interrupt(); !strings.HasSuffix(log, "\nframe 0\n") {
+		t.Fatalf("after the interruption the part's log is %q, want frame 0 done", log)
 	}
 	var started atomic.Int64
 	if _, err := PullWith(ctx, s, id, dir, PullOptions{Progress: startAt{&started}}); err != nil {
@@ -157,3 +157,31 @@ type startAt struct{ done *atomic.Int64 }
 
 func (s startAt) Start(total, done int64) { s.done.Store(done) }
 func (s startAt) Add(int64)               {}
+
+// TestReplayDropsCutLine: a log cut by a kill inside its last line keeps
+// every line before; a log of another version is not used.
+func TestReplayDropsCutLine(t *testing.T) {
+	v := coreVersion{ID: "x", ETag: "e", Size: 100}
+	head := `{"id":"x","etag":"e","size":100}` + "\n"
+	for _, tc := range []struct {
+		log    string
+		frames string
+		ok     bool
+	}{
+		{head, "000", true},
+		{head + "frame 1\nframe 0\n", "110", true},
+		{head + "frame 1\nfra", "010", true},
+		{head + "frame 7\nframe 2\n", "001", true},
+		{`{"id":"x","etag":"other","size":100}` + "\nframe 1\n", "", false},
+		{`{"id":"x","et`, "", false},
+		{"", "", false},
+	} {
+		st, ok := replay([]byte(tc.log), v, 3)
+		if ok != tc.ok || (ok && st.Frames != tc.frames) {
+			t.Errorf("replay(%q) = %+v, %v; want frames %q, %v", tc.log, st, ok, tc.frames, tc.ok)
+		}
+	}
+	if st, ok := replay([]byte(head+"upto 40 90\nupto 60 130\nupto 9"), v, 0); !ok || st.Comp != 60 || st.Raw != 130 {
+		t.Errorf("replay of a stream's log = %+v, %v", st, ok)
+	}
+}
