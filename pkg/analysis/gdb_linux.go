@@ -104,6 +104,14 @@ func parseGDB(out []byte, sym *Symbolizer) ([]bundle.Frame, []bundle.Thread) {
 	var crashed []bundle.Frame
 	var threads []bundle.Thread
 	var pcs []uint64 // each thread's pc, in the order gdb walks them
+	// Each frame gdb printed, with the thread it belongs to (-1: the
+	// crashed one), named in one pass once all are read.
+	type place struct {
+		thread int
+		gdb    bundle.Frame
+	}
+	var places []place
+	var look []Lookup
 	section, pc := "", uint64(0)
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -136,27 +144,39 @@ func parseGDB(out []byte, sym *Symbolizer) ([]bundle.Frame, []bundle.Thread) {
 		if m == nil {
 			continue
 		}
+		p := place{thread: -1}
+		switch {
+		case section == "@@crashed":
+		case section == "@@all" && len(threads) > 0:
+			p.thread = len(threads) - 1
+		default:
+			continue
+		}
 		n, _ := strconv.Atoi(m[1])
 		addr := pc
 		if m[2] != "" {
 			addr, _ = strconv.ParseUint(m[2], 16, 64)
 		}
-		f := sym.Frame(addr, n > 0)
 		if m[3] != "??" {
-			f.Function = m[3]
+			p.gdb.Function = m[3]
 		}
 		if m[4] != "" {
-			f.File = m[4]
-			f.Line, _ = strconv.Atoi(m[5])
+			p.gdb.File = m[4]
+			p.gdb.Line, _ = strconv.Atoi(m[5])
 		}
-		switch section {
-		case "@@crashed":
+		places = append(places, p)
+		look = append(look, Lookup{Addr: addr, Ret: n > 0})
+	}
+	for i, f := range sym.Frames(look) {
+		p := places[i]
+		if p.gdb.Function != "" {
+			f.Function = p.gdb.Function
+		}
+		f.File, f.Line = p.gdb.File, p.gdb.Line
+		if p.thread < 0 {
 			crashed = append(crashed, f)
-		case "@@all":
-			if len(threads) > 0 {
-				t := &threads[len(threads)-1]
-				t.Frames = append(t.Frames, f)
-			}
+		} else {
+			threads[p.thread].Frames = append(threads[p.thread].Frames, f)
 		}
 	}
 	return crashed, threads
