@@ -26,6 +26,7 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 	}
 	var frames []bundle.Frame
 	var threads []bundle.Thread
+	var warnings []string
 	var err error
 	switch {
 	case cfg.GDB == "":
@@ -35,12 +36,21 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 	case cfg.MaxCoreBytes.Bytes > 0 && m.Core.RawBytes > cfg.MaxCoreBytes.Bytes:
 		err = fmt.Errorf("the core is larger than analysis.max_core_bytes (%s)", cfg.MaxCoreBytes)
 	default:
+		var attempts int
+		if attempts, err = countAttempt(ctx, u, m.ID); err != nil {
+			return m, err
+		}
+		if attempts > maxAttempts {
+			err = fmt.Errorf("the full unwind was started %d times and never finished (the agent died in it): given up", maxAttempts)
+			break
+		}
 		dir := filepath.Join(work, m.ID)
 		defer os.RemoveAll(dir)
 		if _, err = store.Pull(ctx, st, m.ID, dir); err == nil {
-			g := GDB{Path: cfg.GDB, Timeout: time.Duration(cfg.Timeout), Memory: cfg.MaxMemory.Bytes, MaxThreads: cfg.MaxThreads}
+			g := GDB{Path: cfg.GDB, Timeout: time.Duration(cfg.Timeout), Memory: cfg.MaxMemory.Bytes, MaxThreads: cfg.MaxThreads,
+				UID: cfg.RunAsUser, GID: cfg.RunAsGroup}
 			status, _ := os.ReadFile(filepath.Join(dir, bundle.ProcDir, "status"))
-			frames, threads, err = g.Unwind(ctx, dir, m, statusThreads(status))
+			frames, threads, warnings, err = g.Unwind(ctx, dir, m, statusThreads(status))
 		}
 	}
 	var out *bundle.Metadata
@@ -59,7 +69,7 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 				stored.Title = Title(stored.SignalName, frames)
 			}
 			stored.Backtrace = frames
-			a = bundle.Analysis{Unwinder: "gdb", Threads: threads}
+			a = bundle.Analysis{Unwinder: "gdb", Threads: threads, Warnings: warnings, Attempts: a.Attempts}
 		}
 		stored.Analysis = &a
 		out = stored
@@ -69,6 +79,30 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 		return m, uerr
 	}
 	return out, err
+}
+
+// maxAttempts is how many times the full unwind of one bundle is started
+// before it is given up: each start is recorded first, so an analysis that
+// kills the agent (the node's OOM killer, a bug) cannot crash-loop it
+// through the pending bundles it resumes at every start.
+const maxAttempts = 3
+
+// countAttempt records one more start of a bundle's full unwind and
+// returns how many there were.
+func countAttempt(ctx context.Context, u store.Updater, id string) (int, error) {
+	var n int
+	err := u.Update(ctx, id, func(stored *bundle.Metadata) error {
+		if stored.Analysis == nil {
+			stored.Analysis = &bundle.Analysis{}
+		}
+		stored.Analysis.Attempts++
+		n = stored.Analysis.Attempts
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("record the analysis attempt: %w", err)
+	}
+	return n, nil
 }
 
 // statusThreads reads the Threads: line of /proc/PID/status.

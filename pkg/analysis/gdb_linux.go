@@ -30,6 +30,9 @@ type GDB struct {
 	// MaxThreads is the most threads unwound one by one; beyond, only the
 	// crashed thread is.
 	MaxThreads int
+	// UID and GID are the unprivileged user gdb runs as, when the agent
+	// runs as root: gdb parses the crashed container's ELF, DWARF and core.
+	UID, GID uint32
 }
 
 // ErrNoGDB means gdb is not installed: the frame-pointer walk stands.
@@ -40,19 +43,27 @@ var ErrNoGDB = errors.New("gdb is not installed")
 // frames and, when there are at most MaxThreads threads, every thread's.
 // Module, offset and build-id of each frame come from the bundle's own
 // maps and files; function, file and line from gdb.
-func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads int) ([]bundle.Frame, []bundle.Thread, error) {
+func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads int) ([]bundle.Frame, []bundle.Thread, []string, error) {
 	path, err := exec.LookPath(g.Path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w (%v)", ErrNoGDB, err)
+		return nil, nil, nil, fmt.Errorf("%w (%v)", ErrNoGDB, err)
 	}
 	exe := m.ExePath()
 	if exe == "" {
-		return nil, nil, errors.New("no executable in the bundle")
+		return nil, nil, nil, errors.New("no executable in the bundle")
 	}
+	// gdb reads the bundle as its own user, through a directory handed to
+	// it open (fd 3): the spool above stays root's alone.
+	root, err := handOver(dir, g.UID, g.GID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer root.Close()
+	const fd = "/proc/self/fd/3"
 	ctx, cancel := context.WithTimeout(ctx, g.Timeout)
 	defer cancel()
 	args := []string{"-nx", "-batch", "-q",
-		"-iex", "set sysroot " + filepath.Join(dir, bundle.SysrootDir),
+		"-iex", "set sysroot " + filepath.Join(fd, bundle.SysrootDir),
 		"-iex", "set debuginfod enabled off",
 		"-iex", "set auto-load no",
 		"-ex", "set pagination off", "-ex", "set print frame-arguments none", "-ex", "set width 0",
@@ -61,7 +72,7 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 		args = append(args, "-ex", "echo @@threads\\n", "-ex", "thread apply all -q p/x $pc",
 			"-ex", "echo @@all\\n", "-ex", "thread apply all bt 64")
 	}
-	args = append(args, filepath.Join(dir, exe), filepath.Join(dir, "core"))
+	args = append(args, filepath.Join(fd, exe), filepath.Join(fd, "core"))
 	cmd := exec.CommandContext(ctx, path, args...)
 	if prlimit, err := exec.LookPath("prlimit"); err == nil {
 		// Bound what gdb may take. SCHED_IDLE and the idle I/O class keep
@@ -73,23 +84,29 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 	}
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "LC_ALL=C"}
 	cmd.WaitDelay = time.Second
-	out, err := cmd.Output()
+	cmd.ExtraFiles = []*os.File{root}
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err = startUnprivileged(cmd, g.UID, g.GID); err == nil {
+		err = cmd.Wait()
+	}
+	out := stdout.Bytes()
 	if ctx.Err() != nil {
-		return nil, nil, fmt.Errorf("gdb took longer than %v", g.Timeout)
+		return nil, nil, nil, fmt.Errorf("gdb took longer than %v", g.Timeout)
 	}
 	if err != nil && len(out) == 0 {
-		return nil, nil, fmt.Errorf("gdb: %w", err)
+		return nil, nil, nil, fmt.Errorf("gdb: %w", err)
 	}
 	maps, _ := os.ReadFile(filepath.Join(dir, bundle.ProcDir, "maps"))
 	sym := NewSymbolizer(ParseMaps(maps), func(mp Mapping) (io.ReaderAt, io.Closer, error) {
-		f, err := os.Open(filepath.Join(dir, bundle.SysrootDir, mp.Path))
+		f, err := os.Open(filepath.Join(dir, bundle.SysrootDir, filepath.Clean("/"+mp.Path)))
 		return f, f, err
 	})
 	crashed, all := parseGDB(out, sym)
 	if len(crashed) == 0 {
-		return nil, nil, errors.New("gdb printed no frames")
+		return nil, nil, nil, errors.New("gdb printed no frames")
 	}
-	return crashed, all, nil
+	return crashed, all, sym.Warnings(), nil
 }
 
 var (

@@ -263,6 +263,14 @@ type Analysis struct {
 	// Threads holds every thread's backtrace when the full unwinder ran
 	// and the process had few enough threads.
 	Threads []Thread `json:"threads,omitempty"`
+	// Warnings says which frames are unnamed because a file the crashed
+	// container controls could not be read within the analysis limits
+	// (a symbol table too large, a section that inflates too far).
+	Warnings []string `json:"warnings,omitempty"`
+	// Attempts counts the agent's starts of the full unwind, recorded
+	// before each: a bundle whose analysis never ends (the agent died in
+	// it) is given up after a few, not retried at every start.
+	Attempts int `json:"attempts,omitempty"`
 }
 
 // Dedup links a crash to the stored core of the same bug: Of is that

@@ -174,3 +174,57 @@ func TestDedupTwoBugs(t *testing.T) {
 		}
 	}
 }
+
+// TestGDBUnprivileged: the agent's gdb, which parses the crashed
+// container's files, runs as nobody, with no capabilities left to use or
+// regain and no_new_privs, reading the bundle it was handed, and still
+// unwinds the crash right. A wrapper in gdb's place records the status of
+// the process gdb then becomes.
+func TestGDBUnprivileged(t *testing.T) {
+	dir, err := os.MkdirTemp("", "ccgdbpriv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// The wrapper runs as nobody: it must be able to write its record.
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	gdb, err := exec.LookPath("gdb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := filepath.Join(dir, "status")
+	wrapper := filepath.Join(dir, "gdb")
+	script := fmt.Sprintf("#!/bin/sh\ncat /proc/self/status > %s\nexec %s \"$@\"\n", record, gdb)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n, _, _, _ := agentNode(t, "gdbpriv", "analysis:\n  gdb: "+wrapper+"\n")
+	exe := buildSignals(t, n.Dir)
+	cmd := exec.Command(exe, "segv", "--threads")
+	n.Crash(cmd)
+	m := n.WaitAnalyzed(cmd.Process.Pid)
+	if m.Analysis == nil || m.Analysis.Unwinder != "gdb" || len(m.Backtrace) == 0 || m.Backtrace[0].Function != "crash_segv" ||
+		!strings.HasSuffix(m.Backtrace[0].File, "signals.c") || len(m.Analysis.Threads) != 4 {
+		t.Fatalf("analysis %+v, backtrace %+v: want gdb's, crash_segv in signals.c first, 4 threads", m.Analysis, m.Backtrace)
+	}
+	status, err := os.ReadFile(record)
+	if err != nil {
+		t.Fatalf("the gdb wrapper left no record: %v", err)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			got[k] = strings.Join(strings.Fields(v), " ")
+		}
+	}
+	zero := "0000000000000000"
+	for k, want := range map[string]string{"Uid": "65534 65534 65534 65534", "Gid": "65534 65534 65534 65534", "Groups": "",
+		"CapInh": zero, "CapPrm": zero, "CapEff": zero, "CapBnd": zero, "CapAmb": zero, "NoNewPrivs": "1"} {
+		if got[k] != want {
+			t.Errorf("gdb's %s: %q, want %q", k, got[k], want)
+		}
+	}
+	t.Logf("%s: %d threads; gdb ran as uid 65534, no capabilities, no_new_privs", m.Title, len(m.Analysis.Threads))
+}
