@@ -52,9 +52,9 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 	if exe == "" {
 		return nil, nil, nil, errors.New("no executable in the bundle")
 	}
-	// gdb reads the bundle as its own user, through a directory handed to
-	// it open (fd 3): the spool above stays root's alone.
-	root, err := handOver(dir, g.UID, g.GID)
+	// gdb reads the bundle as its own group, through a directory handed
+	// to it open (fd 3): the spool above stays root's alone.
+	root, err := handOver(dir, g.GID)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -18,25 +18,36 @@ import (
 // capabilities and unable to gain any: a gdb bug exploited by a crafted
 // file gets a process that can read little more than the bundle itself.
 
-// handOver gives the materialized bundle in dir to the user gdb runs as
-// (dir itself mode 0700, so no other user reads it) and returns dir open,
-// for gdb to reach it as /proc/self/fd/3: the spool above dir stays
-// root's alone, and no path to it needs to be searchable by anyone else.
-// When the agent is not root, dir is already its own.
-func handOver(dir string, uid, gid uint32) (*os.File, error) {
-	if os.Geteuid() == 0 {
-		err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
-			if err != nil {
+// handOver opens the materialized bundle in dir to gdb's group and no one
+// else (each entry group gid, the group given the owner's read and search
+// bits but not write, others nothing) and returns dir open, for gdb to reach it as /proc/self/fd/3: the
+// spool above dir stays root's alone, and no path to it needs to be
+// searchable by anyone else. Root stays the owner, so the agent removes
+// the copy afterwards without CAP_DAC_OVERRIDE or CAP_FOWNER, which the
+// chart does not grant. When the agent is not root, gdb runs as the
+// agent's own user and the group is left alone.
+func handOver(dir string, gid uint32) (*os.File, error) {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if os.Geteuid() == 0 {
+			if err := os.Lchown(p, -1, int(gid)); err != nil {
 				return err
 			}
-			return os.Lchown(p, int(uid), int(gid))
-		})
-		if err != nil {
-			return nil, fmt.Errorf("give the bundle to uid %d for gdb: %w", uid, err)
 		}
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("make the bundle private to gdb: %w", err)
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		mode := info.Mode().Perm()
+		return os.Chmod(p, mode&0o700|mode&0o500>>3)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open the bundle to gdb's group %d: %w", gid, err)
 	}
 	return os.Open(dir)
 }

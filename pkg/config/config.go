@@ -73,7 +73,8 @@ type Analysis struct {
 	MaxThreads int      `json:"max_threads"`
 	// RunAsUser and RunAsGroup are the unprivileged uid and gid gdb runs
 	// as (without capabilities, with no_new_privs): it parses files the
-	// crashed container wrote. A uid of its own is better than nobody's,
+	// crashed container wrote, from a copy of the bundle only that group
+	// can read. A uid and gid of their own are better than nobody's,
 	// which other daemons may share.
 	RunAsUser  uint32 `json:"run_as_user"`
 	RunAsGroup uint32 `json:"run_as_group"`

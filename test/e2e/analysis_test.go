@@ -178,8 +178,9 @@ func TestDedupTwoBugs(t *testing.T) {
 // TestGDBUnprivileged: the agent's gdb, which parses the crashed
 // container's files, runs as nobody, with no capabilities left to use or
 // regain and no_new_privs, reading the bundle it was handed, and still
-// unwinds the crash right. A wrapper in gdb's place records the status of
-// the process gdb then becomes.
+// unwinds the crash right. The agent runs with the chart's capabilities
+// only, as in its pod. A wrapper in gdb's place records the status of the
+// process gdb then becomes.
 func TestGDBUnprivileged(t *testing.T) {
 	dir, err := os.MkdirTemp("", "ccgdbpriv")
 	if err != nil {
@@ -200,14 +201,26 @@ func TestGDBUnprivileged(t *testing.T) {
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	n, _, _, _ := agentNode(t, "gdbpriv", "analysis:\n  gdb: "+wrapper+"\n")
+	m, err := harness.DecodeManifests(harness.RenderChart(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bounding := "-all"
+	for _, c := range m.DaemonSet().Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add {
+		bounding += ",+" + strings.ToLower(string(c))
+	}
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccgdbpriv-%d.sock", os.Getpid()))
+	n := harness.Install(t, "socket: "+socket+"\nanalysis:\n  gdb: "+wrapper+"\n")
+	t.Cleanup(func() { os.Remove(socket) })
+	runAgent(t, exec.Command("setpriv", "--bounding-set="+bounding, "--inh-caps=-all", "--",
+		n.Bin, "--config", n.Config, "agent", "--listen", "127.0.0.1:0"), socket)
 	exe := buildSignals(t, n.Dir)
 	cmd := exec.Command(exe, "segv", "--threads")
 	n.Crash(cmd)
-	m := n.WaitAnalyzed(cmd.Process.Pid)
-	if m.Analysis == nil || m.Analysis.Unwinder != "gdb" || len(m.Backtrace) == 0 || m.Backtrace[0].Function != "crash_segv" ||
-		!strings.HasSuffix(m.Backtrace[0].File, "signals.c") || len(m.Analysis.Threads) != 4 {
-		t.Fatalf("analysis %+v, backtrace %+v: want gdb's, crash_segv in signals.c first, 4 threads", m.Analysis, m.Backtrace)
+	b := n.WaitAnalyzed(cmd.Process.Pid)
+	if b.Analysis == nil || b.Analysis.Unwinder != "gdb" || len(b.Backtrace) == 0 || b.Backtrace[0].Function != "crash_segv" ||
+		!strings.HasSuffix(b.Backtrace[0].File, "signals.c") || len(b.Analysis.Threads) != 4 {
+		t.Fatalf("analysis %+v, backtrace %+v: want gdb's, crash_segv in signals.c first, 4 threads", b.Analysis, b.Backtrace)
 	}
 	status, err := os.ReadFile(record)
 	if err != nil {
@@ -226,5 +239,5 @@ func TestGDBUnprivileged(t *testing.T) {
 			t.Errorf("gdb's %s: %q, want %q", k, got[k], want)
 		}
 	}
-	t.Logf("%s: %d threads; gdb ran as uid 65534, no capabilities, no_new_privs", m.Title, len(m.Analysis.Threads))
+	t.Logf("%s: %d threads; the agent with %s, gdb as uid 65534 without capabilities, no_new_privs", b.Title, len(b.Analysis.Threads), bounding)
 }
