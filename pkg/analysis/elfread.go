@@ -152,8 +152,10 @@ func (f *elfFile) readProgs(off uint64, entsize, n int) error {
 	if n == 0 {
 		return nil
 	}
-	if entsize < want {
-		return fmt.Errorf("program header size %d", entsize)
+	// As the kernel's loader does: another size is no executable's, and
+	// a larger one would make the headers up to 4 GiB.
+	if entsize != want {
+		return fmt.Errorf("program header size %d, not %d", entsize, want)
 	}
 	br := bufio.NewReaderSize(io.NewSectionReader(f.r, int64(off), int64(n*entsize)), 64<<10)
 	h := make([]byte, entsize)
@@ -181,18 +183,22 @@ func (f *elfFile) readProgs(off uint64, entsize, n int) error {
 
 // section reads section header i.
 func (f *elfFile) section(shoff uint64, entsize, i int) (*elfSection, error) {
-	want := 64
-	if f.class == elf.ELFCLASS32 {
-		want = 40
+	if want := f.sectionSize(); entsize != want {
+		return nil, fmt.Errorf("section header size %d, not %d", entsize, want)
 	}
-	if entsize < want {
-		return nil, fmt.Errorf("section header size %d", entsize)
-	}
-	h := make([]byte, want)
+	h := make([]byte, entsize)
 	if _, err := f.r.ReadAt(h, int64(shoff)+int64(i)*int64(entsize)); err != nil {
 		return nil, fmt.Errorf("read section header %d: %w", i, err)
 	}
 	return f.parseSection(h), nil
+}
+
+// sectionSize is the size of a section header of the file's class.
+func (f *elfFile) sectionSize() int {
+	if f.class == elf.ELFCLASS32 {
+		return 40
+	}
+	return 64
 }
 
 func (f *elfFile) parseSection(h []byte) *elfSection {
@@ -210,6 +216,9 @@ func (f *elfFile) parseSection(h []byte) *elfSection {
 func (f *elfFile) readSections(shoff uint64, entsize, n, shstrndx int) error {
 	if n > maxSections {
 		return fmt.Errorf("%d section headers, more than %d: %w", n, maxSections, errLimit)
+	}
+	if want := f.sectionSize(); entsize != want {
+		return fmt.Errorf("section header size %d, not %d", entsize, want)
 	}
 	var names []byte
 	if shstrndx > 0 && shstrndx < n {

@@ -3,6 +3,7 @@ package analysis
 import (
 	"bytes"
 	"io"
+	"math/rand/v2"
 	"runtime"
 	"strings"
 	"testing"
@@ -55,5 +56,40 @@ func TestHostileSymbols(t *testing.T) {
 			t.Errorf("%s: warnings %q, want one saying %q", tc.name, w, tc.warn)
 		}
 		t.Logf("%s: %d bytes, %q", tc.name, len(file), w)
+	}
+}
+
+// TestMutatedELF feeds the readers thousands of randomly corrupted files
+// (bytes of the control files overwritten, a fixed seed): none may make
+// them panic or allocate much, whatever it declares.
+func TestMutatedELF(t *testing.T) {
+	base := hostile.Minimal(0x400000, make([]byte, 0x100))
+	seeds := [][]byte{base}
+	for _, k := range []hostile.Symbols{hostile.Named, hostile.NamedZlib} {
+		file, err := hostile.WithSymbols(base, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seeds = append(seeds, file)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 5000 {
+		file := bytes.Clone(seeds[r.IntN(len(seeds))])
+		for range 1 + r.IntN(8) {
+			file[r.IntN(len(file))] = byte(r.IntN(256))
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		BuildID(bytes.NewReader(file))
+		if e, err := readELF(bytes.NewReader(file)); err == nil {
+			e.lookupSymbols([]uint64{0x400000, 0x400010, 0x7fffffff})
+			if gt := e.goTable(); gt != nil {
+				gt.name(0x400010)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 16<<20 {
+			t.Fatalf("mutant %d cost %d bytes", i, alloc)
+		}
 	}
 }

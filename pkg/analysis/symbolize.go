@@ -171,12 +171,22 @@ func (s *Symbolizer) warn(m Mapping, err error) {
 	}
 }
 
+// guard turns a panic while reading m (a malformed file the readers'
+// checks missed) into a warning: it must never kill the helper.
+func (s *Symbolizer) guard(m Mapping, failed func()) {
+	if r := recover(); r != nil {
+		failed()
+		s.warn(m, fmt.Errorf("malformed file: %v", r))
+	}
+}
+
 // module reads a file's headers: build-id and segments.
-func (s *Symbolizer) module(m Mapping) *module {
+func (s *Symbolizer) module(m Mapping) (mod *module) {
 	if mod, ok := s.modules[m.Path]; ok {
 		return mod
 	}
 	s.modules[m.Path] = nil
+	defer s.guard(m, func() { mod = nil })
 	f, c, err := s.openELF(m)
 	if err != nil {
 		if !errors.Is(err, errNotELF) {
@@ -185,7 +195,7 @@ func (s *Symbolizer) module(m Mapping) *module {
 		return nil
 	}
 	defer c.Close()
-	mod := &module{buildID: f.buildID(), loads: f.loads, names: map[uint64]string{}}
+	mod = &module{buildID: f.buildID(), loads: f.loads, names: map[uint64]string{}}
 	s.modules[m.Path] = mod
 	return mod
 }
@@ -206,6 +216,7 @@ func (s *Symbolizer) openELF(m Mapping) (*elfFile, io.Closer, error) {
 // resolve names want (virtual addresses of mod): from a Go binary's pc
 // table, then in one pass over its ELF symbols for the rest.
 func (s *Symbolizer) resolve(m Mapping, mod *module, want []uint64) {
+	defer s.guard(m, func() { mod.failed = true })
 	f, c, err := s.openELF(m)
 	if err != nil {
 		mod.failed = true
