@@ -102,3 +102,19 @@ func dropPrivileges() error {
 		}
 	}
 }
+
+// cacheFor returns gdb's debuginfod cache open, creating it: the directory
+// is the unprivileged user's own (0700), as gdb writes there. In a pod,
+// where the agent has no CAP_DAC_OVERRIDE, what gdb downloaded outlives
+// the agent's cleanup of its work directory; libdebuginfod expires it.
+func cacheFor(dir string, uid, gid uint32) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("debuginfod cache: %w", err)
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(dir, int(uid), int(gid)); err != nil {
+			return nil, fmt.Errorf("give the debuginfod cache to uid %d for gdb: %w", uid, err)
+		}
+	}
+	return os.Open(dir)
+}

@@ -22,15 +22,28 @@ const (
 	MetadataFile = "metadata.json"
 	// ContainerLog is the end of the container's log, when it has one.
 	ContainerLog = "container.log"
-	CoreFile     = "core.zst"
-	SysrootDir   = "sysroot"
-	ProcDir      = "proc"
+	// StderrLog is the end of the crasher's standard error, when that
+	// was a regular file its user owns (a host process's log).
+	StderrLog  = "stderr.log"
+	CoreFile   = "core.zst"
+	SysrootDir = "sysroot"
+	ProcDir    = "proc"
 )
+
+// HsErrLog names a JVM's fatal error log, in its working directory and in
+// the bundle: the JVM names it by its pid in its own namespace.
+func HsErrLog(nsPID int) string { return fmt.Sprintf("hs_err_pid%d.log", nsPID) }
 
 // ProcTexts are the /proc/PID files every bundle keeps under ProcDir. They
 // are small and exist only while the kernel holds the crashed process.
 // EnvironText is kept too when configured: environments often hold secrets.
 var ProcTexts = []string{"cmdline", "status", "maps", "limits", "cgroup", "mountinfo", "auxv"}
+
+// CoreFrameBytes is how much raw core one zstd frame of CoreFile holds at
+// most: the helper ends a frame and starts the next at each multiple, so a
+// pull interrupted after a frame continues from there (a frame depends on
+// nothing before it). Older bundles are a single frame.
+const CoreFrameBytes = 64 << 20
 
 // EnvironText is /proc/PID/environ, kept only when configured.
 const EnvironText = "environ"
@@ -263,6 +276,13 @@ type Analysis struct {
 	// Threads holds every thread's backtrace when the full unwinder ran
 	// and the process had few enough threads.
 	Threads []Thread `json:"threads,omitempty"`
+	// Script is the interpreted or JIT-compiled program's stack,
+	// innermost first: Python's (module "python": file, line, function)
+	// when gdb had the interpreter's helpers (Debian's python3.x-dbg)
+	// where the agent runs; a JVM's Java frames (module "java") from its
+	// hs_err log; the JavaScript stack (module "javascript") Node.js
+	// printed to the log the bundle holds.
+	Script []Frame `json:"script,omitempty"`
 	// Warnings says which frames are unnamed because a file the crashed
 	// container controls could not be read within the analysis limits
 	// (a symbol table too large, a section that inflates too far).

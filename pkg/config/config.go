@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"path"
@@ -56,6 +57,17 @@ type Config struct {
 	Host      Host      `json:"host"`
 	S3        S3        `json:"s3"`
 	Upload    Upload    `json:"upload"`
+	Metrics   Metrics   `json:"metrics"`
+}
+
+// Metrics bounds what the agent exports to Prometheus where the crashing
+// process, not the operator, picks a label's value.
+type Metrics struct {
+	// MaxExeLabels is how many distinct executable names the exe label of
+	// corecatch_crashes_total takes in one agent's life; later names count
+	// as "other", so that a container renaming its binary at each crash
+	// cannot make a series per crash.
+	MaxExeLabels int `json:"max_exe_labels"`
 }
 
 // Analysis bounds the full unwind (gdb) of each stored core; the helper's
@@ -71,6 +83,11 @@ type Analysis struct {
 	Timeout    Duration `json:"timeout"`
 	MaxMemory  Size     `json:"max_memory"`
 	MaxThreads int      `json:"max_threads"`
+	// DebuginfodURLs are debuginfod servers (space-separated, as
+	// DEBUGINFOD_URLS, which applies when this is empty) gdb fetches the
+	// debug info of stripped executables and libraries from, by build-id,
+	// within the timeout and at most max_core_bytes a file.
+	DebuginfodURLs string `json:"debuginfod_urls"`
 	// RunAsUser and RunAsGroup are the unprivileged uid and gid gdb runs
 	// as (without capabilities, with no_new_privs): it parses files the
 	// crashed container wrote, from a copy of the bundle only that group
@@ -152,6 +169,40 @@ type Notify struct {
 	Mute         []Match      `json:"mute"`
 	Feishu       []Feishu     `json:"feishu"`
 	Alertmanager Alertmanager `json:"alertmanager"`
+
+	// LinkExpiry is how long a card's presigned download link works: a
+	// card forwarded out of the chat gives its reader the core (and the
+	// memory it holds) until then. At most 7 days, S3's and OBS's limit.
+	LinkExpiry Duration `json:"link_expiry"`
+	// QueueMaxBytes bounds each sink's queue in bytes (in memory and in
+	// the spool, also what is reloaded at start), beyond QueueMax's
+	// count; the oldest are dropped and counted. ItemMaxBytes bounds one
+	// notification: a larger one is refused (the bridge answers 413).
+	QueueMaxBytes Size `json:"queue_max_bytes"`
+	ItemMaxBytes  Size `json:"item_max_bytes"`
+	// Bridge serves Alertmanager's webhook as Feishu cards.
+	Bridge Bridge `json:"bridge"`
+}
+
+// Bridge configures the Alertmanager webhook bridge (/alertmanager/feishu)
+// of the agent and of `corecatch feishu-bridge`. Whoever can POST to it
+// posts into the company's chats, so it is off on the agent unless Listen
+// is set, on a port of its own, and answers only requests bearing the
+// token of TokenFile.
+type Bridge struct {
+	// Listen is the agent's address for the bridge (":9978"); empty: the
+	// agent serves no bridge. feishu-bridge's --listen overrides it.
+	Listen string `json:"listen"`
+	// TokenFile holds the bearer token Alertmanager must send
+	// (webhook_configs http_config.authorization.credentials_file); a
+	// mounted Secret in a pod.
+	TokenFile string `json:"token_file"`
+	// ButtonHosts are the hosts (or *.domain) that buttons of bridged
+	// cards may point to (runbook_url, generatorURL, externalURL); other
+	// buttons are dropped. Empty: no buttons.
+	ButtonHosts []string `json:"button_hosts"`
+	// MaxBodyBytes bounds a webhook request; larger ones get 413.
+	MaxBodyBytes Size `json:"max_body_bytes"`
 }
 
 // Match selects crashes by glob patterns (path.Match) over their identity;
@@ -325,12 +376,15 @@ func Default() *Config {
 		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
 		Identity: Identity{LogTail: Size{Bytes: 64 << 10}, Timeout: Duration(2 * time.Second)},
 		Notify: Notify{Aggregate: Duration(5 * time.Minute), QueueMax: 1000, Mute: []Match{}, Feishu: []Feishu{},
-			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"}},
+			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"},
+			LinkExpiry:   Duration(12 * time.Hour), QueueMaxBytes: Size{Bytes: 16 << 20}, ItemMaxBytes: Size{Bytes: 64 << 10},
+			Bridge: Bridge{ButtonHosts: []string{}, MaxBodyBytes: Size{Bytes: 1 << 20}}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64, RunAsUser: 65534, RunAsGroup: 65534},
-		Dedup:  Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
-		Host:   Host{ProcSysKernel: "/proc/sys/kernel"},
-		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Dedup:   Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:    Host{ProcSysKernel: "/proc/sys/kernel"},
+		Upload:  Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Metrics: Metrics{MaxExeLabels: 100},
 	}
 }
 
@@ -345,8 +399,16 @@ func Load(path string, explicit bool) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
+	return Parse(data, path)
+}
+
+// Parse reads a config file's text over the defaults, as Load does, for
+// configs that are not files of their own (the chart's ConfigMap, which
+// `kubectl corecatch` reads); source names it in errors.
+func Parse(data []byte, source string) (*Config, error) {
+	c := Default()
 	if err := yaml.UnmarshalStrict(data, c); err != nil {
-		return nil, fmt.Errorf("config %s: %w (see `corecatch config example`)", path, err)
+		return nil, fmt.Errorf("config %s: %w (see `corecatch config example`)", source, err)
 	}
 	return c, c.Validate()
 }
@@ -393,12 +455,20 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if c.Metrics.MaxExeLabels < 1 {
+		return fmt.Errorf("metrics.max_exe_labels %d: allow at least 1 executable name", c.Metrics.MaxExeLabels)
+	}
 	if c.Collect.MaxConcurrent < 1 || c.Collect.MaxCoresPerMinute < 0 {
 		return errors.New("collect.max_concurrent must be at least 1 and collect.max_cores_per_minute at least 0 (0: no cap)")
 	}
 	for _, n := range c.Dedup.Namespaces {
 		if _, err := path.Match(n.Namespace, ""); err != nil {
 			return fmt.Errorf("dedup.namespaces %q: %w", n.Namespace, err)
+		}
+	}
+	for _, u := range strings.Fields(c.Analysis.DebuginfodURLs) {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("analysis.debuginfod_urls %q: write http(s)://host:port, space-separated", u)
 		}
 	}
 	return c.Notify.validate()
@@ -439,6 +509,39 @@ func (n *Notify) validate() error {
 			return fmt.Errorf("notify.alertmanager.url %q: write http(s)://host:port", u)
 		}
 	}
+	return n.validateLimits()
+}
+
+// MaxLinkExpiry is the longest a presigned S3/OBS link may be valid.
+const MaxLinkExpiry = 7 * 24 * time.Hour
+
+// validateLimits checks the bounds of links, queues and the bridge.
+func (n *Notify) validateLimits() error {
+	if e := time.Duration(n.LinkExpiry); e < time.Minute || e > MaxLinkExpiry {
+		return fmt.Errorf("notify.link_expiry %s: use from 1m to 7d (S3's and OBS's longest presigned link)", n.LinkExpiry)
+	}
+	for _, s := range []struct {
+		key  string
+		size Size
+	}{{"notify.queue_max_bytes", n.QueueMaxBytes}, {"notify.item_max_bytes", n.ItemMaxBytes}, {"notify.bridge.max_body_bytes", n.Bridge.MaxBodyBytes}} {
+		if s.size.Percent != 0 || s.size.Bytes < 4<<10 {
+			return fmt.Errorf("%s %s: use a size of at least 4KiB (not a percentage)", s.key, s.size)
+		}
+	}
+	if n.ItemMaxBytes.Bytes > n.QueueMaxBytes.Bytes {
+		return fmt.Errorf("notify.item_max_bytes %s is larger than notify.queue_max_bytes %s: raise the queue's or lower the item's", n.ItemMaxBytes, n.QueueMaxBytes)
+	}
+	if _, _, err := net.SplitHostPort(n.Bridge.Listen); n.Bridge.Listen != "" && err != nil {
+		return fmt.Errorf("notify.bridge.listen %q: write [host]:port (:9978): %w", n.Bridge.Listen, err)
+	}
+	if n.Bridge.Listen != "" && n.Bridge.TokenFile == "" {
+		return errors.New("notify.bridge.listen is set without notify.bridge.token_file: the bridge answers only requests bearing a token; put one in a file (a mounted Secret) and name it")
+	}
+	for _, h := range n.Bridge.ButtonHosts {
+		if strings.TrimPrefix(h, "*.") == "" || strings.ContainsAny(strings.TrimPrefix(h, "*."), "*/:@ ") {
+			return fmt.Errorf("notify.bridge.button_hosts %q: write a host name (runbooks.example.com) or *.example.com", h)
+		}
+	}
 	return nil
 }
 
@@ -473,7 +576,7 @@ var units = []struct {
 func ParseSize(text string) (Size, error) {
 	t := strings.TrimSpace(text)
 	if p, ok := strings.CutSuffix(t, "%"); ok {
-		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		f, err := finite(strings.TrimSpace(p))
 		if err != nil || f < 0 || f > 100 {
 			return Size{}, fmt.Errorf("size %q: a percentage must be between 0%% and 100%%", text)
 		}
@@ -486,12 +589,12 @@ func ParseSize(text string) (Size, error) {
 			break
 		}
 	}
-	f, err := strconv.ParseFloat(t, 64)
+	f, err := finite(t)
 	if err != nil || f < 0 {
 		return Size{}, fmt.Errorf("size %q: write a number of bytes, optionally with a unit (512MiB, 4GB) or a percentage (10%%)", text)
 	}
 	if f*float64(mult) >= math.MaxInt64 {
-		return Size{}, fmt.Errorf("size %q is too large", text)
+		return Size{}, fmt.Errorf("size %q is too large: at most 8EiB", text)
 	}
 	return Size{Bytes: int64(f * float64(mult))}, nil
 }
@@ -532,6 +635,19 @@ func unmarshal[T any](b []byte, parse func(string) (T, error), dst *T) error {
 	return nil
 }
 
+// finite reads a decimal number, refusing what strconv.ParseFloat also
+// accepts but no size or duration can be: NaN and the infinities.
+func finite(text string) (float64, error) {
+	f, err := strconv.ParseFloat(text, 64)
+	if err != nil {
+		return 0, err
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("%q is not a finite number", text)
+	}
+	return f, nil
+}
+
 // Duration is a time.Duration written as Go does (90s, 10m, 2h) or in days
 // (14d), the unit retention is usually thought in.
 type Duration time.Duration
@@ -540,9 +656,12 @@ type Duration time.Duration
 func ParseDuration(text string) (Duration, error) {
 	t := strings.TrimSpace(text)
 	if d, ok := strings.CutSuffix(t, "d"); ok {
-		n, err := strconv.ParseFloat(d, 64)
+		n, err := finite(d)
 		if err != nil || n < 0 {
 			return 0, fmt.Errorf("duration %q: write 14d, 36h or 10m", text)
+		}
+		if n*float64(24*time.Hour) >= math.MaxInt64 {
+			return 0, fmt.Errorf("duration %q is too long: at most 106751d", text)
 		}
 		return Duration(n * float64(24*time.Hour)), nil
 	}
