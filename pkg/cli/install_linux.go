@@ -21,6 +21,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/identity"
+	"github.com/corecatch/corecatch/pkg/kube"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
@@ -248,6 +249,14 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		return err
 	}
 	go nt.Run(ctx)
+	podEvents := func(*bundle.Metadata) {}
+	if ev, err := kube.New(kube.Options{Node: cfg.Node, Log: log, Result: met.Notification}); err != nil {
+		log.Info("pod events off", zap.Error(err))
+	} else {
+		met.Sink(kube.Sink, kube.Results)
+		podEvents = ev.Crash
+		go ev.Run(ctx)
+	}
 	var ready atomic.Bool
 	mux := newMux(met, ready.Load)
 	mux.Handle(bridgePath, nt.Bridge())
@@ -294,7 +303,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	return agent.New(agent.Options{
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: local, Uploader: up,
 		OnBundle:   met.Bundle,
-		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m) },
+		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m); podEvents(m) },
 		OnSignal: func(ev observer.Event) {
 			// The process is still there at its fatal signal: its cgroup
 			// names its container; the runtime, asked meanwhile, the rest.

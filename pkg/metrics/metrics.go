@@ -223,12 +223,18 @@ func (m *Metrics) Notification(sink, result string) {
 // notifications wait in each sink's queue, read by pending at each scrape.
 func (m *Metrics) Notifier(sinks, results []string, pending func() map[string]int) {
 	for _, s := range sinks {
-		for _, r := range results {
-			m.notifications.WithLabelValues(s, r)
-		}
+		m.Sink(s, results)
 	}
 	m.Registry.MustRegister(&pendingCollector{pending: pending, desc: prometheus.NewDesc("corecatch_notifications_pending",
 		"Notifications waiting in a sink's queue in the spool: the service is down, refusing, or rate-limiting.", []string{"sink"}, nil)})
+}
+
+// Sink creates the notification counters of one more sink at 0 (the Pod
+// Events, which queue in memory, not in the spool).
+func (m *Metrics) Sink(sink string, results []string) {
+	for _, r := range results {
+		m.notifications.WithLabelValues(sink, r)
+	}
 }
 
 // pendingCollector reads the notification queues' lengths at scrape time.
