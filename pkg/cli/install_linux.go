@@ -309,8 +309,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 			// names its container; the runtime, asked meanwhile, the rest.
 			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
 			go func() {
-				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-					identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
+				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
 				met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)
 			}()
 		},

@@ -16,7 +16,7 @@ import (
 // DropReasons are the values of corecatch_cores_dropped_total's reason
 // label. Each exists at 0 from the start, so that an alert on increase()
 // sees the first drop.
-var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "error"}
+var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "pod_policy", "error"}
 
 // Metrics holds the agent's collectors.
 type Metrics struct {
@@ -174,6 +174,8 @@ func dropReason(c bundle.Core) string {
 		return "dedup"
 	case bundle.ReasonRateLimit:
 		return "rate_limit"
+	case bundle.ReasonPodPolicy:
+		return "pod_policy"
 	}
 	return "error"
 }
