@@ -10,8 +10,10 @@ BIN       := bin/corecatch
 # open bundles, the zstd CLI as the reference decoder and baseline;
 # containerd, runc and busybox-static run a real container (no image needed);
 # prometheus scrapes a real agent and gives promtool for the rule tests.
-# etcd-server backs the real single-node cluster's kube-apiserver.
-TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus prometheus-alertmanager etcd-server
+# etcd-server backs the real single-node cluster's kube-apiserver; elfutils is
+# in corecatch's image (built from the host's Debian packages, as the
+# Dockerfile's apt-get line lists them).
+TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus prometheus-alertmanager etcd-server elfutils
 # What `make generate` needs to rebuild the committed BPF objects exactly.
 GEN_DEBS  := clang-14 llvm-14 libbpf-dev
 # A real S3 service for the S3 store's tests and the upload bench: versitygw
@@ -20,15 +22,19 @@ VERSITYGW := github.com/versity/versitygw/cmd/versitygw@v1.8.0
 VGW_BIN   := /usr/local/bin/versitygw
 
 HELM      := bin/helm
-# kube-apiserver, kubelet and kubectl for the real single-node cluster, built
+# kube-apiserver, kube-controller-manager (the DaemonSet and Deployment
+# controllers), kube-scheduler, kubelet and kubectl for the real single-node
+# cluster, built
 # once from the Go module proxy in their own module (tools/kube) into a cache
-# that survives clean clones on the same machine; its name carries go.sum's
-# hash, so a changed pin builds anew. test/harness finds it the same way.
+# that survives clean clones on the same machine; its name carries the hash
+# of tools/kube's go.mod and go.sum (not their times: a fresh clone reuses
+# it), so a changed pin builds anew. test/harness finds it the same way.
 KUBE_CACHE ?= /var/cache/corecatch
 KUBE_VER  := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2; exit}' tools/kube/go.mod)
-KUBE_SUM  := $(shell sha256sum tools/kube/go.sum | cut -c1-12)
+KUBE_SUM  := $(shell cat tools/kube/go.mod tools/kube/go.sum | sha256sum | cut -c1-12)
 KUBE_DIR  := $(KUBE_CACHE)/kube-$(KUBE_VER)-$(KUBE_SUM)
-KUBE_BINS := $(KUBE_DIR)/kube-apiserver $(KUBE_DIR)/kubelet $(KUBE_DIR)/kubectl
+KUBE_CMDS := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+KUBE_BINS := $(addprefix $(KUBE_DIR)/,$(KUBE_CMDS))
 KUBE_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(p).gitVersion=$(KUBE_VER) -X $(p).gitMajor=$(word 1,$(subst ., ,$(KUBE_VER:v%=%))) \
 	-X $(p).gitMinor=$(word 2,$(subst ., ,$(KUBE_VER:v%=%))) -X $(p).gitTreeState=clean)
@@ -83,10 +89,10 @@ $(HELM): tools/helm/go.mod tools/helm/go.sum
 # kube builds the cluster's binaries into $(KUBE_DIR) (about 15 minutes cold
 # on two cores, nothing when cached); the cache is written whole or not at all.
 kube: $(KUBE_BINS)
-$(KUBE_BINS) &: tools/kube/go.mod tools/kube/go.sum
+$(KUBE_BINS) &:
 	rm -rf $(KUBE_DIR).tmp && mkdir -p $(KUBE_DIR).tmp
 	cd tools/kube && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(KUBE_DIR).tmp/ \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
+		$(addprefix k8s.io/kubernetes/cmd/,$(KUBE_CMDS))
 	rm -rf $(KUBE_DIR) && mv $(KUBE_DIR).tmp $(KUBE_DIR)
 
 # manifests renders the plain manifests from the chart.

@@ -2,7 +2,8 @@
 // chart renders, with each platform's values, decodes strictly into its API
 // type; the DaemonSet has what the agent needs and its config agrees with
 // its mounts; the chart carries the dashboard and the alert rules exactly;
-// and the Dockerfile builds the binary as `make build` does. It needs helm
+// and the Dockerfile builds the binary as `make build` does, and the image
+// built without Docker has its layout. It needs helm
 // (`make bin/helm`) for the values files, never root.
 package deploy_test
 

@@ -1,18 +1,13 @@
 package e2e
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -131,66 +126,13 @@ func (c *cri) ready() error {
 // (k8s.io) with ctr.
 func (c *cri) importImage(t *testing.T, rootfs, ref string, entrypoint ...string) {
 	t.Helper()
-	var layer bytes.Buffer
-	lw := tar.NewWriter(&layer)
-	if err := lw.AddFS(os.DirFS(rootfs)); err != nil {
-		t.Fatalf("tar %s: %v", rootfs, err)
-	}
-	if err := lw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	var archive bytes.Buffer
-	aw := tar.NewWriter(&archive)
-	blob := func(mediaType string, data []byte) map[string]any {
-		digest := fmt.Sprintf("sha256:%x", sha256.Sum256(data))
-		tarFile(t, aw, "blobs/sha256/"+strings.TrimPrefix(digest, "sha256:"), data)
-		return map[string]any{"mediaType": mediaType, "digest": digest, "size": len(data)}
-	}
-	layerDesc := blob("application/vnd.oci.image.layer.v1.tar", layer.Bytes())
-	config := blob("application/vnd.oci.image.config.v1+json", jsonBytes(t, map[string]any{
-		"architecture": runtime.GOARCH, "os": "linux",
-		"config": map[string]any{"Entrypoint": entrypoint},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []any{layerDesc["digest"]}},
-	}))
-	manifest := blob("application/vnd.oci.image.manifest.v1+json", jsonBytes(t, map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-		"config": config, "layers": []any{layerDesc},
-	}))
-	// containerd names the image by this annotation, whole.
-	manifest["annotations"] = map[string]string{"io.containerd.image.name": ref}
-	tarFile(t, aw, "index.json", jsonBytes(t, map[string]any{"schemaVersion": 2, "manifests": []any{manifest}}))
-	tarFile(t, aw, "oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`))
-	if err := aw.Close(); err != nil {
-		t.Fatal(err)
-	}
 	file := rootfs + ".oci.tar"
-	if err := os.WriteFile(file, archive.Bytes(), 0o644); err != nil {
+	if err := harness.WriteOCIArchive(file, rootfs, ref, entrypoint, nil); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := c.try("-n", "k8s.io", "images", "import", file); err != nil {
 		t.Fatalf("ctr images import %s: %v\n%s", file, err, out)
 	}
-}
-
-// tarFile writes one regular file into a tar archive.
-func tarFile(t *testing.T, w *tar.Writer, name string, data []byte) {
-	t.Helper()
-	if err := w.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(data); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// jsonBytes marshals a piece of the image archive.
-func jsonBytes(t *testing.T, v any) []byte {
-	t.Helper()
-	data, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 // criPod is a pod of one container, "app", made through the CRI as kubelet
