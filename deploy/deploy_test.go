@@ -334,8 +334,9 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
-// TestPodEventsRBAC checks the least RBAC the agent's Pod Events need (get
-// pods, create and patch events), bound to its service account, whose token
+// TestPodEventsRBAC checks the least RBAC the agent's Pod Events and its
+// hand-over at a rolling update need (get pods and daemonsets, create and
+// patch events), bound to its service account, whose token
 // is mounted only then; podEvents=false renders no RBAC and no token.
 func TestPodEventsRBAC(t *testing.T) {
 	for _, on := range []bool{true, false} {
@@ -367,6 +368,7 @@ func TestPodEventsRBAC(t *testing.T) {
 		want := []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
 			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+			{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
 		}
 		if role == nil || !reflect.DeepEqual(role.Rules, want) {
 			t.Fatalf("ClusterRole %+v, want exactly the rules %+v", role, want)

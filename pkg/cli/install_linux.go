@@ -215,7 +215,16 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		log.Warn("repaired: a previous agent left corecatch installed; its saved sysctls will be restored at exit", zap.String("found", res.PreviousPattern))
 	}
 	log.Info("installed", zap.String("core_pattern", res.Pattern), zap.String("previous", res.PreviousPattern), zap.String("store", st.String()))
+	// In a pod whose DaemonSet lives on (a rolling update), the next agent
+	// takes over: the helper stays installed for the crashes in between.
+	handOver := func() (bool, string) { return false, "" }
 	defer func() {
+		if ok, why := handOver(); ok {
+			log.Info("left corecatch installed for the next agent", zap.String("why", why))
+			return
+		} else if why != "" {
+			log.Info("restoring the node", zap.String("why", why))
+		}
 		if res, err := uninstall(cfg); err != nil {
 			log.Error("restore core_pattern", zap.Error(err))
 		} else {
@@ -256,6 +265,9 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		met.Sink(kube.Sink, kube.Results)
 		podEvents = ev.Crash
 		go ev.Run(ctx)
+		handOver = func() (bool, string) {
+			return ev.DaemonSetLivesOn(context.Background(), os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"))
+		}
 	}
 	var ready atomic.Bool
 	mux := newMux(met, ready.Load)

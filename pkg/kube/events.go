@@ -1,6 +1,7 @@
-// Package kube puts each crash on its Pod as a Kubernetes Warning Event
-// (reason CoreDumped), so that `kubectl describe pod` and `kubectl get
-// events` show it next to the restarts it caused. It uses client-go's
+// Package kube is what the agent asks of the Kubernetes API: it puts each
+// crash on its Pod as a Warning Event (reason CoreDumped), so that `kubectl
+// describe pod` and `kubectl get events` show it next to the restarts it
+// caused, and tells a stopping agent whether its DaemonSet lives on. It uses client-go's
 // record broadcaster, the one kubelet uses: similar Events are aggregated
 // and a storm is rate-limited per Pod in the agent, before they reach the
 // API server. The crash path never waits for the API server: Events are
@@ -69,6 +70,7 @@ type Options struct {
 // Events sends crashes to the API server as Pod Events.
 type Events struct {
 	o           Options
+	cs          kubernetes.Interface
 	pods        typedcorev1.PodsGetter
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
@@ -109,6 +111,7 @@ func NewForConfig(cfg *rest.Config, o Options) (*Events, error) {
 	b.StartRecordingToSink(&countingSink{EventSink: &typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")}, result: o.Result})
 	return &Events{
 		o:           o,
+		cs:          cs,
 		pods:        cs.CoreV1(),
 		broadcaster: b,
 		recorder:    b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "corecatch", Host: o.Node}),
@@ -168,6 +171,37 @@ func (e *Events) send(ctx context.Context, m *bundle.Metadata) {
 		return
 	}
 	e.recorder.Event(pod, corev1.EventTypeWarning, Reason, Message(m))
+}
+
+// DaemonSetLivesOn says whether the DaemonSet that owns the agent's pod
+// (namespace/pod, from the downward API) lives on while this agent stops:
+// a rolling update or a deleted pod, whose next agent takes the node over,
+// so that this one leaves the helper installed for the crashes in between
+// (the next one keeps the sysctls it saved). False, with the reason, when
+// the DaemonSet is gone or being deleted (helm uninstall) or the API server
+// cannot say: the agent then restores the node.
+func (e *Events) DaemonSetLivesOn(ctx context.Context, namespace, pod string) (bool, string) {
+	if namespace == "" || pod == "" {
+		return false, "POD_NAMESPACE or POD_NAME is not set"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	p, err := e.cs.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return false, fmt.Sprintf("read the agent's pod: %v", err)
+	}
+	owner := metav1.GetControllerOf(p)
+	if owner == nil || owner.Kind != "DaemonSet" {
+		return false, "the agent's pod has no DaemonSet"
+	}
+	ds, err := e.cs.AppsV1().DaemonSets(namespace).Get(ctx, owner.Name, metav1.GetOptions{})
+	switch {
+	case err != nil:
+		return false, fmt.Sprintf("read DaemonSet %s: %v", owner.Name, err)
+	case ds.UID != owner.UID || ds.DeletionTimestamp != nil:
+		return false, "DaemonSet " + owner.Name + " is being deleted"
+	}
+	return true, "DaemonSet " + owner.Name + " lives on: its next agent takes the node over"
 }
 
 // Message is an Event's text: the crash's title, its signal and the

@@ -42,6 +42,8 @@ func startKube(t *testing.T) *kubeCluster {
 	harness.KubeDir(t) // skips (or fails under CI=true) before anything starts
 	dir := harness.TempDir(t, "cck")
 	c := startCRI(t, dir)
+	// After the cluster has stopped: what kubelet's pods left, if anything.
+	t.Cleanup(func() { clearCgroup("/kubepods") })
 	root, layout := harness.CorecatchRootfs(t, filepath.Join(dir, "image"), harness.Binary(t))
 	archive := filepath.Join(dir, "corecatch.oci.tar")
 	for _, tag := range []string{"e2e1", "e2e2"} {
@@ -133,7 +135,7 @@ func TestKubernetes(t *testing.T) {
 	n := harness.Attach(t, k.dir, k.hostConfig(t), filepath.Join(k.dir, "data", "bundles"), filepath.Join(k.dir, "data", "spool"))
 
 	// A Deployment whose container crashes once.
-	k.apply(t, crasherDeployment("shop", "checkout", ""))
+	k.apply(t, crasherDeployment("shop", "checkout", crashOnce))
 	m := k.waitBundle(t, n, func(m *bundle.Metadata) bool {
 		return m.Pod != nil && m.Pod.Namespace == "shop" && strings.HasPrefix(m.Pod.Name, "checkout-")
 	})
@@ -168,6 +170,50 @@ func TestKubernetes(t *testing.T) {
 	if len(sm.Pod.UID) != 32 || sm.Pod.Namespace != "default" {
 		t.Errorf("static pod %+v: want namespace default and kubelet's 32-hex-digit uid", sm.Pod)
 	}
+
+	// helm upgrade to a new tag while a pod crashes every second: the old
+	// agent leaves the helper to the next one, so every crash has its
+	// bundle.
+	if err := os.WriteFile(filepath.Join(crashState, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k.apply(t, crasherDeployment("batch", "looper", crashLoop))
+	crashes := func() int {
+		data, _ := os.ReadFile(filepath.Join(crashState, "crashes"))
+		return strings.Count(string(data), "\n")
+	}
+	waitFor(t, 2*time.Minute, "the looper's first crashes", func() string {
+		if crashes() < 3 {
+			return fmt.Sprintf("%d crashes", crashes())
+		}
+		return ""
+	})
+	k.helmRun(t, append([]string{"upgrade", "corecatch", harness.Chart, "-n", "corecatch", "--wait", "--timeout", "3m"}, k.chartValues("e2e2")...)...)
+	k.Kubectl("-n", "corecatch", "rollout", "status", "daemonset/corecatch", "--timeout", "2m")
+	if img := k.Kubectl("-n", "corecatch", "get", "pods", "-o", "jsonpath={.items[*].spec.containers[0].image}"); img != clusterImage+":e2e2" {
+		t.Errorf("the agent runs %q after the upgrade, want %s:e2e2", img, clusterImage)
+	}
+	if logs := k.Kubectl("-n", "corecatch", "logs", "daemonset/corecatch"); !strings.Contains(logs, "a previous agent left corecatch installed") {
+		t.Errorf("the new agent did not take the node over from the old one (no repair in its log):\n%s", logs)
+	}
+	time.Sleep(3 * time.Second)
+	os.Remove(filepath.Join(crashState, "go"))
+	time.Sleep(3 * time.Second) // the last one crashes
+	total := crashes()
+	var looped int
+	waitFor(t, 2*time.Minute, "a bundle for every crash across the upgrade", func() string {
+		looped = 0
+		for _, m := range n.Bundles() {
+			if m.Pod != nil && m.Pod.Namespace == "batch" {
+				looped++
+			}
+		}
+		if looped < total {
+			return fmt.Sprintf("%d bundles of %d crashes", looped, total)
+		}
+		return ""
+	})
+	t.Logf("helm upgrade: %d crashes, %d bundles", total, looped)
 
 	k.helmRun(t, "uninstall", "corecatch", "-n", "corecatch", "--wait", "--timeout", "2m")
 	waitFor(t, 60*time.Second, "core_pattern and core_pipe_limit restored", func() string {
@@ -226,9 +272,16 @@ func (k *kubeCluster) waitBundle(t *testing.T, n *harness.Node, match func(*bund
 // crashState is the host directory where crashers remember they crashed.
 const crashState = "/run/corecatch-e2e-state"
 
-// crasherSpec is a pod spec whose container crashes (SIGSEGV) the first
-// time it starts on this node (a hostPath remembers) and then sleeps.
-func crasherSpec(indent string) string {
+// crashOnce crashes (SIGSEGV) the first time the container starts on this
+// node (a hostPath remembers) and then sleeps.
+const crashOnce = "if [ ! -e /state/$(POD) ]; then : > /state/$(POD); exec /lim_mem 1 fill; fi; exec sleep 2147483647"
+
+// crashLoop runs a crasher every second while /state/go exists, noting
+// each in /state/crashes first.
+const crashLoop = "while [ -e /state/go ]; do echo $(POD) >> /state/crashes; /lim_mem 1 fill; sleep 1; done; exec sleep 2147483647"
+
+// crasherSpec is a pod spec whose container runs command.
+func crasherSpec(indent, command string) string {
 	spec := `hostNetwork: true
 tolerations:
 - operator: Exists
@@ -236,7 +289,7 @@ containers:
 - name: app
   image: ` + appImage + `
   imagePullPolicy: Never
-  command: ["/bin/sh", "-c", "if [ ! -e /state/$(POD) ]; then : > /state/$(POD); exec /lim_mem 1 fill; fi; exec sleep 2147483647"]
+  command: ["/bin/sh", "-c", "` + command + `"]
   env:
   - name: POD
     valueFrom: {fieldRef: {fieldPath: metadata.name}}
@@ -250,7 +303,7 @@ volumes:
 }
 
 // crasherDeployment is a Deployment of one crashing pod in a new namespace.
-func crasherDeployment(namespace, name, annotations string) string {
+func crasherDeployment(namespace, name, command string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Namespace
 metadata: {name: %[1]s}
@@ -264,9 +317,8 @@ spec:
   template:
     metadata:
       labels: {app: %[2]s}
-      annotations: {%[3]s}
     spec:
-%[4]s`, namespace, name, annotations, crasherSpec("      "))
+%[3]s`, namespace, name, crasherSpec("      ", command))
 }
 
 // crasherPod is a bare pod manifest (a static pod's).
@@ -275,5 +327,5 @@ func crasherPod(name, namespace string) string {
 kind: Pod
 metadata: {name: %s, namespace: %s}
 spec:
-%s`, name, namespace, crasherSpec("  "))
+%s`, name, namespace, crasherSpec("  ", crashOnce))
 }
