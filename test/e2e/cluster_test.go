@@ -227,6 +227,60 @@ func TestKubernetes(t *testing.T) {
 		}
 		return ""
 	})
+
+	// The README's Deploy commands, as written, on the same cluster: only
+	// what this machine lacks is added to helm install (no registry, no
+	// CNI, no Prometheus Operator: the README says which flags), and
+	// Huawei Cloud OBS and Feishu stay unreachable (the agent queues
+	// uploads and cards; the crash is still collected and on its Pod).
+	k.Kubectl("delete", "namespace", "corecatch", "--timeout", "2m")
+	k.readmeDeploy(t)
+	k.Kubectl("-n", "corecatch", "rollout", "status", "daemonset/corecatch", "--timeout", "3m")
+	k.apply(t, crasherDeployment("docs", "readme", crashOnce))
+	waitFor(t, 3*time.Minute, "the CoreDumped Event of the README's install", func() string {
+		out, _ := k.TryKubectl("-n", "docs", "get", "events", "--field-selector", "reason="+kube.Reason)
+		if !strings.Contains(out, "corecatch pull ") {
+			return out
+		}
+		return ""
+	})
+	k.helmRun(t, "uninstall", "corecatch", "-n", "corecatch", "--wait", "--timeout", "2m")
+}
+
+// readmeDeploy runs the README's "Deploy it" commands with bash, helm
+// install given the test's values on top.
+func (k *kubeCluster) readmeDeploy(t *testing.T) {
+	t.Helper()
+	readme, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)## Deploy it \\(Kubernetes\\).*?```\n(.*?)```").FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README.md has no Deploy section with a command block")
+	}
+	extra := k.chartValues("e2e1")
+	var cmds []string
+	for _, line := range strings.Split(strings.ReplaceAll(string(m[1]), "\\\n", " "), "\n") {
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		if strings.HasPrefix(line, "helm install ") {
+			line += " " + strings.Join(extra, " ")
+		}
+		cmds = append(cmds, line)
+	}
+	if len(cmds) != 4 {
+		t.Fatalf("the README's Deploy block has %d commands, want kubectl create namespace, two secrets and helm install:\n%s", len(cmds), m[1])
+	}
+	for _, line := range cmds {
+		cmd := exec.Command("bash", "-c", line)
+		cmd.Dir = harness.RepoRoot()
+		cmd.Env = append(k.Env(), "PATH="+filepath.Dir(k.helm)+":"+harness.KubeDir(t)+":"+os.Getenv("PATH"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("README: %s: %v\n%s", line, err, out)
+		}
+	}
 }
 
 // hostConfig writes the config the agent's pod uses, as the host sees it
