@@ -111,14 +111,14 @@ func waitFor(t *testing.T, d time.Duration, what string, f func() string) {
 // core_pipe_limit byte for byte and removes the helper from the host.
 func TestKubernetes(t *testing.T) {
 	k := startKube(t)
-	// What the node had before the chart (read under the lock).
-	saved := map[string][]byte{}
-	for _, f := range []string{"core_pattern", "core_pipe_limit"} {
-		data, err := os.ReadFile("/proc/sys/kernel/" + f)
-		if err != nil {
+	// What the node has before the chart: a pattern of its own, so that
+	// a restore is told from a default (the harness puts the real one
+	// back at the end).
+	saved := map[string][]byte{"core_pattern": []byte("core.%e.%p.e2e\n"), "core_pipe_limit": []byte("3\n")}
+	for f, v := range saved {
+		if err := os.WriteFile("/proc/sys/kernel/"+f, v, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		saved[f] = data
 	}
 	os.RemoveAll(crashState)
 	t.Cleanup(func() { os.RemoveAll(crashState) })

@@ -127,6 +127,7 @@ func StartCluster(t testing.TB, criSocket string) *Cluster {
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", pki["sa.pub"], "--service-account-signing-key-file", pki["sa.key"],
 		"--authorization-mode", "Node,RBAC", "--allow-privileged",
+		"--kubelet-preferred-address-types", "InternalIP", // kubectl logs: the node's name resolves nowhere
 		"--cert-dir", filepath.Join(dir, "pki"))
 	c.Kubeconfig = c.kubeconfig("admin", pki["ca.crt"], pki["admin.crt"], pki["admin.key"])
 	if err := c.wait(60*time.Second, "the API server", "get", "--raw", "/readyz"); err != nil {
@@ -150,7 +151,7 @@ staticPodPath: %s
 fileCheckFrequency: 2s
 containerRuntimeEndpoint: unix://%s
 podLogsDir: %s
-address: 127.0.0.1
+address: %s
 port: %d
 readOnlyPort: 0
 healthzPort: 0
@@ -163,7 +164,7 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.availab
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 resolvConf: ""
-`, c.StaticPods, criSocket, filepath.Join(dir, "pods"), freePort(t))
+`, c.StaticPods, criSocket, filepath.Join(dir, "pods"), ServiceIP, freePort(t))
 	if err := os.WriteFile(kubeletConfig, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
