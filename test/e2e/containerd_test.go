@@ -265,7 +265,6 @@ func pidsWithArgs(flag, value string) []int {
 	return pids
 }
 
-
 // busyboxRoot makes a root filesystem of static busybox (/bin/sh,
 // /bin/sleep) and returns its directory.
 func busyboxRoot(t *testing.T, dir string) string {
