@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/signal"
@@ -92,6 +94,9 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 	// uninstall there: it holds the host's view of the host paths.
 	snap := *cfg
 	snap.Host.BinMount, snap.Host.ProcSysKernel = "", sysctl.Proc
+	// The helper notifies nobody: the bots' URLs and secrets stay off the
+	// host's disk.
+	snap.Notify = config.Default().Notify
 	data, err := snap.Marshal()
 	if err != nil {
 		return sysctl.Result{}, err
@@ -108,12 +113,41 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 // uninstall restores the sysctls install replaced, then removes the helper
 // it copied into host.bin_dir: in that order, so that the kernel never
 // runs a pattern whose binary is gone.
+// Without saved values in cfg's spool, the spool (and host.bin_dir) are
+// those of the config the installed core_pattern names: install's own
+// snapshot, which says where it saved them.
 func uninstall(cfg *config.Config) (sysctl.Result, error) {
+	if _, err := os.Stat(filepath.Join(cfg.Spool, sysctl.StateFile)); errors.Is(err, fs.ErrNotExist) {
+		if installed, err := installedConfig(cfg); err != nil {
+			return sysctl.Result{}, err
+		} else if installed != nil {
+			cfg = installed
+		}
+	}
 	res, err := sysctl.Uninstall(cfg.Host.ProcSysKernel, cfg.Spool)
 	if err != nil || cfg.Host.BinDir == "" {
 		return res, err
 	}
 	return res, sysctl.RemoveHelper(cfg.Host.BinMountDir())
+}
+
+// installedConfig reads the config the installed core_pattern names, with
+// cfg's view of the host (where the kernel's files and bin_dir are from
+// here); nil when the pattern is not corecatch's.
+func installedConfig(cfg *config.Config) (*config.Config, error) {
+	path, err := sysctl.InstalledConfig(cfg.Host.ProcSysKernel)
+	if err != nil || path == "" {
+		return nil, err
+	}
+	c, err := config.Load(path, true)
+	if err != nil {
+		return nil, fmt.Errorf("the installed core_pattern names %s: %w (pass the --spool that install used)", path, err)
+	}
+	c.Host.ProcSysKernel = cfg.Host.ProcSysKernel
+	if cfg.Host.BinMount != "" {
+		c.Host.BinMount = cfg.Host.BinMount
+	}
+	return c, nil
 }
 
 func printInstall(w io.Writer, res sysctl.Result) {
@@ -167,9 +201,14 @@ helper reports (also those reported while it was down), and applies retention
 to a local store. On SIGTERM or SIGINT it restores the core_pattern it
 replaced. It serves Prometheus metrics on /metrics, and /healthz and
 /readyz, on --listen. It sends each crash to the Feishu bots of
-notify.feishu and to Alertmanager (notify.alertmanager), and turns
-Alertmanager's webhook, POSTed to ` + bridgePath + ` on --listen, into Feishu
-cards.`,
+notify.feishu and to Alertmanager (notify.alertmanager). With
+notify.bridge.listen set it also turns Alertmanager's webhook, POSTed to
+` + bridgePath + ` on that address with the bearer token of
+notify.bridge.token_file, into Feishu cards.
+
+The bot's URL and secret: --feishu-webhook-file and --feishu-secret-file,
+or $` + envWebhook + ` and $` + envSecret + ` (--feishu-webhook and
+--feishu-secret show them to every user of the node in ps).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := mustRoot("agent"); err != nil {
@@ -252,6 +291,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped + st.Undecodable) }
 	}
 	met := metrics.New(Version, lost)
+	met.LimitExeLabels(cfg.Metrics.MaxExeLabels)
 	met.DedupClusterWide(clusterDedupProbe(ctx, cfg, st, log))
 	nt, err := newNotifier(cfg, st, met, log)
 	if err != nil {
@@ -270,10 +310,13 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		}
 	}
 	var ready atomic.Bool
-	mux := newMux(met, ready.Load)
-	mux.Handle(bridgePath, nt.Bridge())
-	srv := serveHTTP(listen, mux, log)
+	srv := serveHTTP(listen, newMux(met, ready.Load), log)
 	defer srv.Close()
+	if bridge, err := agentBridge(cfg, nt, log); err != nil {
+		return err
+	} else if bridge != nil {
+		defer bridge.Close()
+	}
 
 	if retain, every := retention(cfg, st, interval); retain != nil {
 		// Age-based retention must run on nodes that stop crashing too.

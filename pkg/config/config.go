@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"path"
@@ -57,6 +58,17 @@ type Config struct {
 	Host      Host      `json:"host"`
 	S3        S3        `json:"s3"`
 	Upload    Upload    `json:"upload"`
+	Metrics   Metrics   `json:"metrics"`
+}
+
+// Metrics bounds what the agent exports to Prometheus where the crashing
+// process, not the operator, picks a label's value.
+type Metrics struct {
+	// MaxExeLabels is how many distinct executable names the exe label of
+	// corecatch_crashes_total takes in one agent's life; later names count
+	// as "other", so that a container renaming its binary at each crash
+	// cannot make a series per crash.
+	MaxExeLabels int `json:"max_exe_labels"`
 }
 
 // Analysis bounds the full unwind (gdb) of each stored core; the helper's
@@ -146,6 +158,40 @@ type Notify struct {
 	Mute         []Match      `json:"mute"`
 	Feishu       []Feishu     `json:"feishu"`
 	Alertmanager Alertmanager `json:"alertmanager"`
+
+	// LinkExpiry is how long a card's presigned download link works: a
+	// card forwarded out of the chat gives its reader the core (and the
+	// memory it holds) until then. At most 7 days, S3's and OBS's limit.
+	LinkExpiry Duration `json:"link_expiry"`
+	// QueueMaxBytes bounds each sink's queue in bytes (in memory and in
+	// the spool, also what is reloaded at start), beyond QueueMax's
+	// count; the oldest are dropped and counted. ItemMaxBytes bounds one
+	// notification: a larger one is refused (the bridge answers 413).
+	QueueMaxBytes Size `json:"queue_max_bytes"`
+	ItemMaxBytes  Size `json:"item_max_bytes"`
+	// Bridge serves Alertmanager's webhook as Feishu cards.
+	Bridge Bridge `json:"bridge"`
+}
+
+// Bridge configures the Alertmanager webhook bridge (/alertmanager/feishu)
+// of the agent and of `corecatch feishu-bridge`. Whoever can POST to it
+// posts into the company's chats, so it is off on the agent unless Listen
+// is set, on a port of its own, and answers only requests bearing the
+// token of TokenFile.
+type Bridge struct {
+	// Listen is the agent's address for the bridge (":9978"); empty: the
+	// agent serves no bridge. feishu-bridge's --listen overrides it.
+	Listen string `json:"listen"`
+	// TokenFile holds the bearer token Alertmanager must send
+	// (webhook_configs http_config.authorization.credentials_file); a
+	// mounted Secret in a pod.
+	TokenFile string `json:"token_file"`
+	// ButtonHosts are the hosts (or *.domain) that buttons of bridged
+	// cards may point to (runbook_url, generatorURL, externalURL); other
+	// buttons are dropped. Empty: no buttons.
+	ButtonHosts []string `json:"button_hosts"`
+	// MaxBodyBytes bounds a webhook request; larger ones get 413.
+	MaxBodyBytes Size `json:"max_body_bytes"`
 }
 
 // Match selects crashes by glob patterns (path.Match) over their identity;
@@ -389,12 +435,15 @@ func Default() *Config {
 		Identity: Identity{LogTail: Size{Bytes: 64 << 10}, Timeout: Duration(2 * time.Second)},
 		Pods:     Pods{Namespaces: []PodDefaults{}},
 		Notify: Notify{Aggregate: Duration(5 * time.Minute), QueueMax: 1000, Mute: []Match{}, Feishu: []Feishu{},
-			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"}},
+			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"},
+			LinkExpiry:   Duration(12 * time.Hour), QueueMaxBytes: Size{Bytes: 16 << 20}, ItemMaxBytes: Size{Bytes: 64 << 10},
+			Bridge: Bridge{ButtonHosts: []string{}, MaxBodyBytes: Size{Bytes: 1 << 20}}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
-		Dedup:  Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
-		Host:   Host{ProcSysKernel: "/proc/sys/kernel"},
-		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Dedup:   Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:    Host{ProcSysKernel: "/proc/sys/kernel"},
+		Upload:  Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Metrics: Metrics{MaxExeLabels: 100},
 	}
 }
 
@@ -409,8 +458,16 @@ func Load(path string, explicit bool) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
+	return Parse(data, path)
+}
+
+// Parse reads a config file's text over the defaults, as Load does, for
+// configs that are not files of their own (the chart's ConfigMap, which
+// `kubectl corecatch` reads); source names it in errors.
+func Parse(data []byte, source string) (*Config, error) {
+	c := Default()
 	if err := yaml.UnmarshalStrict(data, c); err != nil {
-		return nil, fmt.Errorf("config %s: %w (see `corecatch config example`)", path, err)
+		return nil, fmt.Errorf("config %s: %w (see `corecatch config example`)", source, err)
 	}
 	return c, c.Validate()
 }
@@ -450,6 +507,9 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
 			}
 		}
+	}
+	if c.Metrics.MaxExeLabels < 1 {
+		return fmt.Errorf("metrics.max_exe_labels %d: allow at least 1 executable name", c.Metrics.MaxExeLabels)
 	}
 	if c.Collect.MaxConcurrent < 1 || c.Collect.MaxCoresPerMinute < 0 {
 		return errors.New("collect.max_concurrent must be at least 1 and collect.max_cores_per_minute at least 0 (0: no cap)")
@@ -502,6 +562,39 @@ func (n *Notify) validate() error {
 			return fmt.Errorf("notify.alertmanager.url %q: write http(s)://host:port", u)
 		}
 	}
+	return n.validateLimits()
+}
+
+// MaxLinkExpiry is the longest a presigned S3/OBS link may be valid.
+const MaxLinkExpiry = 7 * 24 * time.Hour
+
+// validateLimits checks the bounds of links, queues and the bridge.
+func (n *Notify) validateLimits() error {
+	if e := time.Duration(n.LinkExpiry); e < time.Minute || e > MaxLinkExpiry {
+		return fmt.Errorf("notify.link_expiry %s: use from 1m to 7d (S3's and OBS's longest presigned link)", n.LinkExpiry)
+	}
+	for _, s := range []struct {
+		key  string
+		size Size
+	}{{"notify.queue_max_bytes", n.QueueMaxBytes}, {"notify.item_max_bytes", n.ItemMaxBytes}, {"notify.bridge.max_body_bytes", n.Bridge.MaxBodyBytes}} {
+		if s.size.Percent != 0 || s.size.Bytes < 4<<10 {
+			return fmt.Errorf("%s %s: use a size of at least 4KiB (not a percentage)", s.key, s.size)
+		}
+	}
+	if n.ItemMaxBytes.Bytes > n.QueueMaxBytes.Bytes {
+		return fmt.Errorf("notify.item_max_bytes %s is larger than notify.queue_max_bytes %s: raise the queue's or lower the item's", n.ItemMaxBytes, n.QueueMaxBytes)
+	}
+	if _, _, err := net.SplitHostPort(n.Bridge.Listen); n.Bridge.Listen != "" && err != nil {
+		return fmt.Errorf("notify.bridge.listen %q: write [host]:port (:9978): %w", n.Bridge.Listen, err)
+	}
+	if n.Bridge.Listen != "" && n.Bridge.TokenFile == "" {
+		return errors.New("notify.bridge.listen is set without notify.bridge.token_file: the bridge answers only requests bearing a token; put one in a file (a mounted Secret) and name it")
+	}
+	for _, h := range n.Bridge.ButtonHosts {
+		if strings.TrimPrefix(h, "*.") == "" || strings.ContainsAny(strings.TrimPrefix(h, "*."), "*/:@ ") {
+			return fmt.Errorf("notify.bridge.button_hosts %q: write a host name (runbooks.example.com) or *.example.com", h)
+		}
+	}
 	return nil
 }
 
@@ -536,7 +629,7 @@ var units = []struct {
 func ParseSize(text string) (Size, error) {
 	t := strings.TrimSpace(text)
 	if p, ok := strings.CutSuffix(t, "%"); ok {
-		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		f, err := finite(strings.TrimSpace(p))
 		if err != nil || f < 0 || f > 100 {
 			return Size{}, fmt.Errorf("size %q: a percentage must be between 0%% and 100%%", text)
 		}
@@ -549,12 +642,12 @@ func ParseSize(text string) (Size, error) {
 			break
 		}
 	}
-	f, err := strconv.ParseFloat(t, 64)
+	f, err := finite(t)
 	if err != nil || f < 0 {
 		return Size{}, fmt.Errorf("size %q: write a number of bytes, optionally with a unit (512MiB, 4GB) or a percentage (10%%)", text)
 	}
 	if f*float64(mult) >= math.MaxInt64 {
-		return Size{}, fmt.Errorf("size %q is too large", text)
+		return Size{}, fmt.Errorf("size %q is too large: at most 8EiB", text)
 	}
 	return Size{Bytes: int64(f * float64(mult))}, nil
 }
@@ -595,6 +688,19 @@ func unmarshal[T any](b []byte, parse func(string) (T, error), dst *T) error {
 	return nil
 }
 
+// finite reads a decimal number, refusing what strconv.ParseFloat also
+// accepts but no size or duration can be: NaN and the infinities.
+func finite(text string) (float64, error) {
+	f, err := strconv.ParseFloat(text, 64)
+	if err != nil {
+		return 0, err
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("%q is not a finite number", text)
+	}
+	return f, nil
+}
+
 // Duration is a time.Duration written as Go does (90s, 10m, 2h) or in days
 // (14d), the unit retention is usually thought in.
 type Duration time.Duration
@@ -603,9 +709,12 @@ type Duration time.Duration
 func ParseDuration(text string) (Duration, error) {
 	t := strings.TrimSpace(text)
 	if d, ok := strings.CutSuffix(t, "d"); ok {
-		n, err := strconv.ParseFloat(d, 64)
+		n, err := finite(d)
 		if err != nil || n < 0 {
 			return 0, fmt.Errorf("duration %q: write 14d, 36h or 10m", text)
+		}
+		if n*float64(24*time.Hour) >= math.MaxInt64 {
+			return 0, fmt.Errorf("duration %q is too long: at most 106751d", text)
 		}
 		return Duration(n * float64(24*time.Hour)), nil
 	}
