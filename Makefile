@@ -30,6 +30,7 @@ HELM      := bin/helm
 # of tools/kube's go.mod and go.sum (not their times: a fresh clone reuses
 # it), so a changed pin builds anew. test/harness finds it the same way.
 KUBE_CACHE ?= /var/cache/corecatch
+export KUBE_CACHE
 KUBE_VER  := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2; exit}' tools/kube/go.mod)
 KUBE_SUM  := $(shell cat tools/kube/go.mod tools/kube/go.sum | sha256sum | cut -c1-12)
 KUBE_DIR  := $(KUBE_CACHE)/kube-$(KUBE_VER)-$(KUBE_SUM)
