@@ -150,11 +150,24 @@ type criPod struct {
 }
 
 // runPod runs a pod with the given labels (besides kubelet's own) and
-// annotations (kubelet passes a pod's to its sandbox) through the CRI, with its cgroup under /kubepods/burstable and the host's
-// network, waits until its container runs and has said hello, and returns
+// annotations (kubelet passes a pod's to its sandbox) through the CRI,
+// with its cgroup under /kubepods/burstable and the host's network, waits until its container runs and has said hello, and returns
 // it. The test's cleanup stops and removes it through the CRI, restarting
 // containerd if the test stopped it, and removes its cgroups.
 func (c *cri) runPod(t *testing.T, dir, name, namespace string, labels, annotations map[string]string) *criPod {
+	t.Helper()
+	return c.runPodWith(t, dir, name, namespace, labels, annotations, "/lim_mem 1 fill")
+}
+
+// runPodExec is runPod whose container execs program (a shell command
+// line) once released, with the given mounts besides its trigger.
+func (c *cri) runPodExec(t *testing.T, dir, name, namespace string, labels map[string]string, program string, mounts ...*runtimeapi.Mount) *criPod {
+	t.Helper()
+	return c.runPodWith(t, dir, name, namespace, labels, nil, program, mounts...)
+}
+
+// runPodWith is runPodExec with the pod's annotations.
+func (c *cri) runPodWith(t *testing.T, dir, name, namespace string, labels, annotations map[string]string, program string, mounts ...*runtimeapi.Mount) *criPod {
 	t.Helper()
 	p := &criPod{name: name, namespace: namespace, uid: newUID(t), labels: labels}
 	for k, v := range annotations {
@@ -246,10 +259,10 @@ func (c *cri) runPod(t *testing.T, dir, name, namespace string, labels, annotati
 			// As kubelet does: the image's id, and the name the pod spec
 			// said aside.
 			Image:   &runtimeapi.ImageSpec{Image: c.appID, UserSpecifiedImage: appImage},
-			Command: []string{"/bin/sh", "-c", "echo hello from the app; read x < /trigger/go; exec /lim_mem 1 fill"},
+			Command: []string{"/bin/sh", "-c", "echo hello from the app; read x < /trigger/go; exec " + program},
 			LogPath: "app/0.log",
 			Labels:  containerLabels,
-			Mounts:  []*runtimeapi.Mount{{ContainerPath: "/trigger", HostPath: trigger}},
+			Mounts:  append([]*runtimeapi.Mount{{ContainerPath: "/trigger", HostPath: trigger}}, mounts...),
 			Linux: &runtimeapi.LinuxContainerConfig{
 				SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: namespaces},
 			},
