@@ -299,6 +299,14 @@ type Analysis struct {
 	// hs_err log; the JavaScript stack (module "javascript") Node.js
 	// printed to the log the bundle holds.
 	Script []Frame `json:"script,omitempty"`
+	// Warnings says which frames are unnamed because a file the crashed
+	// container controls could not be read within the analysis limits
+	// (a symbol table too large, a section that inflates too far).
+	Warnings []string `json:"warnings,omitempty"`
+	// Attempts counts the agent's starts of the full unwind, recorded
+	// before each: a bundle whose analysis never ends (the agent died in
+	// it) is given up after a few, not retried at every start.
+	Attempts int `json:"attempts,omitempty"`
 }
 
 // Dedup links a crash to the stored core of the same bug: Of is that

@@ -187,7 +187,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	head, regs, regsErr := readHead(o.Core)
 	quick := analysis.Live(req.PID, m.SignalName, regs, regsErr)
 	m.Backtrace, m.Title, m.Signature = quick.Frames, quick.Title, quick.Signature
-	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason}
+	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason, Warnings: quick.Warnings}
 	wg.Wait()
 	// Whose crash it is: the process's cgroup (or the one the agent froze
 	// it in) names its container, the runtime the rest. Cached per

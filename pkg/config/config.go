@@ -89,6 +89,13 @@ type Analysis struct {
 	// debug info of stripped executables and libraries from, by build-id,
 	// within the timeout and at most max_core_bytes a file.
 	DebuginfodURLs string `json:"debuginfod_urls"`
+	// RunAsUser and RunAsGroup are the unprivileged uid and gid gdb runs
+	// as (without capabilities, with no_new_privs): it parses files the
+	// crashed container wrote, from a copy of the bundle only that group
+	// can read. A uid and gid of their own are better than nobody's,
+	// which other daemons may share.
+	RunAsUser  uint32 `json:"run_as_user"`
+	RunAsGroup uint32 `json:"run_as_group"`
 }
 
 // Dedup keeps one core per bug: later crashes with the same signature in
@@ -405,6 +412,10 @@ type Collect struct {
 	// Crashes beyond keep metadata and a backtrace, their cores drained.
 	MaxCoresPerMinute int `json:"max_cores_per_minute"`
 	MaxConcurrent     int `json:"max_concurrent"`
+	// MemoryLimit bounds each helper: the Go runtime's soft limit, and
+	// RLIMIT_AS at the limit plus what the runtime reserves. A crash
+	// costs a helper at most 64 MiB (make bench); 0 leaves it unbounded.
+	MemoryLimit Size `json:"memory_limit"`
 }
 
 // Retention bounds a local store (see store.Retention); an S3 store gets
@@ -427,6 +438,7 @@ func Default() *Config {
 			Compression:       "fastest",
 			MaxCoresPerMinute: 30,
 			MaxConcurrent:     4,
+			MemoryLimit:       Size{Bytes: 256 << 20},
 		},
 		Retention: Retention{
 			MaxAge:   Duration(14 * 24 * time.Hour),
@@ -444,7 +456,7 @@ func Default() *Config {
 			LinkExpiry:   Duration(12 * time.Hour), QueueMaxBytes: Size{Bytes: 16 << 20}, ItemMaxBytes: Size{Bytes: 64 << 10},
 			Bridge: Bridge{ButtonHosts: []string{}, MaxBodyBytes: Size{Bytes: 1 << 20}}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
-			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
+			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64, RunAsUser: 65534, RunAsGroup: 65534},
 		Dedup:   Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
 		Host:    Host{ProcSysKernel: "/proc/sys/kernel"},
 		Upload:  Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
@@ -503,8 +515,14 @@ func (c *Config) Validate() error {
 	if c.Upload.MaxBackoff < Duration(time.Second) {
 		return fmt.Errorf("upload.max_backoff %s: use at least 1s", c.Upload.MaxBackoff)
 	}
-	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 {
-		return errors.New("collect.max_core_bytes and collect.max_file_bytes take sizes, not percentages")
+	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 || c.Collect.MemoryLimit.Percent != 0 {
+		return errors.New("collect.max_core_bytes, collect.max_file_bytes and collect.memory_limit take sizes, not percentages")
+	}
+	if l := c.Collect.MemoryLimit.Bytes; l != 0 && l < 64<<20 {
+		return fmt.Errorf("collect.memory_limit %s: a crash costs the helper up to 64MiB; use at least that, or 0 for no limit", c.Collect.MemoryLimit)
+	}
+	if c.Analysis.RunAsUser == 0 {
+		return errors.New("analysis.run_as_user 0 would run gdb as root on the crashed container's files: use an unprivileged uid (65534, nobody, by default)")
 	}
 	for _, exprs := range [][]string{c.Freeze.Allow, c.Freeze.Deny} {
 		for _, e := range exprs {
