@@ -283,8 +283,12 @@ type File struct {
 	Path    string `json:"path"`
 	PathRaw []byte `json:"path_raw,omitempty"`
 	Size    int64  `json:"size"`
-	BuildID string `json:"build_id,omitempty"`
-	SHA256  string `json:"sha256,omitempty"`
+	// DataBytes is what the captured copy holds outside holes: the part
+	// charged to collect.max_files_total_bytes (a sparse file's holes stay
+	// holes in the bundle and cost nothing).
+	DataBytes int64  `json:"data_bytes,omitempty"`
+	BuildID   string `json:"build_id,omitempty"`
+	SHA256    string `json:"sha256,omitempty"`
 	// Role is "exe" for the executable and "mapped" for other mappings.
 	Role string `json:"role"`
 	// Deleted is true when the file had been unlinked before the crash; the

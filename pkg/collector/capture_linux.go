@@ -35,7 +35,13 @@ type capture struct {
 	proc         string // /proc/PID
 	w            store.Writer
 	maxFileBytes int64
-	withEnviron  bool
+	// budget is collect.max_files_total_bytes: the data bytes all captured
+	// files may take together; used is what they took so far.
+	budget, used int64
+	// charge takes a file's data bytes from the store's room, never
+	// deleting a bundle for them (coreStream.charge); false: no room.
+	charge      func(n int64) bool
+	withEnviron bool
 	// light keeps the /proc texts and the JVM's error log only: the core
 	// of a deduplicated or rate-limited crash is not kept, so neither are
 	// the files a debugger would need for it.
@@ -229,7 +235,9 @@ func (c *capture) captureFile(link, target, role string) int {
 	}
 	if err := c.copyFile(link, stored, &c.files[i]); err != nil {
 		c.files[i].Skipped = err.Error()
-		c.warn("capture %q: %v", text, err)
+		if !errors.Is(err, errNoRoom) {
+			c.warn("capture %q: %v", text, err)
+		}
 		return i
 	}
 	c.stored[stored] = true
@@ -237,30 +245,142 @@ func (c *capture) captureFile(link, target, role string) int {
 	return i
 }
 
+// errNoRoom marks a file skipped for the bundle's budget or the store's
+// room: a recorded reason, not a failure.
+var errNoRoom = errors.New("no room")
+
+// extent is a run of data in a sparse file.
+type extent struct{ off, n int64 }
+
+// dataExtents lists the data of the first size bytes of f, skipping its
+// holes (SEEK_DATA/SEEK_HOLE). A filesystem that cannot tell reports the
+// whole range as data.
+func dataExtents(f *os.File, size int64) []extent {
+	var out []extent
+	fd := int(f.Fd())
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) || (err == nil && data >= size) {
+			break // only a hole is left
+		}
+		if err != nil {
+			return []extent{{off, size - off}}
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil || hole > size {
+			hole = size
+		}
+		out = append(out, extent{data, hole - data})
+		off = hole
+	}
+	return out
+}
+
+// holeKeeper is a store writer whose files keep holes (store.File's).
+type holeKeeper interface{ KeepsHoles() bool }
+
 // copyFile copies the inode behind link into the bundle as name, hashing it
-// and reading its GNU build-id on the way.
+// and reading its GNU build-id on the way. Holes stay holes where the store
+// can keep them, and only data bytes count against the bundle's budget and
+// the store's room; where it cannot, holes are written out and count too.
 func (c *capture) copyFile(link, name string, f *bundle.File) error {
 	src, err := os.Open(link)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
+	size := min(f.Size, c.maxFileBytes)
+	extents := dataExtents(src, size)
+	sparse := false
+	if hk, ok := c.w.(holeKeeper); ok {
+		sparse = hk.KeepsHoles()
+	}
+	cost := size
+	if sparse {
+		cost = 0
+		for _, e := range extents {
+			cost += e.n
+		}
+	}
+	if c.used+cost > c.budget {
+		return fmt.Errorf("%w: its %d data bytes would take the bundle's files past collect.max_files_total_bytes (%d of %d bytes used)", errNoRoom, cost, c.used, c.budget)
+	}
+	if c.charge != nil && !c.charge(cost) {
+		return fmt.Errorf("%w: its %d data bytes do not fit in the store's room under retention.max_use/keep_free, and a captured file never deletes another bundle", errNoRoom, cost)
+	}
+	c.used += cost
 	f.BuildID = analysis.BuildID(src)
 	dst, err := c.w.Create(name)
 	if err != nil {
 		return err
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(dst, h), io.NewSectionReader(src, 0, c.maxFileBytes))
+	n, err := copyExtents(dst, h, src, extents, size, sparse)
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
 	}
-	f.Size = n
+	f.Size, f.DataBytes = n, cost
 	f.SHA256 = hex.EncodeToString(h.Sum(nil))
 	return nil
+}
+
+// zeros stands for a hole in the hash and, where holes cannot be kept, in
+// the copy.
+var zeros = make([]byte, chunk)
+
+// copyExtents copies the data extents of src into dst, hashing the whole
+// file (holes as zeros) into h, and returns the bytes copied (size, unless
+// src shrank meanwhile). With sparse, dst is seeked past holes and
+// truncated to size at the end; otherwise holes are written as zeros.
+func copyExtents(dst io.Writer, h io.Writer, src *os.File, extents []extent, size int64, sparse bool) (int64, error) {
+	type seekTruncater interface {
+		io.Seeker
+		Truncate(int64) error
+	}
+	st, _ := dst.(seekTruncater)
+	sparse = sparse && st != nil
+	hole := func(n int64) error {
+		for n > 0 {
+			k := min(n, int64(len(zeros)))
+			h.Write(zeros[:k])
+			if !sparse {
+				if _, err := dst.Write(zeros[:k]); err != nil {
+					return err
+				}
+			}
+			n -= k
+		}
+		return nil
+	}
+	var pos int64
+	for _, e := range append(extents, extent{size, 0}) {
+		if err := hole(e.off - pos); err != nil {
+			return pos, err
+		}
+		if sparse && e.off > pos {
+			if _, err := st.Seek(e.off, io.SeekStart); err != nil {
+				return pos, err
+			}
+		}
+		pos = e.off
+		n, err := io.Copy(io.MultiWriter(dst, h), io.NewSectionReader(src, e.off, e.n))
+		pos += n
+		if err != nil {
+			return pos, err
+		}
+		if n < e.n {
+			break // the file shrank while it was read
+		}
+	}
+	if sparse {
+		if err := st.Truncate(pos); err != nil {
+			return pos, err
+		}
+	}
+	return pos, nil
 }
 
 // captureHsErr keeps a JVM's fatal error log, which the JVM writes to its

@@ -218,18 +218,11 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			keep, light, cs = false, true, newCoreStream(0, reason, zstdLevel(cfg.Collect.Compression))
 		}
 	}
-	cap := &capture{
-		proc:         fmt.Sprintf("/proc/%d", req.PID),
-		w:            w,
-		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
-		withEnviron:  cfg.Collect.CaptureEnviron,
-		light:        light,
-	}
-	wg.Go(cap.run)
 	retention := RetentionFor(o.Retention, local)
-	if local != nil && keep {
-		// Retention before writing, and the room the core may take. The
-		// kernel waits on the pipe meanwhile: this only stats the store.
+	if local != nil && !light {
+		// Retention before writing, and the room the core and the
+		// captured files may take. The kernel waits on the pipe
+		// meanwhile: this only stats the store.
 		sp, err := local.Space(ctx, retention)
 		if err == nil {
 			_, err = sp.Vacuum(ctx)
@@ -239,6 +232,16 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			o.Log.Warn("retention before writing", zap.Error(err))
 		}
 	}
+	cap := &capture{
+		proc:         fmt.Sprintf("/proc/%d", req.PID),
+		w:            w,
+		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
+		budget:       cfg.Collect.MaxFilesTotalBytes.Bytes,
+		charge:       cs.charge,
+		withEnviron:  cfg.Collect.CaptureEnviron,
+		light:        light,
+	}
+	wg.Go(cap.run)
 
 	var coreFile io.WriteCloser
 	if keep {

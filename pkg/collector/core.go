@@ -44,6 +44,9 @@ type coreStream struct {
 	// older bundles deleted to make room for this core.
 	space space
 	freed []string
+	// files is what the bundle's captured files have charged to the same
+	// room (charge).
+	files atomic.Int64
 	// level is the zstd effort.
 	level zstd.EncoderLevel
 
@@ -175,13 +178,28 @@ func (s *coreStream) makeRoom() bool {
 	if s.space == nil {
 		return true
 	}
-	for room := s.space.Room(); room >= 0 && s.out.n.Load()+quotaMargin > room; room = s.space.Room() {
+	for room := s.space.Room(); room >= 0 && s.out.n.Load()+s.files.Load()+quotaMargin > room; room = s.space.Room() {
 		id, err := s.space.FreeOldest(context.Background())
 		if err != nil || id == "" {
 			return false
 		}
 		s.freed = append(s.freed, id)
 	}
+	return true
+}
+
+// charge takes n bytes of the store's room for a captured file and reports
+// whether they fit. It never deletes a bundle to make them fit: only the
+// core, the one part of a bundle worth more than the oldest bundle kept,
+// does that (see store.Space for the rule). The core stream, which may run
+// at the same time, counts what was charged as taken.
+func (s *coreStream) charge(n int64) bool {
+	if s.space != nil {
+		if room := s.space.Room(); room >= 0 && s.out.n.Load()+s.files.Load()+n+quotaMargin > room {
+			return false
+		}
+	}
+	s.files.Add(n)
 	return true
 }
 

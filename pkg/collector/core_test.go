@@ -10,10 +10,12 @@ import (
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/store"
 )
 
 // syntheticCore returns a whole ELF core of about size bytes: headers, then
@@ -209,3 +211,48 @@ type fixedRoom int64
 
 func (r fixedRoom) Room() int64                                { return int64(r) }
 func (r fixedRoom) FreeOldest(context.Context) (string, error) { return "", nil }
+
+// TestChargeNeverDeletes: a captured file takes only the room retention
+// leaves, and never deletes an older bundle for it; the core, which may,
+// counts what the files took.
+func TestChargeNeverDeletes(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewFile(t.TempDir())
+	var ids []string
+	for i := range 2 {
+		id := bundle.NewID(time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC), []byte("old"))
+		w, err := st.Put(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := w.Create(bundle.CoreFile)
+		f.Write(bytes.Repeat([]byte{1}, 1<<20))
+		f.Close()
+		if err := w.Commit(ctx, &bundle.Metadata{Schema: bundle.Schema, ID: id}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	u, _ := st.Usage(ctx)
+	sp, err := st.Space(ctx, store.Retention{MaxUse: u.Bytes + 4<<20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newCoreStream(-1, bundle.ReasonMaxCoreBytes, zstd.SpeedFastest)
+	s.space = sp
+	if s.charge(4 << 20) {
+		t.Error("a 4 MiB file fitted in 4 MiB of room with the core's margin")
+	}
+	if !s.charge(2 << 20) {
+		t.Error("a 2 MiB file did not fit in 4 MiB of room")
+	}
+	if u, _ := st.Usage(ctx); u.Bundles != 2 {
+		t.Fatalf("charging deleted bundles: %d left", u.Bundles)
+	}
+	// The core's 2 MiB and its margin do not fit beside the file: the oldest
+	// bundle goes, the newer one stays.
+	s.out.n.Store(2 << 20)
+	if !s.makeRoom() || len(s.freed) != 1 || s.freed[0] != ids[0] {
+		t.Errorf("makeRoom freed %v; want the oldest, %s", s.freed, ids[0])
+	}
+}

@@ -268,6 +268,11 @@ type Collect struct {
 	// MaxFileBytes is the largest mapped file the helper copies into a
 	// bundle; larger ones are listed with a reason instead.
 	MaxFileBytes Size `json:"max_file_bytes"`
+	// MaxFilesTotalBytes is the budget of one bundle's captured files
+	// (executable, libraries, data files) together, data bytes only: a
+	// container that maps many large files cannot make a bundle that pushes
+	// other bundles out of the store. Files past it are listed with a reason.
+	MaxFilesTotalBytes Size `json:"max_files_total_bytes"`
 	// HonorRlimit caps each core at the crasher's RLIMIT_CORE.
 	HonorRlimit bool `json:"honor_rlimit"`
 	// CaptureEnviron stores /proc/PID/environ, which often holds secrets.
@@ -297,10 +302,11 @@ func Default() *Config {
 		Spool:  "/var/lib/corecatch/spool",
 		Socket: "/run/corecatch/agent.sock",
 		Collect: Collect{
-			MaxFileBytes:      Size{Bytes: 1 << 30},
-			Compression:       "fastest",
-			MaxCoresPerMinute: 30,
-			MaxConcurrent:     4,
+			MaxFileBytes:       Size{Bytes: 1 << 30},
+			MaxFilesTotalBytes: Size{Bytes: 256 << 20},
+			Compression:        "fastest",
+			MaxCoresPerMinute:  30,
+			MaxConcurrent:      4,
 		},
 		Retention: Retention{
 			MaxAge:   Duration(14 * 24 * time.Hour),
@@ -365,8 +371,8 @@ func (c *Config) Validate() error {
 	if c.Upload.MaxBackoff < Duration(time.Second) {
 		return fmt.Errorf("upload.max_backoff %s: use at least 1s", c.Upload.MaxBackoff)
 	}
-	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 {
-		return errors.New("collect.max_core_bytes and collect.max_file_bytes take sizes, not percentages")
+	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 || c.Collect.MaxFilesTotalBytes.Percent != 0 {
+		return errors.New("collect.max_core_bytes, collect.max_file_bytes and collect.max_files_total_bytes take sizes, not percentages")
 	}
 	for _, exprs := range [][]string{c.Freeze.Allow, c.Freeze.Deny} {
 		for _, e := range exprs {

@@ -357,7 +357,20 @@ func (s *File) Usage(ctx context.Context) (Usage, error) {
 // is kept before older ones, as systemd-coredump does. Helpers of
 // simultaneous crashes share the store, so every deletion happens under the
 // store's retention lock on a fresh look at the store.
+//
+// The rule a new bundle follows, so that it never pushes out a bundle
+// retention would keep: it may take Room, and beyond it only the room of
+// the oldest bundles, which are exactly the ones retention deletes first
+// once the new bundle is published (Vacuum after Commit). Nothing is
+// reserved in advance: what a bundle charges is what it has written, so an
+// estimate never deletes a bundle. Only the core may ask for deletions
+// (FreeOldest); the helper's captured files take what Room has left and are
+// skipped when it has none (collector's charge), and their total is bounded
+// by collect.max_files_total_bytes counting data bytes only. A Space is
+// safe for concurrent use: the core stream and the capture of files share
+// one.
 type Space struct {
+	mu     sync.Mutex
 	store  *File
 	r      Retention
 	keep   string
@@ -400,6 +413,8 @@ func (sp *Space) refresh(ctx context.Context) error {
 // locked runs fn under the store's retention lock, on a fresh look at the
 // store.
 func (sp *Space) locked(ctx context.Context, fn func() error) error {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
 	if err := os.MkdirAll(sp.store.root, 0o700); err != nil {
 		return err
 	}
@@ -420,6 +435,8 @@ func (sp *Space) locked(ctx context.Context, fn func() error) error {
 // Room returns how many bytes the new bundle may take in all, or -1 when
 // no bound applies.
 func (sp *Space) Room() int64 {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
 	room := int64(-1)
 	if sp.r.MaxUse > 0 {
 		room = max(sp.r.MaxUse-sp.bytes, 0)
@@ -536,6 +553,10 @@ func (w *fileWriter) Create(name string) (io.WriteCloser, error) {
 	w.mu.Unlock()
 	return f, nil
 }
+
+// KeepsHoles reports that the files Create returns can seek past holes and
+// be truncated to their length, so a sparse file's copy stays sparse.
+func (w *fileWriter) KeepsHoles() bool { return true }
 
 // Commit writes metadata.json, fsyncs every file and directory of the
 // bundle, and renames it into place: a crash at any point leaves either no

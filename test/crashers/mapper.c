@@ -1,0 +1,75 @@
+// mapper: maps files the way a hostile container could, then dies of SIGSEGV.
+//
+//   mapper sparse DIR COUNT MIB DATA_KIB
+//     creates COUNT files DIR/sparse-N of MIB MiB each, all hole but
+//     DATA_KIB KiB of data in the middle, and maps each whole (shared,
+//     read-only): a bundle that wrote their holes out would take COUNT*MIB
+//     MiB.
+//   mapper map FILE [fp]
+//     maps FILE's second page (private, read-only) without touching it, so
+//     neither the process nor the kernel's core dump reads it; with fp, the
+//     frame pointer points into that page when it crashes, so a
+//     frame-pointer walk of the live process reads it.
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static void crash(void *fp) {
+  if (fp)
+    __asm__ volatile("mov %0, %%rbp\n\tmovl $0, 0" ::"r"(fp) : "memory");
+  *(volatile int *)0 = 0;
+}
+
+static int sparse(const char *dir, int count, long mib, long kib) {
+  static char data[64 << 10];
+  memset(data, 0xa5, sizeof data);
+  for (int i = 0; i < count; i++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/sparse-%d", dir, i);
+    int fd = open(path, O_CREAT | O_TRUNC | O_RDWR, 0644);
+    if (fd < 0 || ftruncate(fd, mib << 20) != 0) {
+      perror(path);
+      return 2;
+    }
+    for (long off = 0; off < kib << 10; off += sizeof data) {
+      data[0] = (char)i; // each file its own bytes
+      if (pwrite(fd, data, sizeof data, (mib << 19) + off) != (ssize_t)sizeof data) {
+        perror("pwrite");
+        return 2;
+      }
+    }
+    fsync(fd);
+    if (mmap(NULL, mib << 20, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED) {
+      perror("mmap");
+      return 2;
+    }
+    close(fd);
+  }
+  crash(NULL);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 6 && strcmp(argv[1], "sparse") == 0)
+    return sparse(argv[2], atoi(argv[3]), atol(argv[4]), atol(argv[5]));
+  if ((argc == 3 || argc == 4) && strcmp(argv[1], "map") == 0) {
+    long page = sysconf(_SC_PAGESIZE);
+    int fd = open(argv[2], O_RDONLY);
+    if (fd < 0) {
+      perror(argv[2]);
+      return 2;
+    }
+    char *p = mmap(NULL, page, PROT_READ, MAP_PRIVATE, fd, page);
+    if (p == MAP_FAILED) {
+      perror("mmap");
+      return 2;
+    }
+    crash(argc == 4 ? p + 64 : NULL);
+    return 0;
+  }
+  fprintf(stderr, "usage: mapper sparse DIR COUNT MIB DATA_KIB | mapper map FILE [fp]\n");
+  return 2;
+}
