@@ -81,9 +81,20 @@ func (s *File) Put(ctx context.Context, id string) (Writer, error) {
 	return &fileWriter{store: s, tmp: tmp, final: filepath.Join(s.root, filepath.FromSlash(final)), lock: lock}, nil
 }
 
-// CleanStale removes temporary bundles left by helpers that died halfway. A
-// helper that is still writing holds its bundle's lock, so it is never
-// disturbed.
+// staleAfter is how old a temporary bundle must be before CleanStale may
+// remove it, whatever its lock says: a helper sets up, locks and publishes
+// its bundle well within it, so no step of a live helper's can be mistaken
+// for a dead one's. A bundle being set up (stagingPrefix: not locked yet)
+// always waits this minute; tests shorten it for the others, which their
+// lock protects on its own.
+var staleAfter = time.Minute
+
+const stagingAfter = time.Minute
+
+// CleanStale removes temporary bundles left by helpers that died halfway:
+// those older than staleAfter whose lock nobody holds. A helper that is
+// still writing holds its bundle's lock until its bundle is renamed into
+// place (Commit), so it is never disturbed.
 func (s *File) CleanStale() error {
 	dir := filepath.Join(s.root, tmpDir)
 	entries, err := os.ReadDir(dir)
@@ -96,12 +107,12 @@ func (s *File) CleanStale() error {
 	var errs []error
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
+		age := staleAfter
 		if strings.HasPrefix(e.Name(), stagingPrefix) {
-			// Being set up by a live helper, unless it has been there
-			// far longer than that takes.
-			if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < time.Minute {
-				continue
-			}
+			age = stagingAfter
+		}
+		if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < age {
+			continue // gone meanwhile, or young: a live helper's
 		}
 		lock, err := os.OpenFile(filepath.Join(p, lockFile), os.O_RDWR, 0)
 		if err == nil {
@@ -603,11 +614,16 @@ func (w *fileWriter) Commit(ctx context.Context, m *bundle.Metadata) error {
 	if err := os.MkdirAll(filepath.Dir(w.final), 0o700); err != nil {
 		return fmt.Errorf("publish bundle: %w", err)
 	}
-	os.Remove(filepath.Join(w.tmp, lockFile))
+	// Rename while the lock is held, and only then drop it: until the
+	// rename a concurrent CleanStale finds the lock taken, and after it
+	// nothing is left under .tmp to clean. (Unlinking the lock first let a
+	// cleaner take the bundle for a dead helper's and delete it as it was
+	// published.)
 	if err := os.Rename(w.tmp, w.final); err != nil {
 		return fmt.Errorf("publish bundle %s: %w", w.final, err)
 	}
 	w.done = true
+	os.Remove(filepath.Join(w.final, lockFile))
 	w.lock.Close()
 	// Make the rename itself durable.
 	return syncPath(filepath.Dir(w.final))
