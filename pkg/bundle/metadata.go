@@ -364,6 +364,12 @@ type Collector struct {
 	// DiskWriteBytes is what the helper caused to be written to storage
 	// (/proc/self/io write_bytes) up to the bundle's publication.
 	DiskWriteBytes int64 `json:"disk_write_bytes"`
+	// Missing names what the helper had not read when
+	// collect.capture_timeout ended the capture (a /proc text, a mapped
+	// file, the frame-pointer walk): a read of the crasher's files or
+	// memory that never returned, such as on a FUSE filesystem whose
+	// server does not answer.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // Text returns a valid UTF-8 rendering of raw bytes and, when the bytes are

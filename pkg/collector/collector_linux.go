@@ -186,7 +186,12 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	// Where it crashed, from the core's first bytes and the live process,
 	// before a byte of the core is kept: a known bug's core is not.
 	head, regs, regsErr := readHead(o.Core)
-	quick := analysis.Live(req.PID, m.SignalName, regs, regsErr)
+	// The walk, and later the capture, each read the crasher's memory
+	// and files for at most collect.capture_timeout.
+	quick, walked := liveWalk(req.PID, m.SignalName, regs, regsErr, time.Duration(cfg.Collect.CaptureTimeout))
+	if !walked {
+		m.Collector.Missing = append(m.Collector.Missing, "the frame-pointer walk")
+	}
 	m.Backtrace, m.Title, m.Signature = quick.Frames, quick.Title, quick.Signature
 	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason}
 	wg.Wait()
@@ -239,9 +244,11 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		budget:       cfg.Collect.MaxFilesTotalBytes.Bytes,
 		charge:       cs.charge,
 		withEnviron:  cfg.Collect.CaptureEnviron,
+		readNetwork:  cfg.Collect.ReadNetworkFiles,
+		timeout:      time.Duration(cfg.Collect.CaptureTimeout),
 		light:        light,
 	}
-	wg.Go(cap.run)
+	cap.start()
 
 	var coreFile io.WriteCloser
 	if keep {
@@ -256,7 +263,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	} else {
 		readErr = cs.drain(head, o.Core)
 	}
-	wg.Wait()
+	cap.wait()
 	// Everything that needs the crashed process is done: let the kernel
 	// release it (it waits for the pipe's last reader, not for our exit).
 	o.Core.Close()
@@ -303,6 +310,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 	m.Files = cap.files
 	m.Warnings = append(m.Warnings, cap.warnings...)
+	m.Collector.Missing = append(m.Collector.Missing, cap.missing...)
 	if agentResp != nil {
 		if ev := agentResp.Event; ev != nil {
 			ev.LatencyMS = float64(start.Sub(ev.Time).Microseconds()) / 1000
@@ -314,7 +322,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if tail, err := ident.LogTail(cfg.Identity.LogTail.Bytes); err != nil {
 		m.Warnings = append(m.Warnings, fmt.Sprintf("container log: %v", err))
 	} else if len(tail) > 0 {
-		if err := cap.put(bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
+		if err := put(w, bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
 			m.Warnings = append(m.Warnings, fmt.Sprintf("store container log: %v", err))
 		}
 	}
@@ -327,6 +335,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		MaxRSSBytes:     rss,
 		CPUSeconds:      cpu,
 		DiskWriteBytes:  diskWrites(),
+		Missing:         m.Collector.Missing,
 	}
 	// The agent runs gdb on a stored core once it is published (gdb lives
 	// in the agent's image, not necessarily on the host the helper runs

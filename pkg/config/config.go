@@ -277,6 +277,18 @@ type Collect struct {
 	HonorRlimit bool `json:"honor_rlimit"`
 	// CaptureEnviron stores /proc/PID/environ, which often holds secrets.
 	CaptureEnviron bool `json:"capture_environ"`
+	// CaptureTimeout bounds what the helper reads from the crashed process
+	// (its files, memory and /proc texts) while the kernel holds it: a
+	// read that never returns (a FUSE server that does not answer) costs
+	// this much in each of the two phases that read the process (the
+	// frame-pointer walk, then the capture of files), and the bundle says
+	// what is missing, instead of holding the crasher and a collection
+	// slot for ever.
+	CaptureTimeout Duration `json:"capture_timeout"`
+	// ReadNetworkFiles copies mapped files on FUSE and network filesystems
+	// (NFS, CIFS/SMB, 9p, Ceph, ...) too; off, they are listed as skipped,
+	// because their server can stall every read.
+	ReadNetworkFiles bool `json:"read_network_files"`
 	// Compression is the zstd level: fastest, default or better.
 	Compression string `json:"compression"`
 	// MaxCoresPerMinute caps whole cores stored per minute on this node
@@ -304,6 +316,7 @@ func Default() *Config {
 		Collect: Collect{
 			MaxFileBytes:       Size{Bytes: 1 << 30},
 			MaxFilesTotalBytes: Size{Bytes: 256 << 20},
+			CaptureTimeout:     Duration(30 * time.Second),
 			Compression:        "fastest",
 			MaxCoresPerMinute:  30,
 			MaxConcurrent:      4,
@@ -380,6 +393,9 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
 			}
 		}
+	}
+	if c.Collect.CaptureTimeout < Duration(time.Second) {
+		return fmt.Errorf("collect.capture_timeout %s: use at least 1s (a healthy capture takes well under a second, a stalled one is cut here)", c.Collect.CaptureTimeout)
 	}
 	if c.Collect.MaxConcurrent < 1 || c.Collect.MaxCoresPerMinute < 0 {
 		return errors.New("collect.max_concurrent must be at least 1 and collect.max_cores_per_minute at least 0 (0: no cap)")
