@@ -104,9 +104,29 @@ type Metadata struct {
 	// collecting this crash cost the node.
 	Collector Collector `json:"collector"`
 
+	// Upload is the outbox's record of failed attempts to upload this
+	// bundle to the object store; nil until one failed.
+	Upload *Upload `json:"upload,omitempty"`
+
 	// Warnings lists what the helper could not capture and why. A bundle with
 	// warnings is still complete in the sense that nothing more could be kept.
 	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Upload counts a bundle's failed uploads, so that one the object store
+// refuses for good is set aside (Quarantined) instead of blocking every
+// later bundle of its node, and says why.
+type Upload struct {
+	// Failures counts every failed attempt; Permanent those the store
+	// refused for reasons of the bundle itself, which no retry can change.
+	Failures  int    `json:"failures"`
+	Permanent int    `json:"permanent"`
+	LastError string `json:"last_error,omitempty"`
+	// Quarantined is set after upload.quarantine_after permanent
+	// failures: the uploader passes over the bundle, which stays in the
+	// outbox until retention removes it or `corecatch upload
+	// --retry-quarantined` tries it again.
+	Quarantined bool `json:"quarantined,omitempty"`
 }
 
 // Container is the crasher's container.

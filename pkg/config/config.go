@@ -217,6 +217,10 @@ type Upload struct {
 	// MaxBackoff is the longest the agent waits between two attempts
 	// while the bucket cannot be reached.
 	MaxBackoff Duration `json:"max_backoff"`
+	// QuarantineAfter is how many times the bucket may refuse one bundle
+	// for good (a key it never accepts, an unreadable file) before the
+	// bundle is set aside, so that it stops delaying later bundles.
+	QuarantineAfter int `json:"quarantine_after"`
 }
 
 // Identity configures how the helper learns whose crash it is.
@@ -335,9 +339,10 @@ func Default() *Config {
 			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
-		Dedup:  Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
-		Host:   Host{ProcSysKernel: "/proc/sys/kernel"},
-		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Dedup: Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:  Host{ProcSysKernel: "/proc/sys/kernel"},
+		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute),
+			QuarantineAfter: 3},
 	}
 }
 
@@ -380,6 +385,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Host.BinMount != "" && c.Host.BinDir == "" {
 		return errors.New("host.bin_mount is set without host.bin_dir: set bin_dir to the host path that bin_mount mounts")
+	}
+	if c.Upload.QuarantineAfter < 1 {
+		return fmt.Errorf("upload.quarantine_after %d: use at least 1", c.Upload.QuarantineAfter)
 	}
 	if c.Upload.MaxBackoff < Duration(time.Second) {
 		return fmt.Errorf("upload.max_backoff %s: use at least 1s", c.Upload.MaxBackoff)
