@@ -202,7 +202,7 @@ func (c *capture) wait() {
 			named[q.target] = true
 			text, raw := bundle.Text([]byte(q.target))
 			c.files = append(c.files, bundle.File{Path: text, PathRaw: raw, Role: "mapped",
-				Skipped: fmt.Sprintf("not reached within collect.capture_timeout (%s)", timeout)})
+				Skipped: fmt.Sprintf("not captured within collect.capture_timeout (%s)", timeout)})
 			c.missing = append(c.missing, text)
 		}
 	}
@@ -327,23 +327,15 @@ func nsPID(status []byte) int {
 
 // put stores r in the bundle as name, unless the capture was abandoned.
 func (c *capture) put(name string, r io.Reader) error {
-	f, err := c.create(name)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return put(c.Create, name, r)
 }
 
 // errAbandoned is what a write of an abandoned capture returns.
 var errAbandoned = errors.New("the capture was abandoned at collect.capture_timeout")
 
-// create starts a bundle file whose writes stop once the capture is
+// Create starts a bundle file whose writes stop once the capture is
 // abandoned.
-func (c *capture) create(name string) (*guarded, error) {
+func (c *capture) Create(name string) (io.WriteCloser, error) {
 	var f io.WriteCloser
 	err := errAbandoned
 	c.update(func() { f, err = c.w.Create(name) })
@@ -398,10 +390,11 @@ func (g *guarded) Close() error {
 	return g.f.Close()
 }
 
-// put stores r in the bundle w as name: for what the helper adds once the
-// capture is over (the container's log).
-func put(w store.Writer, name string, r io.Reader) error {
-	f, err := w.Create(name)
+// put stores r in a bundle as the file name that create starts: the
+// capture's (Create) or, for what the helper adds once the capture is over
+// (the container's log), the store writer's.
+func put(create func(string) (io.WriteCloser, error), name string, r io.Reader) error {
+	f, err := create(name)
 	if err != nil {
 		return err
 	}
@@ -686,7 +679,7 @@ func (c *capture) copyFile(link, name string, f *bundle.File) error {
 	}
 	c.used += cost
 	f.BuildID = analysis.BuildID(src)
-	dst, err := c.create(name)
+	dst, err := c.Create(name)
 	if err != nil {
 		return err
 	}

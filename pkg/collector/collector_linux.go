@@ -322,7 +322,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if tail, err := ident.LogTail(cfg.Identity.LogTail.Bytes); err != nil {
 		m.Warnings = append(m.Warnings, fmt.Sprintf("container log: %v", err))
 	} else if len(tail) > 0 {
-		if err := put(w, bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
+		if err := put(w.Create, bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
 			m.Warnings = append(m.Warnings, fmt.Sprintf("store container log: %v", err))
 		}
 	}

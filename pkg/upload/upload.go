@@ -56,7 +56,7 @@ type Options struct {
 	QuarantineAfter  int
 	RetryQuarantined bool
 	// OnQuarantine is called when a bundle is set aside, and OnQuarantined
-	// with how many wait set aside in the outbox after each pass.
+	// with how many wait set aside in the outbox after each whole pass.
 	OnQuarantine  func(m *bundle.Metadata)
 	OnQuarantined func(n int)
 }
@@ -136,7 +136,6 @@ func (u *Uploader) Drain(ctx context.Context) (int, error) {
 	defer u.backlog(ctx)
 	uploaded, quarantined := 0, 0
 	var errs []error
-	defer func() { u.o.OnQuarantined(quarantined) }()
 	for _, id := range ids {
 		err := u.one(ctx, id)
 		switch {
@@ -148,9 +147,12 @@ func (u *Uploader) Drain(ctx context.Context) (int, error) {
 		case Permanent(err):
 			errs = append(errs, err)
 		default:
+			// A pass cut short has not seen every bundle set aside: the
+			// count waits for a whole pass.
 			return uploaded, errors.Join(append(errs, err)...)
 		}
 	}
+	u.o.OnQuarantined(quarantined)
 	return uploaded, errors.Join(errs...)
 }
 
