@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -55,6 +56,9 @@ func (f *hangFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 func mountHang(t *testing.T, dir string) string {
 	t.Helper()
 	mnt := filepath.Join(dir, "fuse")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	release := make(chan struct{})
 	root := &fs.Inode{}
 	srv, err := fs.Mount(mnt, root, &fs.Options{
