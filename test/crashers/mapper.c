@@ -8,8 +8,8 @@
 //   mapper map FILE [fp]
 //     maps FILE's second page (private, read-only) without touching it, so
 //     neither the process nor the kernel's core dump reads it; with fp, the
-//     frame pointer points into that page when it crashes, so a
-//     frame-pointer walk of the live process reads it.
+//     page is mapped above the stack and the frame pointer points into it
+//     when it crashes, so a frame-pointer walk of the live process reads it.
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +62,23 @@ int main(int argc, char **argv) {
       perror(argv[2]);
       return 2;
     }
-    char *p = mmap(NULL, page, PROT_READ, MAP_PRIVATE, fd, page);
+    char *p = MAP_FAILED;
+    if (argc == 4) {
+      // A frame-pointer walk follows only pointers above the stack
+      // pointer: map the page just above the stack.
+      unsigned long lo, hi, top = 0;
+      char line[512];
+      FILE *maps = fopen("/proc/self/maps", "r");
+      while (maps && fgets(line, sizeof line, maps))
+        if (strstr(line, "[stack]") && sscanf(line, "%lx-%lx", &lo, &hi) == 2)
+          top = hi;
+      if (maps)
+        fclose(maps);
+      for (int k = 1; top && k <= 256 && p == MAP_FAILED; k++)
+        p = mmap((void *)(top + k * 16 * page), page, PROT_READ, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, page);
+    } else {
+      p = mmap(NULL, page, PROT_READ, MAP_PRIVATE, fd, page);
+    }
     if (p == MAP_FAILED) {
       perror("mmap");
       return 2;
