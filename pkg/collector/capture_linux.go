@@ -51,8 +51,8 @@ type capture struct {
 	// budget is collect.max_files_total_bytes: the data bytes all captured
 	// files may take together; used is what they took so far.
 	budget, used int64
-	// charge takes a file's data bytes from the store's room, never
-	// deleting a bundle for them (coreStream.charge); false: no room.
+	// charge takes a file's data bytes from the store's room, under
+	// retention's rule (coreStream.charge); false: no room.
 	charge      func(n int64) bool
 	withEnviron bool
 	// readNetwork reads files on FUSE and network filesystems too.
@@ -675,7 +675,7 @@ func (c *capture) copyFile(link, name string, f *bundle.File) error {
 		return fmt.Errorf("%w: its %d data bytes would take the bundle's files past collect.max_files_total_bytes (%d of %d bytes used)", errNoRoom, cost, c.used, c.budget)
 	}
 	if c.charge != nil && !c.charge(cost) {
-		return fmt.Errorf("%w: its %d data bytes do not fit in the store's room under retention.max_use/keep_free, and a captured file never deletes another bundle", errNoRoom, cost)
+		return fmt.Errorf("%w: its %d data bytes do not fit in the store's room under retention.max_use/keep_free, even with every older bundle deleted", errNoRoom, cost)
 	}
 	c.used += cost
 	f.BuildID = analysis.BuildID(src)

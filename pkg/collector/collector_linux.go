@@ -277,8 +277,8 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		}
 	}
 
-	if len(cs.freed) > 0 {
-		o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", cs.freed))
+	if freed := cs.freedIDs(); len(freed) > 0 {
+		o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", freed))
 	}
 	core, err := cs.finish()
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -30,6 +32,7 @@ const quotaMargin = 1 << 20
 // and the oldest bundles it may delete to take more.
 type space interface {
 	Room() int64
+	MaxRoom() int64
 	FreeOldest(ctx context.Context) (string, error)
 }
 
@@ -45,8 +48,13 @@ type coreStream struct {
 	space space
 	freed []string
 	// files is what the bundle's captured files have charged to the same
-	// room (charge).
-	files atomic.Int64
+	// room (charge). roomMu serialises makeRoom between the core and the
+	// capture, and guards freed.
+	files  atomic.Int64
+	roomMu sync.Mutex
+	// encoding is set while a core is compressed into the store: the
+	// encoder's block in flight (quotaMargin) is then counted as taken.
+	encoding atomic.Bool
 	// level is the zstd effort.
 	level zstd.EncoderLevel
 
@@ -101,6 +109,7 @@ func (s *coreStream) run(in io.Reader, out io.Writer) error {
 			return fmt.Errorf("start zstd: %w", err)
 		}
 		s.enc = enc
+		s.encoding.Store(true)
 	}
 	// A reader goroutine keeps draining the pipe while the chunk before is
 	// compressed: the kernel, which blocks whenever the pipe is full, keeps
@@ -152,7 +161,7 @@ func (s *coreStream) run(in io.Reader, out io.Writer) error {
 // keep compresses p, or the part of it within the limit, and reports
 // whether later chunks should still be kept.
 func (s *coreStream) keep(p []byte) bool {
-	if !s.makeRoom() {
+	if !s.makeRoom(0) {
 		s.truncate(bundle.ReasonQuota)
 		return false
 	}
@@ -171,14 +180,26 @@ func (s *coreStream) keep(p []byte) bool {
 	return true
 }
 
-// makeRoom reports whether the store has room for another chunk, deleting
-// the oldest bundles while it has not: a new crash is worth more than the
-// oldest one kept.
-func (s *coreStream) makeRoom() bool {
+// makeRoom reports whether the store has room for another chunk of the
+// core and extra more bytes, deleting the oldest bundles while it has not:
+// a new crash is worth more than the oldest one kept. That is retention's
+// own rule (see store.Space): what is counted is what the bundle has
+// written, so nothing reserved in advance, and no hole of a sparse file,
+// deletes a bundle.
+func (s *coreStream) makeRoom(extra int64) bool {
 	if s.space == nil {
 		return true
 	}
-	for room := s.space.Room(); room >= 0 && s.out.n.Load()+s.files.Load()+quotaMargin > room; room = s.space.Room() {
+	s.roomMu.Lock()
+	defer s.roomMu.Unlock()
+	need := s.out.n.Load() + s.files.Load() + extra
+	if s.encoding.Load() {
+		need += quotaMargin
+	}
+	if most := s.space.MaxRoom(); most >= 0 && need > most {
+		return false // deleting every older bundle would not be enough
+	}
+	for room := s.space.Room(); room >= 0 && need > room; room = s.space.Room() {
 		id, err := s.space.FreeOldest(context.Background())
 		if err != nil || id == "" {
 			return false
@@ -188,19 +209,22 @@ func (s *coreStream) makeRoom() bool {
 	return true
 }
 
-// charge takes n bytes of the store's room for a captured file and reports
-// whether they fit. It never deletes a bundle to make them fit: only the
-// core, the one part of a bundle worth more than the oldest bundle kept,
-// does that (see store.Space for the rule). The core stream, which may run
-// at the same time, counts what was charged as taken.
+// charge takes n bytes of the store's room for a captured file (its data
+// bytes) and reports whether they fit, room made as for the core. The core
+// stream, which may run at the same time, counts them as taken.
 func (s *coreStream) charge(n int64) bool {
-	if s.space != nil {
-		if room := s.space.Room(); room >= 0 && s.out.n.Load()+s.files.Load()+n+quotaMargin > room {
-			return false
-		}
+	if !s.makeRoom(n) {
+		return false
 	}
 	s.files.Add(n)
 	return true
+}
+
+// freedIDs returns the bundles deleted to make room for this one.
+func (s *coreStream) freedIDs() []string {
+	s.roomMu.Lock()
+	defer s.roomMu.Unlock()
+	return slices.Clone(s.freed)
 }
 
 func writeReason(err error) string {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -210,12 +211,14 @@ func TestWriteReason(t *testing.T) {
 type fixedRoom int64
 
 func (r fixedRoom) Room() int64                                { return int64(r) }
+func (r fixedRoom) MaxRoom() int64                             { return int64(r) }
 func (r fixedRoom) FreeOldest(context.Context) (string, error) { return "", nil }
 
-// TestChargeNeverDeletes: a captured file takes only the room retention
-// leaves, and never deletes an older bundle for it; the core, which may,
-// counts what the files took.
-func TestChargeNeverDeletes(t *testing.T) {
+// TestChargeMakesRoomAsRetention: a captured file takes the room
+// retention leaves, then the oldest bundles' (the ones retention deletes
+// first once the new bundle is published), and fails only when even that is
+// not enough; the core counts what the files took.
+func TestChargeMakesRoomAsRetention(t *testing.T) {
 	ctx := context.Background()
 	st := store.NewFile(t.TempDir())
 	var ids []string
@@ -240,19 +243,22 @@ func TestChargeNeverDeletes(t *testing.T) {
 	}
 	s := newCoreStream(-1, bundle.ReasonMaxCoreBytes, zstd.SpeedFastest)
 	s.space = sp
-	if s.charge(4 << 20) {
-		t.Error("a 4 MiB file fitted in 4 MiB of room with the core's margin")
+	s.encoding.Store(true) // a core is compressed meanwhile: its margin counts
+	if !s.charge(2<<20) || len(s.freedIDs()) != 0 {
+		t.Errorf("a 2 MiB file in 4 MiB of room: freed %v", s.freedIDs())
 	}
-	if !s.charge(2 << 20) {
-		t.Error("a 2 MiB file did not fit in 4 MiB of room")
+	// 2 MiB more, with the margin, pass the room: the oldest bundle goes,
+	// the newer one stays.
+	if !s.charge(2<<20) || !slices.Equal(s.freedIDs(), ids[:1]) {
+		t.Errorf("charge freed %v; want the oldest, %s", s.freedIDs(), ids[0])
 	}
-	if u, _ := st.Usage(ctx); u.Bundles != 2 {
-		t.Fatalf("charging deleted bundles: %d left", u.Bundles)
+	if s.charge(1<<30) || !slices.Equal(s.freedIDs(), ids[:1]) {
+		t.Errorf("1 GiB fitted in a store bounded at a few MiB, or deleted bundles in vain (freed %v)", s.freedIDs())
 	}
-	// The core's 2 MiB and its margin do not fit beside the file: the oldest
-	// bundle goes, the newer one stays.
-	s.out.n.Store(2 << 20)
-	if !s.makeRoom() || len(s.freed) != 1 || s.freed[0] != ids[0] {
-		t.Errorf("makeRoom freed %v; want the oldest, %s", s.freed, ids[0])
+	// The core counts the files: with 4 MiB of files charged, 4 MiB of
+	// core cannot fit even with the newer bundle gone, so it stays.
+	s.out.n.Store(4 << 20)
+	if s.makeRoom(0) || len(s.freedIDs()) != 1 {
+		t.Errorf("the core found room beside 4 MiB of files; freed %v", s.freedIDs())
 	}
 }

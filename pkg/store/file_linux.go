@@ -373,13 +373,12 @@ func (s *File) Usage(ctx context.Context) (Usage, error) {
 // retention would keep: it may take Room, and beyond it only the room of
 // the oldest bundles, which are exactly the ones retention deletes first
 // once the new bundle is published (Vacuum after Commit). Nothing is
-// reserved in advance: what a bundle charges is what it has written, so an
-// estimate never deletes a bundle. Only the core may ask for deletions
-// (FreeOldest); the helper's captured files take what Room has left and are
-// skipped when it has none (collector's charge), and their total is bounded
-// by collect.max_files_total_bytes counting data bytes only. A Space is
-// safe for concurrent use: the core stream and the capture of files share
-// one.
+// reserved in advance: what a bundle charges is what it has written (its
+// compressed core, its captured files' data bytes, never their holes), so
+// an estimate never deletes a bundle that the published bundle would have
+// left room for. The captured files' total is bounded besides, by
+// collect.max_files_total_bytes. A Space is safe for concurrent use: the
+// core stream and the capture of files share one.
 type Space struct {
 	mu     sync.Mutex
 	store  *File
@@ -454,6 +453,24 @@ func (sp *Space) Room() int64 {
 	}
 	if sp.free >= 0 && sp.r.KeepFree > 0 {
 		if free := max(sp.free-sp.r.KeepFree, 0); room < 0 || free < room {
+			room = free
+		}
+	}
+	return room
+}
+
+// MaxRoom is Room once every older bundle is deleted: the most the new
+// bundle can ever take, or -1 when no bound applies. A bundle that would
+// not fit even then deletes nothing for its next bytes.
+func (sp *Space) MaxRoom() int64 {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	room := int64(-1)
+	if sp.r.MaxUse > 0 {
+		room = sp.r.MaxUse
+	}
+	if sp.free >= 0 && sp.r.KeepFree > 0 {
+		if free := max(sp.free+sp.bytes-sp.r.KeepFree, 0); room < 0 || free < room {
 			room = free
 		}
 	}
