@@ -89,6 +89,7 @@ type capture struct {
 	exe        []byte
 	stored     map[string]bool
 	seen       map[fileKey]int // inode → index in files
+	network    map[string]int  // a file not read for its filesystem → index
 	auxv       []byte
 	mounts     map[int]string // mount id → filesystem type, the crasher's
 	missing    []string
@@ -244,6 +245,7 @@ func (c *capture) run() {
 	c.update(func() {
 		c.stored = map[string]bool{}
 		c.seen = map[fileKey]int{}
+		c.network = map[string]int{}
 		c.left = append(c.procTexts(), stepExe)
 		if !c.light {
 			c.left = append(c.left, stepMapped, stepLinkMap)
@@ -601,13 +603,12 @@ func (c *capture) skipNetwork(target, role, fs string) int {
 	text, raw := bundle.Text([]byte(target))
 	i := -1
 	c.update(func() {
-		for j := range c.files {
-			if c.files[j].RawPath() == target {
-				i = j
-				return
-			}
+		if j, ok := c.network[target]; ok {
+			i = j
+			return
 		}
 		i = len(c.files)
+		c.network[target] = i
 		c.files = append(c.files, bundle.File{Path: text, PathRaw: raw, Role: role,
 			Skipped: fmt.Sprintf("on a %s filesystem, whose server can stall a read for ever: not read (collect.read_network_files)", fs)})
 	})

@@ -275,7 +275,8 @@ type Collect struct {
 	// MaxFilesTotalBytes is the budget of one bundle's captured files
 	// (executable, libraries, data files) together, data bytes only: a
 	// container that maps many large files cannot make a bundle that pushes
-	// other bundles out of the store. Files past it are listed with a reason.
+	// other bundles out of the store. Files past it are listed with a
+	// reason; 0 keeps none.
 	MaxFilesTotalBytes Size `json:"max_files_total_bytes"`
 	// HonorRlimit caps each core at the crasher's RLIMIT_CORE.
 	HonorRlimit bool `json:"honor_rlimit"`
