@@ -238,6 +238,53 @@ func liveWalk(pid int, signal string, regs analysis.Regs, regsErr error, timeout
 	return r, false
 }
 
+// stallReader reads the kernel's core pipe and gives up when nothing
+// arrives for stall (0: never). The kernel's dump itself can block for
+// ever: it reads the first page of every readable file mapping to tell
+// ELF files apart, and every page it dumps of a file mapping, and on a
+// FUSE file whose server never answers that read never returns. Without
+// the bound the helper would wait on the pipe for ever, holding its
+// collection slot; with it the bundle is published with the core cut and
+// a warning. Once stalled it stays so: the dump will not resume in time.
+type stallReader struct {
+	f     *os.File
+	stall time.Duration
+	err   error
+}
+
+// errStalled is wrapped by the error a stalled pipe returns.
+var errStalled = errors.New("stalled")
+
+func (r *stallReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	if err := r.wait(); err != nil {
+		return 0, err
+	}
+	return r.f.Read(p)
+}
+
+// wait returns once the pipe has something to read (or its writer is
+// gone), or the stall error.
+func (r *stallReader) wait() error {
+	if r.stall <= 0 {
+		return nil
+	}
+	fds := []unix.PollFd{{Fd: int32(r.f.Fd()), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, int(r.stall.Milliseconds()))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err == nil && n == 0 {
+			r.err = fmt.Errorf("the kernel sent no core bytes for %s (collect.capture_timeout): %w; its dump is blocked, likely on a file the process mapped from a FUSE or network filesystem, and the pipe is let go", r.stall, errStalled)
+			return r.err
+		}
+		return nil
+	}
+}
+
 // run captures everything it can; each failure becomes a warning in the
 // bundle rather than an error, because a bundle with a core and half its
 // files beats no bundle.

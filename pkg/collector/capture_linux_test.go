@@ -1,7 +1,10 @@
 package collector
 
 import (
+	"errors"
+	"os"
 	"testing"
+	"time"
 )
 
 func TestNSPID(t *testing.T) {
@@ -39,5 +42,29 @@ func TestMountTypes(t *testing.T) {
 		if isNetworkFS(fs) != network {
 			t.Errorf("isNetworkFS(%q) = %v, want %v", fs, !network, network)
 		}
+	}
+}
+
+// TestStallReader: bytes the writer sends are read; once nothing comes for
+// the stall bound the reader gives up, and stays given up.
+func TestStallReader(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	sr := &stallReader{f: r, stall: 50 * time.Millisecond}
+	w.Write([]byte("core"))
+	buf := make([]byte, 16)
+	if n, err := sr.Read(buf); err != nil || string(buf[:n]) != "core" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	if _, err := sr.Read(buf); !errors.Is(err, errStalled) {
+		t.Fatalf("Read of a silent pipe = %v, want errStalled", err)
+	}
+	w.Write([]byte("late"))
+	if _, err := sr.Read(buf); !errors.Is(err, errStalled) {
+		t.Errorf("Read after the stall = %v, want errStalled still", err)
 	}
 }

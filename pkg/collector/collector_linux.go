@@ -185,7 +185,10 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	})
 	// Where it crashed, from the core's first bytes and the live process,
 	// before a byte of the core is kept: a known bug's core is not.
-	head, regs, regsErr := readHead(o.Core)
+	// Every read of the pipe gives up after collect.capture_timeout
+	// without a byte: the kernel's dump can block on the crasher's files.
+	pipe := &stallReader{f: o.Core, stall: time.Duration(cfg.Collect.CaptureTimeout)}
+	head, regs, regsErr := readHead(pipe)
 	// The walk, and later the capture, each read the crasher's memory
 	// and files for at most collect.capture_timeout.
 	quick, walked := liveWalk(req.PID, m.SignalName, regs, regsErr, time.Duration(cfg.Collect.CaptureTimeout))
@@ -259,9 +262,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 	var readErr error
 	if keep {
-		readErr = cs.run(io.MultiReader(bytes.NewReader(head), o.Core), coreFile)
+		readErr = cs.run(io.MultiReader(bytes.NewReader(head), pipe), coreFile)
 	} else {
-		readErr = cs.drain(head, o.Core)
+		readErr = cs.drain(head, pipe)
 	}
 	cap.wait()
 	// Everything that needs the crashed process is done: let the kernel

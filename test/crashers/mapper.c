@@ -5,11 +5,13 @@
 //     DATA_KIB KiB of data in the middle, and maps each whole (shared,
 //     read-only): a bundle that wrote their holes out would take COUNT*MIB
 //     MiB.
-//   mapper map FILE [fp]
+//   mapper map FILE [fp|head]
 //     maps FILE's second page (private, read-only) without touching it, so
 //     neither the process nor the kernel's core dump reads it; with fp, the
 //     page is mapped above the stack and the frame pointer points into it
-//     when it crashes, so a frame-pointer walk of the live process reads it.
+//     when it crashes, so a frame-pointer walk of the live process reads it;
+//     with head, its first page is mapped instead, which the kernel's core
+//     dump itself reads.
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +65,13 @@ int main(int argc, char **argv) {
       return 2;
     }
     char *p = MAP_FAILED;
-    if (argc == 4) {
+    if (argc == 4 && strcmp(argv[3], "head") == 0) {
+      // The first page, as a library is mapped: the kernel's core dump
+      // reads it (to tell ELF files apart, or to dump it).
+      p = mmap(NULL, page, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p != MAP_FAILED)
+        crash(NULL);
+    } else if (argc == 4) {
       // A frame-pointer walk follows only pointers above the stack
       // pointer: map the page just above the stack.
       unsigned long lo, hi, top = 0;
@@ -86,6 +94,6 @@ int main(int argc, char **argv) {
     crash(argc == 4 ? p + 64 : NULL);
     return 0;
   }
-  fprintf(stderr, "usage: mapper sparse DIR COUNT MIB DATA_KIB | mapper map FILE [fp]\n");
+  fprintf(stderr, "usage: mapper sparse DIR COUNT MIB DATA_KIB | mapper map FILE [fp|head]\n");
   return 2;
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -49,17 +50,19 @@ func (f *hangFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 }
 
 // mountHang mounts a FUSE filesystem holding one file, lib.so, whose reads
-// hang, and returns the file's path. The test's cleanup releases the hung
-// reads and unmounts it, lazily if it is still busy, even when the test
-// failed. The caller holds the privileged lock (a mount is the kernel's
-// state).
-func mountHang(t *testing.T, dir string) string {
+// hang, and returns the file's path and what releases the hung reads. The
+// test's cleanup releases them and unmounts it, lazily if it is still busy,
+// even when the test failed. The caller holds the privileged lock (a mount
+// is the kernel's state).
+func mountHang(t *testing.T, dir string) (string, func()) {
 	t.Helper()
 	mnt := filepath.Join(dir, "fuse")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
 	root := &fs.Inode{}
 	srv, err := fs.Mount(mnt, root, &fs.Options{
 		MountOptions: fuse.MountOptions{FsName: "corecatch-hang", Name: "hang"},
@@ -71,14 +74,14 @@ func mountHang(t *testing.T, dir string) string {
 		t.Fatalf("mount a FUSE filesystem at %s (fusermount3 comes with Debian's fuse3): %v", mnt, err)
 	}
 	t.Cleanup(func() {
-		close(release)
+		unblock()
 		if err := srv.Unmount(); err != nil {
 			if out, err := exec.Command("fusermount3", "-u", "-z", mnt).CombinedOutput(); err != nil {
 				t.Errorf("unmount %s: %v\n%s", mnt, err, out)
 			}
 		}
 	})
-	return filepath.Join(mnt, "lib.so")
+	return filepath.Join(mnt, "lib.so"), unblock
 }
 
 // TestCaptureTimeoutFUSE crashes a process that maps a file from a FUSE
@@ -91,7 +94,7 @@ func TestCaptureTimeoutFUSE(t *testing.T) {
 	const timeout = 3 // seconds
 	crash := func(t *testing.T, extra string, args ...string) (*bundle.Metadata, string) {
 		n := harness.Install(t, "collect:\n  capture_timeout: 3s\n"+extra)
-		lib := mountHang(t, n.Dir)
+		lib, _ := mountHang(t, n.Dir)
 		cmd := exec.Command(harness.CC(t, n.Dir, "mapper", []string{"mapper.c"}), append([]string{"map", lib}, args...)...)
 		n.Crash(cmd)
 		m := n.WaitBundle(cmd.Process.Pid)
@@ -124,6 +127,26 @@ func TestCaptureTimeoutFUSE(t *testing.T) {
 		// hang), and not long after.
 		if h := m.Collector.HeldSeconds; h < timeout || h > timeout+20 {
 			t.Errorf("held the crasher %.1fs; want about the %ds timeout", h, timeout)
+		}
+	})
+	t.Run("dump", func(t *testing.T) {
+		// The first page is mapped: the kernel's dump reads it, and
+		// blocks. The helper gives up on the pipe and publishes what it
+		// has; the crasher stays in the kernel until the server answers.
+		n := harness.Install(t, "collect:\n  capture_timeout: 3s\n")
+		lib, unblock := mountHang(t, n.Dir)
+		cmd := exec.Command(harness.CC(t, n.Dir, "mapper", []string{"mapper.c"}), "map", lib, "head")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Wait()
+		defer unblock()
+		m := n.WaitBundle(cmd.Process.Pid)
+		if !m.Core.Truncated || !slices.ContainsFunc(m.Warnings, func(w string) bool { return strings.Contains(w, "no core bytes") }) {
+			t.Errorf("core %+v, warnings %q; want the core cut at the stall, and said so", m.Core, m.Warnings)
+		}
+		if h := m.Collector.HeldSeconds; h > 2*timeout+20 {
+			t.Errorf("held the pipe %.1fs; want it let go about the %ds timeout after the kernel stopped", h, timeout)
 		}
 	})
 	t.Run("walk", func(t *testing.T) {
