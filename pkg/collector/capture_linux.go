@@ -266,14 +266,16 @@ func (r *stallReader) Read(p []byte) (int, error) {
 }
 
 // wait returns once the pipe has something to read (or its writer is
-// gone), or the stall error.
+// gone), or the stall error: readers of a non-blocking pipe call it on
+// EAGAIN instead of spinning.
 func (r *stallReader) wait() error {
-	if r.stall <= 0 {
-		return nil
+	ms := -1
+	if r.stall > 0 {
+		ms = int(r.stall.Milliseconds())
 	}
 	fds := []unix.PollFd{{Fd: int32(r.f.Fd()), Events: unix.POLLIN}}
 	for {
-		n, err := unix.Poll(fds, int(r.stall.Milliseconds()))
+		n, err := unix.Poll(fds, ms)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}

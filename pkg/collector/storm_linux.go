@@ -282,7 +282,7 @@ func (s *coreStream) drain(head []byte, in *stallReader) error {
 // readHead reads the first bytes of the core, as many as the crashing
 // thread's registers need (the ELF header, the program headers and the
 // first note), and returns them with the registers.
-func readHead(in io.Reader) ([]byte, analysis.Regs, error) {
+func readHead(in *stallReader) ([]byte, analysis.Regs, error) {
 	var head []byte
 	for {
 		regs, need, err := analysis.HeadRegs(head)
@@ -295,8 +295,17 @@ func readHead(in io.Reader) ([]byte, analysis.Regs, error) {
 		buf := make([]byte, max(need-len(head), 64<<10))
 		n, err := in.Read(buf)
 		head = append(head, buf[:n]...)
-		if err != nil && err != syscall.EINTR && err != syscall.EAGAIN {
+		if errors.Is(err, syscall.EAGAIN) {
+			// A non-blocking pipe with nothing yet (os.File wraps the
+			// errno: errors.Is): wait for it, within the bound.
+			if err := in.wait(); err != nil {
+				return head, regs, fmt.Errorf("read the core's head: %w", err)
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, syscall.EINTR) {
 			return head, regs, fmt.Errorf("read the core's head: %w", err)
 		}
 	}
 }
+
