@@ -79,21 +79,27 @@ type capture struct {
 	queue []mappedFile
 	// current is the index in files of the file being copied, or -1.
 	current int
-	// hsErrFrame is where a JVM's fatal error log says it crashed.
-	hsErrFrame *bundle.Frame
-	nsPID      int
-	files      []bundle.File
-	mappings   []mapping
-	warnings   []string
-	cmdline    []string
-	exe        []byte
-	stored     map[string]bool
-	seen       map[fileKey]int // inode → index in files
-	network    map[string]int  // a file not read for its filesystem → index
-	auxv       []byte
-	mounts     map[int]string // mount id → filesystem type, the crasher's
-	missing    []string
-	done       chan struct{}
+	// hsErr is the head of a JVM's fatal error log, which says where it
+	// crashed.
+	hsErr []byte
+	// logTail bounds stderr, the end of the crasher's standard error when
+	// that is a file of its own (a host process's log), where runtimes
+	// write their last words.
+	logTail  int64
+	stderr   []byte
+	nsPID    int
+	files    []bundle.File
+	mappings []mapping
+	warnings []string
+	cmdline  []string
+	exe      []byte
+	stored   map[string]bool
+	seen     map[fileKey]int // inode → index in files
+	network  map[string]int  // a file not read for its filesystem → index
+	auxv     []byte
+	mounts   map[int]string // mount id → filesystem type, the crasher's
+	missing  []string
+	done     chan struct{}
 }
 
 type fileKey struct{ dev, ino uint64 }
@@ -116,6 +122,7 @@ const (
 	stepMapped  = "the mapped files"
 	stepLinkMap = "the loader's link map (/proc/PID/mem)"
 	stepHsErr   = "the JVM's hs_err log, if any"
+	stepStderr  = "the crasher's stderr file, if any"
 )
 
 // update runs fn under mu unless the capture was abandoned, and reports
@@ -299,7 +306,7 @@ func (c *capture) run() {
 		if !c.light {
 			c.left = append(c.left, stepMapped, stepLinkMap)
 		}
-		c.left = append(c.left, stepHsErr)
+		c.left = append(c.left, stepHsErr, stepStderr)
 	})
 	c.captureTexts()
 	if c.light {
@@ -316,6 +323,8 @@ func (c *capture) run() {
 		c.step()
 	}
 	c.captureHsErr()
+	c.step()
+	c.captureStderr()
 	c.step()
 }
 
@@ -816,7 +825,7 @@ func (c *capture) captureHsErr() {
 		return
 	}
 	defer unix.Close(cwd)
-	name := fmt.Sprintf("hs_err_pid%d.log", c.nsPID)
+	name := bundle.HsErrLog(c.nsPID)
 	if fs := c.fdNetworkFS(cwd); fs != "" && !c.readNetwork {
 		c.warn("the working directory is on a %s filesystem: %s not looked for (collect.read_network_files)", fs, name)
 		return
@@ -842,9 +851,48 @@ func (c *capture) captureHsErr() {
 	if err := c.put(name, r); err != nil {
 		c.warn("store %s: %v", name, err)
 	}
-	if fr, ok := analysis.HsErrFrame(head.Bytes()); ok {
-		c.update(func() { c.hsErrFrame = &fr })
+	c.update(func() { c.hsErr = head.Bytes() })
+}
+
+// captureStderr keeps the end of the crasher's standard error when it is
+// a regular file the crasher's user owns. /proc/PID/fd/2 opens the file
+// the process holds, not a path; stat first, so that a device or a fifo
+// is never opened.
+func (c *capture) captureStderr() {
+	link := filepath.Join(c.proc, "fd", "2")
+	if c.logTail <= 0 {
+		return
 	}
+	if fs := c.networkFS(link); fs != "" && !c.readNetwork {
+		c.warn("the crasher's stderr is a file on a %s filesystem: not read (collect.read_network_files)", fs)
+		return
+	}
+	var st, owner unix.Stat_t
+	if unix.Stat(link, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || unix.Stat(c.proc, &owner) != nil ||
+		st.Uid != owner.Uid {
+		return
+	}
+	f, err := os.OpenFile(link, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		c.warn("open the crasher's stderr: %v", err)
+		return
+	}
+	defer f.Close()
+	var now unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &now) != nil || now.Ino != st.Ino || now.Dev != st.Dev {
+		return
+	}
+	off := max(now.Size-c.logTail, 0)
+	data, err := io.ReadAll(io.NewSectionReader(f, off, c.logTail))
+	if err != nil {
+		c.warn("read the crasher's stderr: %v", err)
+		return
+	}
+	if err := c.put(bundle.StderrLog, bytes.NewReader(data)); err != nil {
+		c.warn("store %s: %v", bundle.StderrLog, err)
+		return
+	}
+	c.update(func() { c.stderr = data })
 }
 
 // limitedBuffer keeps the first max bytes written to it and accepts the

@@ -308,4 +308,3 @@ func readHead(in *stallReader) ([]byte, analysis.Regs, error) {
 		}
 	}
 }
-
