@@ -158,6 +158,18 @@ type Pod struct {
 	// Labels are the pod's own labels (kubelet's io.kubernetes.* ones
 	// left out), which alerts are routed by.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Annotations are the pod's corecatch.io/ annotations, which chose what
+	// was done with its crash (config.AnnotationCollect, ...).
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// Scope is what config.Pods.Policy decides by: the pod's namespace and
+// annotations; empty for a process in no pod (p nil).
+func (p *Pod) Scope() (namespace string, annotations map[string]string) {
+	if p == nil {
+		return "", nil
+	}
+	return p.Namespace, p.Annotations
 }
 
 // Workload is what owns the pod: kind Deployment, StatefulSet, DaemonSet,
@@ -245,6 +257,10 @@ const (
 	// allowance of full cores (collect.max_cores_per_minute) or ran its
 	// allowance of concurrent collections.
 	ReasonRateLimit = "rate_limit"
+	// ReasonPodPolicy marks a core drained because the pod's annotation or
+	// its namespace's default (config.Pods) said corecatch.io/collect:
+	// false; metadata and the backtrace are kept.
+	ReasonPodPolicy = "pod_policy"
 )
 
 // Frame is one frame of a backtrace. Module and Offset (the module's

@@ -12,7 +12,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -206,12 +205,17 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if agentResp != nil && agentResp.Freeze != nil && agentResp.Freeze.Cgroup != "" {
 		m.Cgroup = agentResp.Freeze.Cgroup
 	}
-	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-		identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
+	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
 	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
 	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
 
 	keep, light := limit != 0, false
+	if pol := cfg.Pods.Policy(m.Pod.Scope()); keep && !pol.Collect {
+		// The pod said no core (secrets in its memory): metadata and the
+		// backtrace only.
+		keep, light, cs = false, true, newCoreStream(0, bundle.ReasonPodPolicy, zstdLevel(cfg.Collect.Compression))
+		m.Warnings = append(m.Warnings, "core not kept: "+pol.Why)
+	}
 	if keep {
 		reason := stormReason(ctx, cfg, o.Claimer, m, quick.ExeID)
 		if reason == "" {

@@ -51,6 +51,7 @@ type Config struct {
 	Observer  Observer  `json:"observer"`
 	Freeze    Freeze    `json:"freeze"`
 	Identity  Identity  `json:"identity"`
+	Pods      Pods      `json:"pods"`
 	Notify    Notify    `json:"notify"`
 	Analysis  Analysis  `json:"analysis"`
 	Dedup     Dedup     `json:"dedup"`
@@ -286,6 +287,80 @@ type Identity struct {
 	Timeout Duration `json:"timeout"`
 }
 
+// Annotations a pod sets to choose what corecatch does with its crashes
+// ("true" or "false"); they override Pods' namespace defaults. kubelet
+// passes a pod's annotations to its CRI sandbox, where the helper reads
+// them: the crash path never asks the API server.
+const (
+	// AnnotationCollect "false" keeps metadata, the backtrace and the
+	// Event, not the core (secrets in memory).
+	AnnotationCollect = "corecatch.io/collect"
+	// AnnotationFreeze "false" never freezes the pod's containers.
+	AnnotationFreeze = "corecatch.io/freeze"
+	// AnnotationNotify "false" sends no Feishu card and no Alertmanager
+	// alert for the pod's crashes.
+	AnnotationNotify = "corecatch.io/notify"
+)
+
+// Pods sets per-namespace defaults of what is done with a pod's crashes.
+type Pods struct {
+	// Namespaces are matched by glob (path.Match), first match first;
+	// unset fields stay on.
+	Namespaces []PodDefaults `json:"namespaces"`
+}
+
+// PodDefaults are the defaults of the namespaces a glob matches.
+type PodDefaults struct {
+	Namespace string `json:"namespace"`
+	Collect   *bool  `json:"collect,omitempty"`
+	Freeze    *bool  `json:"freeze,omitempty"`
+	Notify    *bool  `json:"notify,omitempty"`
+}
+
+// PodPolicy is what is done with one pod's crash; Why names what turned
+// something off.
+type PodPolicy struct {
+	Collect, Freeze, Notify bool
+	Why                     string
+}
+
+// Policy returns the policy of a crash in a pod of namespace with those
+// annotations: everything on, then the first matching namespace's
+// defaults, then the pod's annotations. A process in no pod (namespace "")
+// gets everything.
+func (p Pods) Policy(namespace string, annotations map[string]string) PodPolicy {
+	pol := PodPolicy{Collect: true, Freeze: true, Notify: true}
+	if namespace == "" {
+		return pol
+	}
+	var def PodDefaults
+	for _, n := range p.Namespaces {
+		if ok, _ := path.Match(n.Namespace, namespace); ok {
+			def = n
+			break
+		}
+	}
+	var why []string
+	for _, f := range []struct {
+		on  *bool
+		def *bool
+		key string
+	}{{&pol.Collect, def.Collect, AnnotationCollect}, {&pol.Freeze, def.Freeze, AnnotationFreeze}, {&pol.Notify, def.Notify, AnnotationNotify}} {
+		src := ""
+		if f.def != nil {
+			*f.on, src = *f.def, fmt.Sprintf("pods.namespaces %q", def.Namespace)
+		}
+		if v, err := strconv.ParseBool(annotations[f.key]); err == nil {
+			*f.on, src = v, "annotation"
+		}
+		if !*f.on {
+			why = append(why, src+" "+f.key+": false")
+		}
+	}
+	pol.Why = strings.Join(why, ", ")
+	return pol
+}
+
 // Freeze configures how the agent keeps a crashing container still while
 // its core streams.
 type Freeze struct {
@@ -387,6 +462,7 @@ func Default() *Config {
 		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}, MissingAfter: Duration(time.Minute)},
 		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
 		Identity: Identity{LogTail: Size{Bytes: 64 << 10}, Timeout: Duration(2 * time.Second)},
+		Pods:     Pods{Namespaces: []PodDefaults{}},
 		Notify: Notify{Aggregate: Duration(5 * time.Minute), QueueMax: 1000, Mute: []Match{}, Feishu: []Feishu{},
 			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"},
 			LinkExpiry:   Duration(12 * time.Hour), QueueMaxBytes: Size{Bytes: 16 << 20}, ItemMaxBytes: Size{Bytes: 64 << 10},
@@ -473,6 +549,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Collect.MaxConcurrent < 1 || c.Collect.MaxCoresPerMinute < 0 {
 		return errors.New("collect.max_concurrent must be at least 1 and collect.max_cores_per_minute at least 0 (0: no cap)")
+	}
+	for _, n := range c.Pods.Namespaces {
+		if _, err := path.Match(n.Namespace, ""); err != nil || n.Namespace == "" {
+			return fmt.Errorf("pods.namespaces %q: want a namespace glob (%v)", n.Namespace, err)
+		}
 	}
 	for _, n := range c.Dedup.Namespaces {
 		if _, err := path.Match(n.Namespace, ""); err != nil {

@@ -19,7 +19,7 @@ import (
 // DropReasons are the values of corecatch_cores_dropped_total's reason
 // label. Each exists at 0 from the start, so that an alert on increase()
 // sees the first drop.
-var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "error"}
+var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "pod_policy", "error"}
 
 // DefaultMaxExeLabels is how many distinct executable names the exe label
 // takes in one agent's life, by default, before the rest count as
@@ -245,6 +245,8 @@ func dropReason(c bundle.Core) string {
 		return "dedup"
 	case bundle.ReasonRateLimit:
 		return "rate_limit"
+	case bundle.ReasonPodPolicy:
+		return "pod_policy"
 	}
 	return "error"
 }
@@ -300,12 +302,18 @@ func (m *Metrics) Notification(sink, result string) {
 // notifications wait in each sink's queue, read by pending at each scrape.
 func (m *Metrics) Notifier(sinks, results []string, pending func() map[string]int) {
 	for _, s := range sinks {
-		for _, r := range results {
-			m.notifications.WithLabelValues(s, r)
-		}
+		m.Sink(s, results)
 	}
 	m.Registry.MustRegister(&pendingCollector{pending: pending, desc: prometheus.NewDesc("corecatch_notifications_pending",
 		"Notifications waiting in a sink's queue in the spool: the service is down, refusing, or rate-limiting.", []string{"sink"}, nil)})
+}
+
+// Sink creates the notification counters of one more sink at 0 (the Pod
+// Events, which queue in memory, not in the spool).
+func (m *Metrics) Sink(sink string, results []string) {
+	for _, r := range results {
+		m.notifications.WithLabelValues(sink, r)
+	}
 }
 
 // pendingCollector reads the notification queues' lengths at scrape time.
