@@ -16,9 +16,10 @@ BIN       := bin/corecatch
 # rustup ($HOME/.cargo/bin), not from a Debian package.
 # etcd-server backs the real single-node cluster's kube-apiserver; elfutils is
 # in corecatch's image (built from the host's Debian packages, as the
-# Dockerfile's apt-get line lists them).
+# Dockerfile's apt-get line lists them). fuse3 (fusermount3) mounts the
+# test's FUSE server whose reads hang.
 TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus prometheus-alertmanager \
-	openjdk-17-jdk-headless nodejs python3.11-dbg debuginfod etcd-server elfutils
+	openjdk-17-jdk-headless nodejs python3.11-dbg debuginfod etcd-server elfutils fuse3
 # What `make generate` needs to rebuild the committed BPF objects exactly.
 GEN_DEBS  := clang-14 llvm-14 libbpf-dev
 # A real S3 service for the S3 store's tests and the upload bench: versitygw

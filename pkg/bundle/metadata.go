@@ -117,9 +117,29 @@ type Metadata struct {
 	// collecting this crash cost the node.
 	Collector Collector `json:"collector"`
 
+	// Upload is the outbox's record of failed attempts to upload this
+	// bundle to the object store; nil until one failed.
+	Upload *Upload `json:"upload,omitempty"`
+
 	// Warnings lists what the helper could not capture and why. A bundle with
 	// warnings is still complete in the sense that nothing more could be kept.
 	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Upload counts a bundle's failed uploads, so that one the object store
+// refuses for good is set aside (Quarantined) instead of blocking every
+// later bundle of its node, and says why.
+type Upload struct {
+	// Failures counts every failed attempt; Permanent those the store
+	// refused for reasons of the bundle itself, which no retry can change.
+	Failures  int    `json:"failures"`
+	Permanent int    `json:"permanent"`
+	LastError string `json:"last_error,omitempty"`
+	// Quarantined is set after upload.quarantine_after permanent
+	// failures: the uploader passes over the bundle, which stays in the
+	// outbox until retention removes it or `corecatch upload
+	// --retry-quarantined` tries it again.
+	Quarantined bool `json:"quarantined,omitempty"`
 }
 
 // Container is the crasher's container.
@@ -327,8 +347,12 @@ type File struct {
 	Path    string `json:"path"`
 	PathRaw []byte `json:"path_raw,omitempty"`
 	Size    int64  `json:"size"`
-	BuildID string `json:"build_id,omitempty"`
-	SHA256  string `json:"sha256,omitempty"`
+	// DataBytes is what the captured copy holds outside holes: the part
+	// charged to collect.max_files_total_bytes (a sparse file's holes stay
+	// holes in the bundle and cost nothing).
+	DataBytes int64  `json:"data_bytes,omitempty"`
+	BuildID   string `json:"build_id,omitempty"`
+	SHA256    string `json:"sha256,omitempty"`
 	// Role is "exe" for the executable and "mapped" for other mappings.
 	Role string `json:"role"`
 	// Deleted is true when the file had been unlinked before the crash; the
@@ -404,6 +428,12 @@ type Collector struct {
 	// DiskWriteBytes is what the helper caused to be written to storage
 	// (/proc/self/io write_bytes) up to the bundle's publication.
 	DiskWriteBytes int64 `json:"disk_write_bytes"`
+	// Missing names what the helper had not read when
+	// collect.capture_timeout ended the capture (a /proc text, a mapped
+	// file, the frame-pointer walk): a read of the crasher's files or
+	// memory that never returned, such as on a FUSE filesystem whose
+	// server does not answer.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // Text returns a valid UTF-8 rendering of raw bytes and, when the bytes are

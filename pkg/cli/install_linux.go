@@ -341,8 +341,10 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		}()
 	}
 	up := newUploader(cfg, st, log, upload.Options{
-		OnUpload:  func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
-		OnBacklog: met.UploadBacklog,
+		OnUpload:      func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
+		OnBacklog:     met.UploadBacklog,
+		OnQuarantine:  met.BundleQuarantined,
+		OnQuarantined: met.UploadQuarantined,
 	})
 	if up != nil {
 		log.Info("uploading bundles from the outbox", zap.String("outbox", local.String()), zap.String("store", st.String()),

@@ -276,6 +276,10 @@ type Upload struct {
 	// MaxBackoff is the longest the agent waits between two attempts
 	// while the bucket cannot be reached.
 	MaxBackoff Duration `json:"max_backoff"`
+	// QuarantineAfter is how many times the bucket may refuse one bundle
+	// for good (a key it never accepts, an unreadable file) before the
+	// bundle is set aside, so that it stops delaying later bundles.
+	QuarantineAfter int `json:"quarantine_after"`
 }
 
 // Identity configures how the helper learns whose crash it is.
@@ -401,10 +405,28 @@ type Collect struct {
 	// MaxFileBytes is the largest mapped file the helper copies into a
 	// bundle; larger ones are listed with a reason instead.
 	MaxFileBytes Size `json:"max_file_bytes"`
+	// MaxFilesTotalBytes is the budget of one bundle's captured files
+	// (executable, libraries, data files) together, data bytes only: a
+	// container that maps many large files cannot make a bundle that pushes
+	// other bundles out of the store. Files past it are listed with a
+	// reason; 0 keeps none.
+	MaxFilesTotalBytes Size `json:"max_files_total_bytes"`
 	// HonorRlimit caps each core at the crasher's RLIMIT_CORE.
 	HonorRlimit bool `json:"honor_rlimit"`
 	// CaptureEnviron stores /proc/PID/environ, which often holds secrets.
 	CaptureEnviron bool `json:"capture_environ"`
+	// CaptureTimeout bounds what the helper reads from the crashed process
+	// (its files, memory and /proc texts) while the kernel holds it: a
+	// read that never returns (a FUSE server that does not answer) costs
+	// this much in each of the two phases that read the process (the
+	// frame-pointer walk, then the capture of files), and the bundle says
+	// what is missing, instead of holding the crasher and a collection
+	// slot for ever.
+	CaptureTimeout Duration `json:"capture_timeout"`
+	// ReadNetworkFiles copies mapped files on FUSE and network filesystems
+	// (NFS, CIFS/SMB, 9p, Ceph, ...) too; off, they are listed as skipped,
+	// because their server can stall every read.
+	ReadNetworkFiles bool `json:"read_network_files"`
 	// Compression is the zstd level: fastest, default or better.
 	Compression string `json:"compression"`
 	// MaxCoresPerMinute caps whole cores stored per minute on this node
@@ -434,11 +456,13 @@ func Default() *Config {
 		Spool:  "/var/lib/corecatch/spool",
 		Socket: "/run/corecatch/agent.sock",
 		Collect: Collect{
-			MaxFileBytes:      Size{Bytes: 1 << 30},
-			Compression:       "fastest",
-			MaxCoresPerMinute: 30,
-			MaxConcurrent:     4,
-			MemoryLimit:       Size{Bytes: 256 << 20},
+			MaxFileBytes:       Size{Bytes: 1 << 30},
+			MaxFilesTotalBytes: Size{Bytes: 256 << 20},
+			CaptureTimeout:     Duration(30 * time.Second),
+			Compression:        "fastest",
+			MaxCoresPerMinute:  30,
+			MaxConcurrent:      4,
+			MemoryLimit:        Size{Bytes: 256 << 20},
 		},
 		Retention: Retention{
 			MaxAge:   Duration(14 * 24 * time.Hour),
@@ -457,9 +481,10 @@ func Default() *Config {
 			Bridge: Bridge{ButtonHosts: []string{}, MaxBodyBytes: Size{Bytes: 1 << 20}}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64, RunAsUser: 65534, RunAsGroup: 65534},
-		Dedup:   Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
-		Host:    Host{ProcSysKernel: "/proc/sys/kernel"},
-		Upload:  Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Dedup: Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:  Host{ProcSysKernel: "/proc/sys/kernel"},
+		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute),
+			QuarantineAfter: 3},
 		Metrics: Metrics{MaxExeLabels: 100},
 	}
 }
@@ -512,11 +537,14 @@ func (c *Config) Validate() error {
 	if c.Host.BinMount != "" && c.Host.BinDir == "" {
 		return errors.New("host.bin_mount is set without host.bin_dir: set bin_dir to the host path that bin_mount mounts")
 	}
+	if c.Upload.QuarantineAfter < 1 {
+		return fmt.Errorf("upload.quarantine_after %d: use at least 1", c.Upload.QuarantineAfter)
+	}
 	if c.Upload.MaxBackoff < Duration(time.Second) {
 		return fmt.Errorf("upload.max_backoff %s: use at least 1s", c.Upload.MaxBackoff)
 	}
-	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 || c.Collect.MemoryLimit.Percent != 0 {
-		return errors.New("collect.max_core_bytes, collect.max_file_bytes and collect.memory_limit take sizes, not percentages")
+	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 || c.Collect.MaxFilesTotalBytes.Percent != 0 || c.Collect.MemoryLimit.Percent != 0 {
+		return errors.New("collect.max_core_bytes, collect.max_file_bytes, collect.max_files_total_bytes and collect.memory_limit take sizes, not percentages")
 	}
 	if l := c.Collect.MemoryLimit.Bytes; l != 0 && l < 64<<20 {
 		return fmt.Errorf("collect.memory_limit %s: a crash costs the helper up to 64MiB; use at least that, or 0 for no limit", c.Collect.MemoryLimit)
@@ -530,6 +558,9 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
 			}
 		}
+	}
+	if c.Collect.CaptureTimeout < Duration(time.Second) {
+		return fmt.Errorf("collect.capture_timeout %s: use at least 1s (a healthy capture takes well under a second, a stalled one is cut here)", c.Collect.CaptureTimeout)
 	}
 	if c.Metrics.MaxExeLabels < 1 {
 		return fmt.Errorf("metrics.max_exe_labels %d: allow at least 1 executable name", c.Metrics.MaxExeLabels)

@@ -52,6 +52,8 @@ type Metrics struct {
 	lastCrash      prometheus.Gauge
 	storeOps       *prometheus.CounterVec
 	uploadBacklog  prometheus.Gauge
+	quarantined    prometheus.Counter
+	quarantinedNow prometheus.Gauge
 	notifications  *prometheus.CounterVec
 	dedupCluster   prometheus.Gauge
 }
@@ -109,6 +111,14 @@ func New(version string, ebpfLost func() float64) *Metrics {
 		Name: "corecatch_upload_backlog_bytes",
 		Help: "Bytes of bundles waiting in the spool for upload to the object store; 0 with a local store.",
 	})
+	m.quarantined = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "corecatch_bundles_quarantined_total",
+		Help: "Bundles set aside in the outbox after upload.quarantine_after permanent upload failures (the object store refuses them for good); later bundles upload regardless.",
+	})
+	m.quarantinedNow = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "corecatch_upload_quarantined_bundles",
+		Help: "Bundles waiting set aside in the outbox, never uploaded: see their metadata's upload.last_error.",
+	})
 	m.notifications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_notifications_total",
 		Help: "Notification attempts by sink (feishu/NAME, alertmanager) and result: ok, error (retried), rejected, dropped (queue full, or over its byte bounds), muted.",
@@ -124,7 +134,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.crashes, m.fatalSignals, m.coresStored, m.coresDropped, m.coreBytes,
-		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.notifications, m.dedupCluster, info,
+		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.quarantined, m.quarantinedNow, m.notifications, m.dedupCluster, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		register(c)
 	}
@@ -252,6 +262,12 @@ func (m *Metrics) StoreOp(op string, err error) {
 
 // UploadBacklog sets the bytes of bundles waiting in the outbox.
 func (m *Metrics) UploadBacklog(bytes int64) { m.uploadBacklog.Set(float64(bytes)) }
+
+// BundleQuarantined counts one bundle set aside in the outbox.
+func (m *Metrics) BundleQuarantined(*bundle.Metadata) { m.quarantined.Inc() }
+
+// UploadQuarantined sets how many bundles wait set aside in the outbox.
+func (m *Metrics) UploadQuarantined(n int) { m.quarantinedNow.Set(float64(n)) }
 
 // Signal counts one fatal signal the observer saw, of kind core or fatal,
 // in a container of pod (either may be nil).
