@@ -66,6 +66,9 @@ func runCollect(cfgPath string, explicit bool, args []string) error {
 	} else if !errors.Is(err, agentapi.ErrNoAgent) {
 		log.Warn("the agent did not take the crash; collecting it here", zap.Error(err))
 	}
+	if err := collector.LimitMemory(cfg.Collect.MemoryLimit.Bytes); err != nil {
+		log.Warn("helper memory unbounded", zap.Error(err))
+	}
 	st, err := openStore(cfg)
 	if err != nil {
 		log.Error("store unusable, using the default store", zap.Error(err))

@@ -26,6 +26,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/coresock"
 	"github.com/corecatch/corecatch/pkg/identity"
+	"github.com/corecatch/corecatch/pkg/kube"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
@@ -379,6 +380,14 @@ func runWorker(ctx context.Context, cfg *config.Config, mode, listen string, int
 		return err
 	}
 	go nt.Run(ctx)
+	podEvents := func(*bundle.Metadata) {}
+	if ev, err := kube.New(kube.Options{Node: cfg.Node, Log: log, Result: met.Notification}); err != nil {
+		log.Info("pod events off", zap.Error(err))
+	} else {
+		met.Sink(kube.Sink, kube.Results)
+		podEvents = ev.Crash
+		go ev.Run(ctx)
+	}
 	var ready atomic.Bool
 	srv := serveHTTP(listen, newMux(met, ready.Load), log)
 	defer srv.Close()
@@ -411,8 +420,10 @@ func runWorker(ctx context.Context, cfg *config.Config, mode, listen string, int
 		}()
 	}
 	up := newUploader(cfg, st, log, upload.Options{
-		OnUpload:  func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
-		OnBacklog: met.UploadBacklog,
+		OnUpload:      func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
+		OnBacklog:     met.UploadBacklog,
+		OnQuarantine:  met.BundleQuarantined,
+		OnQuarantined: met.UploadQuarantined,
 	})
 	if up != nil {
 		log.Info("uploading bundles from the outbox", zap.String("outbox", local.String()), zap.String("store", st.String()),
@@ -433,14 +444,13 @@ func runWorker(ctx context.Context, cfg *config.Config, mode, listen string, int
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: local, Uploader: up,
 		Cores: cores, Retention: bounds, Claimer: claimer, Version: Version,
 		OnBundle:   met.Bundle,
-		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m) },
+		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m); podEvents(m) },
 		OnSignal: func(ev observer.Event) {
 			// The process is still there at its fatal signal: its cgroup
 			// names its container; the runtime, asked meanwhile, the rest.
 			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
 			go func() {
-				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-					identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
+				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
 				met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)
 			}()
 		},
@@ -454,24 +464,40 @@ func runWorker(ctx context.Context, cfg *config.Config, mode, listen string, int
 	}).Run(ctx)
 }
 
-// leaveNode is what a stopping agent does to the node: at SIGTERM (kubelet
-// stopping the pod, a rolling update) it points core_pattern at the pipe
-// helper, which takes the crashes until the next agent starts; otherwise
-// (SIGINT, an error) it restores what install replaced.
+// leaveNode is what a stopping agent does to the node. In a pod whose
+// DaemonSet lives on (a rolling update) the next agent takes over: the
+// pipe helper stays installed (core_pattern points back at it from the
+// coredump socket) and collects the crashes in between. Otherwise
+// (SIGINT, the DaemonSet deleted, no cluster) it restores what install
+// replaced.
 func leaveNode(cfg *config.Config, sig os.Signal, log *zap.Logger) {
 	if sig == syscall.SIGTERM {
-		if res, err := install(cfg, false); err != nil {
-			log.Error("point core_pattern at the pipe helper", zap.Error(err))
-		} else {
-			log.Info("stopped: core_pattern points at the pipe helper until the next agent", zap.String("core_pattern", res.Pattern))
+		if ok, why := daemonSetLivesOn(cfg, log); ok {
+			if res, err := install(cfg, false); err != nil {
+				log.Error("point core_pattern at the pipe helper", zap.Error(err))
+			} else {
+				log.Info("left corecatch installed for the next agent", zap.String("why", why), zap.String("core_pattern", res.Pattern))
+			}
+			return
+		} else if why != "" {
+			log.Info("restoring the node", zap.String("why", why))
 		}
-		return
 	}
 	if res, err := uninstall(cfg); err != nil {
 		log.Error("restore core_pattern", zap.Error(err))
 	} else {
 		log.Info("restored", zap.String("core_pattern", res.Pattern))
 	}
+}
+
+// daemonSetLivesOn asks the API server whether this agent's DaemonSet
+// stays (a rolling update) or goes; false with no reason outside a cluster.
+func daemonSetLivesOn(cfg *config.Config, log *zap.Logger) (bool, string) {
+	ev, err := kube.New(kube.Options{Node: cfg.Node, Log: log})
+	if err != nil {
+		return false, ""
+	}
+	return ev.DaemonSetLivesOn(context.Background(), os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"))
 }
 
 // daemon loads the config of a long-running command, lets adjust lay its

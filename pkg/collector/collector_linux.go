@@ -12,7 +12,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -268,21 +267,34 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	})
 	// Where it crashed, from the core's first bytes and the live process,
 	// before a byte of the core is kept: a known bug's core is not.
+	// Every read of the pipe gives up after collect.capture_timeout
+	// without a byte: the kernel's dump can block on the crasher's files.
+	var pipe *stallReader
+	stall := time.Duration(cfg.Collect.CaptureTimeout)
+	if o.Core != nil {
+		pipe = &stallReader{f: o.Core, stall: stall}
+	}
+	// The walk, and later the capture, each read the crasher's memory
+	// and files for at most collect.capture_timeout.
 	var head []byte
 	var quick analysis.Result
+	var walked bool
 	if early {
-		quick = analysis.LiveStack(req.PID, m.SignalName, o.Stack)
+		quick, walked = liveWalk(req.PID, m.SignalName, func() analysis.Result { return analysis.LiveStack(req.PID, m.SignalName, o.Stack) }, stall)
 	} else {
 		var regs analysis.Regs
 		var regsErr error
-		head, regs, regsErr = readHead(o.Core)
+		head, regs, regsErr = readHead(pipe)
 		if m.Signal == 0 && regs.Signal > 0 {
 			m.Signal, m.SignalName = regs.Signal, bundle.SignalName(regs.Signal)
 		}
-		quick = analysis.Live(req.PID, m.SignalName, regs, regsErr)
+		quick, walked = liveWalk(req.PID, m.SignalName, func() analysis.Result { return analysis.Live(req.PID, m.SignalName, regs, regsErr) }, stall)
+	}
+	if !walked {
+		m.Collector.Missing = append(m.Collector.Missing, "the frame-pointer walk")
 	}
 	m.Backtrace, m.Title, m.Signature = quick.Frames, quick.Title, quick.Signature
-	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason}
+	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason, Warnings: quick.Warnings}
 	wg.Wait()
 	// Whose crash it is: the process's cgroup (or the one the agent froze
 	// it in) names its container, the runtime the rest. Cached per
@@ -292,12 +304,17 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if agentResp != nil && agentResp.Freeze != nil && agentResp.Freeze.Cgroup != "" {
 		m.Cgroup = agentResp.Freeze.Cgroup
 	}
-	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-		identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
+	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
 	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
 	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
 
 	keep, light := limit != 0, false
+	if pol := cfg.Pods.Policy(m.Pod.Scope()); keep && !pol.Collect {
+		// The pod said no core (secrets in its memory): metadata and the
+		// backtrace only.
+		keep, light, cs = false, true, newCoreStream(0, bundle.ReasonPodPolicy, zstdLevel(cfg.Collect.Compression))
+		m.Warnings = append(m.Warnings, "core not kept: "+pol.Why)
+	}
 	if keep {
 		reason := o.Refuse
 		if reason == "" {
@@ -315,11 +332,29 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			keep, light, cs = false, true, newCoreStream(0, reason, zstdLevel(cfg.Collect.Compression))
 		}
 	}
+	retention := RetentionFor(o.Retention, local)
+	if local != nil && !light {
+		// Retention before writing, and the room the core and the
+		// captured files may take. The kernel waits on the pipe
+		// meanwhile: this only stats the store.
+		sp, err := local.Space(ctx, retention)
+		if err == nil {
+			_, err = sp.Vacuum(ctx)
+			cs.space = sp
+		}
+		if err != nil {
+			o.Log.Warn("retention before writing", zap.Error(err))
+		}
+	}
 	cap := &capture{
 		proc:         fmt.Sprintf("/proc/%d", req.PID),
 		w:            w,
 		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
+		budget:       cfg.Collect.MaxFilesTotalBytes.Bytes,
+		charge:       cs.charge,
 		withEnviron:  cfg.Collect.CaptureEnviron,
+		readNetwork:  cfg.Collect.ReadNetworkFiles,
+		timeout:      time.Duration(cfg.Collect.CaptureTimeout),
 		light:        light,
 		logTail:      cfg.Identity.LogTail.Bytes,
 	}
@@ -327,14 +362,15 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if early && !keep {
 		// Refused before the dump: what the bundle keeps of the process
 		// is read while the kernel still holds it, then it is let go.
-		cap.run()
+		cap.start()
+		cap.wait()
 		cs.truncate(cs.limitReason)
 		if err := answer(false); err != nil {
 			m.Warnings = append(m.Warnings, err.Error())
 		}
 		released = time.Now()
 	} else {
-		wg.Go(cap.run)
+		cap.start()
 	}
 	if early && keep {
 		if err := answer(true); err != nil {
@@ -343,19 +379,8 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			keep = false
 			cs = newCoreStream(0, bundle.ReasonError, zstdLevel(cfg.Collect.Compression))
 			cs.truncate(bundle.ReasonError)
-		}
-	}
-	retention := RetentionFor(o.Retention, local)
-	if local != nil && keep {
-		// Retention before writing, and the room the core may take. The
-		// kernel waits on the pipe meanwhile: this only stats the store.
-		sp, err := local.Space(ctx, retention)
-		if err == nil {
-			_, err = sp.Vacuum(ctx)
-			cs.space = sp
-		}
-		if err != nil {
-			o.Log.Warn("retention before writing", zap.Error(err))
+		} else {
+			pipe = &stallReader{f: o.Core, stall: stall}
 		}
 	}
 
@@ -369,7 +394,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	var readErr error
 	switch {
 	case keep:
-		readErr = cs.run(io.MultiReader(bytes.NewReader(head), o.Core), coreFile)
+		readErr = cs.run(io.MultiReader(bytes.NewReader(head), pipe), coreFile)
 	case o.Core == nil:
 	case o.CloseRefused:
 		// Closing stops the kernel's dump: a refused core costs what
@@ -377,9 +402,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		cs.drainHead(head)
 		o.Core.Close()
 	default:
-		readErr = cs.drain(head, o.Core)
+		readErr = cs.drain(head, pipe)
 	}
-	wg.Wait()
+	cap.wait()
 	// Everything that needs the crashed process is done: let the kernel
 	// release it (it waits for the pipe's last reader, not for our exit).
 	if o.Core != nil {
@@ -398,8 +423,8 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		}
 	}
 
-	if len(cs.freed) > 0 {
-		o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", cs.freed))
+	if freed := cs.freedIDs(); len(freed) > 0 {
+		o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", freed))
 	}
 	core, err := cs.finish()
 	if err != nil {
@@ -427,6 +452,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 	m.Files = cap.files
 	m.Warnings = append(m.Warnings, cap.warnings...)
+	m.Collector.Missing = append(m.Collector.Missing, cap.missing...)
 	if agentResp != nil {
 		if ev := agentResp.Event; ev != nil {
 			ev.LatencyMS = float64(start.Sub(ev.Time).Microseconds()) / 1000
@@ -439,7 +465,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if err != nil {
 		m.Warnings = append(m.Warnings, fmt.Sprintf("container log: %v", err))
 	} else if len(tail) > 0 {
-		if err := cap.put(bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
+		if err := put(w.Create, bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
 			m.Warnings = append(m.Warnings, fmt.Sprintf("store container log: %v", err))
 		}
 	}
@@ -456,6 +482,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		Version:         o.Version,
 		HeldSeconds:     held.Seconds(),
 		DurationSeconds: time.Since(start).Seconds(),
+		Missing:         m.Collector.Missing,
 	}
 	if helper {
 		// The process's own figures are one crash's only in a helper;

@@ -32,7 +32,7 @@ func intakeNode(t *testing.T, name, extra string) (n *harness.Node, a *agentProc
 }
 
 // TestSocketIntake: by default the agent takes cores over the kernel's
-// coredump socket; after SIGTERM the pipe helper collects alone; an agent
+// coredump socket; with the agent stopped the pipe helper collects alone; an agent
 // configured with intake: pipe uses the helper. The same crash (without
 // address randomisation) gives the same bundle through all three, and
 // each core is every byte the kernel dumped: the same program headers, and
@@ -57,13 +57,14 @@ func TestSocketIntake(t *testing.T) {
 	viaSocket := crash()
 	a.waitLine(t, "crash collected", viaSocket.ID)
 
-	// SIGTERM: the pipe helper takes over, alone.
+	// The agent stopped, the pipe helper installed: it collects alone.
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	if err := a.cmd.Wait(); err != nil {
 		t.Errorf("agent exit after SIGTERM: %v", err)
 	}
+	n.Run("install")
 	if got := readKernel(t, "core_pattern"); !strings.HasPrefix(got, "|"+n.Bin+" collect") {
-		t.Fatalf("core_pattern %q after SIGTERM, want the pipe helper", got)
+		t.Fatalf("core_pattern %q after install, want the pipe helper", got)
 	}
 	standalone := crash()
 
