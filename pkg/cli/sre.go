@@ -216,12 +216,20 @@ func newPull(g *globals) *cobra.Command {
 
 func newDebug(g *globals) *cobra.Command {
 	var cache string
+	var gdbinit, trust bool
 	cmd := &cobra.Command{
 		Use:   "debug ID [-- GDB-ARGS...]",
 		Short: "Open a bundle in gdb with its executable, libraries and core",
 		Long: `debug pulls the bundle into a cache directory (once) and runs gdb with
 'set sysroot' pointing at the bundle's libraries, the executable and the core.
-Arguments after -- go to gdb, e.g. corecatch debug ID -- -batch -ex bt`,
+Arguments after -- go to gdb, e.g. corecatch debug ID -- -batch -ex bt
+
+Every file of a bundle comes from the crashed container, so gdb runs with
+-nx (no gdbinit files), 'set auto-load off' (no <exe>-gdb.py beside a file,
+no .debug_gdb_scripts section is run) and 'set debuginfod enabled off'.
+--gdbinit reads your gdbinit files again (auto-load stays off: it is set
+after them); --trust-bundle lets gdb auto-load the bundle's scripts and use
+debuginfod, for bundles of programs you trust.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, st, err := g.openStore(cmd)
@@ -248,7 +256,7 @@ Arguments after -- go to gdb, e.g. corecatch debug ID -- -batch -ex bt`,
 			if err != nil {
 				return fmt.Errorf("gdb is not installed (apt-get install gdb); the bundle is in %s", dir)
 			}
-			gargs := []string{"-q", "-iex", "set sysroot " + filepath.Join(dir, bundle.SysrootDir)}
+			gargs := append(gdbGuard(gdbinit, trust), "-q", "-iex", "set sysroot "+filepath.Join(dir, bundle.SysrootDir))
 			gargs = append(gargs, args[1:]...)
 			if exe := m.ExePath(); exe != "" {
 				gargs = append(gargs, filepath.Join(dir, exe))
@@ -269,6 +277,8 @@ Arguments after -- go to gdb, e.g. corecatch debug ID -- -batch -ex bt`,
 		},
 	}
 	cmd.Flags().StringVar(&cache, "cache", "", "cache directory (default: $XDG_CACHE_HOME/corecatch)")
+	cmd.Flags().BoolVar(&gdbinit, "gdbinit", false, "read your gdbinit files (gdb runs with -nx otherwise); auto-load and debuginfod stay off")
+	cmd.Flags().BoolVar(&trust, "trust-bundle", false, "let gdb auto-load scripts the bundle carries (<file>-gdb.py, .debug_gdb_scripts) and use debuginfod: only for bundles of programs you trust")
 	return cmd
 }
 
