@@ -196,14 +196,15 @@ func (s *File) Get(ctx context.Context, id string) (*bundle.Metadata, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(filepath.Join(dir, bundle.MetadataFile))
+	f, err := os.Open(filepath.Join(dir, bundle.MetadataFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("bundle %s in %s: %w", id, s, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", id, err)
 	}
-	m, err := bundle.Decode(data)
+	defer f.Close()
+	m, err := bundle.ReadMetadata(id, f)
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", id, err)
 	}

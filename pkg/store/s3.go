@@ -171,23 +171,32 @@ func (s *S3) wrap(what string, err error) error {
 
 // Get reads one bundle's metadata.json.
 func (s *S3) Get(ctx context.Context, id string) (*bundle.Metadata, error) {
-	r, err := s.Open(ctx, id, bundle.MetadataFile)
+	m, _, err := s.getMeta(ctx, id)
+	return m, err
+}
+
+// getMeta reads one bundle's metadata.json and its ETag in a single GET.
+// (Open's object first asks for the object's ETag, then reads with
+// If-Match on it: a metadata.json the agent rewrote in between, as it does
+// to count a deduplicated crash or add gdb's backtrace, failed that read
+// with 412.)
+func (s *S3) getMeta(ctx context.Context, id string) (*bundle.Metadata, string, error) {
+	if err := checkName(id, bundle.MetadataFile); err != nil {
+		return nil, "", err
+	}
+	r, info, _, err := s.core.GetObject(ctx, s.bucket, s.key(id, bundle.MetadataFile), minio.GetObjectOptions{})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("bundle %s in %s: %w", id, s, ErrNotFound)
+		if notFound(err) {
+			return nil, "", fmt.Errorf("bundle %s in %s: %w", id, s, ErrNotFound)
 		}
-		return nil, err
+		return nil, "", s.wrap("read bundle "+id, err)
 	}
 	defer r.Close()
-	data, err := io.ReadAll(r)
+	m, err := bundle.ReadMetadata(id, r)
 	if err != nil {
-		return nil, s.wrap("read bundle "+id, err)
+		return nil, "", fmt.Errorf("bundle %s in %s: %w", id, s, err)
 	}
-	m, err := bundle.Decode(data)
-	if err != nil {
-		return nil, fmt.Errorf("bundle %s: %w", id, err)
-	}
-	return m, nil
+	return m, info.ETag, nil
 }
 
 // Open reads one file of a bundle; a missing file fails here, not on the
