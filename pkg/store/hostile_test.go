@@ -124,3 +124,44 @@ func renameDir(src, dst string) error {
 	}
 	return os.Rename(src, dst)
 }
+
+// TestS3GetWhileUpdated reads a bundle's metadata while another writer
+// rewrites it as fast as it can (the agent counting deduplicated crashes
+// into it): every read succeeds. Reading through Open, whose second
+// request carries If-Match on the ETag its first one saw, failed with 412.
+func TestS3GetWhileUpdated(t *testing.T) {
+	s3, _ := newS3(t, "p")
+	local := newStore(t)
+	m := write(t, local, day0, nil)
+	dir, _ := local.BundleDir(m.ID)
+	if err := s3.Upload(ctx, dir, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	updates := make(chan int)
+	go func() {
+		n := 0
+		defer func() { updates <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := s3.Update(ctx, m.ID, func(m *bundle.Metadata) error { m.Dedup = &bundle.Dedup{Count: n}; return nil }); err != nil {
+				t.Error(err)
+				return
+			}
+			n++
+		}
+	}()
+	reads := 0
+	for start := time.Now(); time.Since(start) < 3*time.Second; reads++ {
+		if _, err := s3.Get(ctx, m.ID); err != nil {
+			t.Errorf("read %d: %v", reads, err)
+			break
+		}
+	}
+	close(stop)
+	t.Logf("%d reads during %d updates", reads, <-updates)
+}

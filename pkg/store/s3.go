@@ -236,47 +236,21 @@ func (s *S3) ids(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// List returns the metadata of every complete bundle, newest first.
+// List returns the metadata of every complete bundle, newest first; a
+// bundle that cannot be read twice is reported in a Skipped error.
 func (s *S3) List(ctx context.Context) ([]*bundle.Metadata, error) {
 	ids, err := s.ids(ctx)
 	if err != nil {
 		return nil, err
 	}
-	metas := make([]*bundle.Metadata, len(ids))
-	errs := make([]error, len(ids))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(listWorkers, len(ids)) {
-		wg.Go(func() {
-			for i := range next {
-				metas[i], errs[i] = s.Get(ctx, ids[i])
-			}
-		})
-	}
-	for i := range ids {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	var out []*bundle.Metadata
-	var bad []error
-	for i, m := range metas {
-		switch {
-		case errors.Is(errs[i], ErrNotFound):
-			// Being uploaded, or deleted since the listing.
-		case errs[i] != nil:
-			bad = append(bad, errs[i])
-		default:
-			out = append(out, m)
-		}
-	}
+	out, err := collect(ctx, ids, listWorkers, s.Get)
 	sort.SliceStable(out, func(i, j int) bool {
 		if a, b := out[i].ID[:15], out[j].ID[:15]; a != b {
 			return a > b
 		}
 		return out[i].ID > out[j].ID
 	})
-	return out, errors.Join(bad...)
+	return out, err
 }
 
 // objects lists the keys of one bundle.
