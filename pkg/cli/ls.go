@@ -187,4 +187,3 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 	}
 	fmt.Fprintf(w, "\ndebug it: corecatch debug %s\n", m.ID)
 }
-
