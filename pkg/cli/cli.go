@@ -103,7 +103,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(context.Background()); err != nil {
-		fmt.Fprintf(stderr, "corecatch: %v\n", err)
+		// Errors name bundles, files and pods: their bytes are escaped.
+		fmt.Fprintf(stderr, "corecatch: %s\n", printableText(err.Error()))
 		var ee exitError
 		if errors.As(err, &ee) {
 			return int(ee)

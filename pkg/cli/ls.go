@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -54,7 +53,7 @@ func newLs(g *globals) *cobra.Command {
 					ctr = orDash(m.Container.Name)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Time.Local().Format("2006-01-02 15:04:05"),
-					m.Node, ns, pod, ctr, displayExe(m), m.SignalName, size, m.ID)
+					printable(m.Node), printable(ns), printable(pod), printable(ctr), displayExe(m), printable(m.SignalName), printable(size), m.ID)
 			}
 			return tw.Flush()
 		},
@@ -71,7 +70,7 @@ func warnSkipped(cmd *cobra.Command, listed int, err error) error {
 		return err
 	}
 	for _, e := range skipped {
-		fmt.Fprintf(cmd.ErrOrStderr(), "corecatch: warning: skipped: %v\n", e)
+		fmt.Fprintf(cmd.ErrOrStderr(), "corecatch: warning: skipped: %s\n", printableText(e.Error()))
 	}
 	if listed == 0 {
 		return fmt.Errorf("none of the %d bundles could be read: see the warnings above", len(skipped))
@@ -93,7 +92,7 @@ func displayExe(m *bundle.Metadata) string {
 	if exe == "" {
 		exe = m.Comm
 	}
-	return strings.Trim(strconv.Quote(exe), `"`)
+	return printable(exe)
 }
 
 func newShow(g *globals) *cobra.Command {
@@ -130,13 +129,14 @@ func newShow(g *globals) *cobra.Command {
 
 func printShow(w io.Writer, m *bundle.Metadata) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	// Every value may hold bytes the crashed container chose.
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, printable(v)) }
 	row("id", m.ID)
 	row("time", m.Time.Format("2006-01-02T15:04:05Z07:00"))
 	row("node", m.Node)
 	row("exe", displayExe(m))
-	row("comm", strings.Trim(strconv.Quote(m.Comm), `"`))
-	row("cmdline", strings.Trim(strconv.Quote(strings.Join(m.Cmdline, " ")), `"`))
+	row("comm", m.Comm)
+	row("cmdline", strings.Join(m.Cmdline, " "))
 	row("pid", fmt.Sprintf("%d (in its namespace: %d), thread %d", m.PID, m.NSPID, m.TID))
 	row("uid/gid", fmt.Sprintf("%d/%d", m.UID, m.GID))
 	row("signal", fmt.Sprintf("%s (%d)", m.SignalName, m.Signal))
@@ -180,10 +180,10 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 		if f.Skipped != "" {
 			note = "not captured: " + f.Skipped
 		}
-		fmt.Fprintf(w, "  %-6s %s %s %s\n", f.Role, strings.Trim(strconv.Quote(f.Path), `"`), bundle.HumanBytes(f.Size), note)
+		fmt.Fprintf(w, "  %-6s %s %s %s\n", printable(f.Role), printable(f.Path), bundle.HumanBytes(f.Size), printable(note))
 	}
 	for _, warning := range m.Warnings {
-		fmt.Fprintf(w, "warning: %s\n", warning)
+		fmt.Fprintf(w, "warning: %s\n", printable(warning))
 	}
 	fmt.Fprintf(w, "\ndebug it: corecatch debug %s\n", m.ID)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/minio/minio-go/v7"
 
@@ -105,5 +106,45 @@ func writeFileT(t *testing.T, p string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(p, data, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// rawControl returns the first byte of out a terminal would act on or
+// mis-render (a control character other than a line break, invalid
+// UTF-8, a bidi override), or -1. (metadata.json turns invalid UTF-8 into
+// U+FFFD, a printable glyph.)
+func rawControl(out string) int {
+	for i, r := range out {
+		if (r < 0x20 && r != '\n') || r == 0x7f || (r == utf8.RuneError && !strings.HasPrefix(out[i:], "\ufffd")) || r == '\u202e' || (r >= 0x80 && r < 0xa0) {
+			return i
+		}
+	}
+	return -1
+}
+
+// TestShowEscapesNames: a bundle whose every name holds terminal escapes,
+// control characters, invalid UTF-8 and a bidi override (all chosen by
+// the crashed container, or by whoever wrote its metadata) is printed by
+// ls and show with those bytes escaped.
+func TestShowEscapesNames(t *testing.T) {
+	dir := t.TempDir()
+	args := []string{"--store", "file://" + dir}
+	evil := "x\x1b]0;owned\a\x1b[2J\r\xff\u202e\u0085"
+	id := bundle.NewID(time.Now(), []byte("evil"))
+	putBundle(t, store.NewFile(dir), &bundle.Metadata{Schema: bundle.Schema, ID: id, Time: time.Now(), Node: evil, Comm: evil,
+		Exe: evil, Cmdline: []string{evil, evil}, SignalName: evil, Cgroup: evil, Title: evil, Signature: evil,
+		Pod: &bundle.Pod{Name: evil, Namespace: evil, UID: evil}, Container: &bundle.Container{ID: evil, Name: evil, Image: evil, Runtime: evil},
+		Workload: &bundle.Workload{Kind: evil, Name: evil}, IdentitySource: evil, IdentityReason: evil,
+		Freeze: &bundle.Freeze{Reason: evil}, Core: bundle.Core{Truncated: true, TruncateReason: evil, Compression: evil},
+		Files: []bundle.File{{Path: evil, Role: evil, BuildID: evil, Skipped: evil}}, Warnings: []string{evil},
+		Dedup: &bundle.Dedup{Of: evil, Key: evil}})
+	for _, cmd := range [][]string{{"ls"}, {"show", id}} {
+		out, errOut, err := sre(t, args, cmd...)
+		if err != nil {
+			t.Errorf("%v: %v\n%s", cmd, err, errOut)
+		}
+		if i := rawControl(out); i >= 0 || !strings.Contains(out, `\x1b]0;owned\a`) {
+			t.Errorf("%v prints a raw %q at byte %d (or no escaped name):\n%q", cmd, out[max(i, 0):min(max(i, 0)+8, len(out))], i, out)
+		}
 	}
 }
