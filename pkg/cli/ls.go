@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -16,49 +18,69 @@ import (
 
 func newLs(g *globals) *cobra.Command {
 	var asJSON bool
+	var limit int
+	var ff filterFlags
 	cmd := &cobra.Command{
-		Use:   "ls",
+		Use:   "ls [filters]",
 		Short: "List bundles, newest first",
-		Args:  cobra.NoArgs,
+		Long: `ls lists bundles, newest first, with the title of each crash. Filters
+narrow it: --since 1h, --until 2026-12-01, --namespace, --workload, --pod,
+--node, --exe, --signal, --signature, --with-core; -n keeps the newest N.
+An S3 store answers from its index (see docs/s3.md); --scan reads every
+bundle's metadata instead. --json prints the bundles' whole metadata.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := ff.filter(time.Now())
+			if err != nil {
+				return err
+			}
 			_, st, err := g.openStore(cmd)
 			if err != nil {
 				return err
 			}
-			list, err := st.List(cmd.Context())
+			list, err := store.Summaries(cmd.Context(), st, f, ff.scan)
 			if err := warnSkipped(cmd, len(list), err); err != nil {
 				return err
 			}
-			if list == nil {
-				list = []*bundle.Metadata{}
+			if limit > 0 && len(list) > limit {
+				list = list[:limit]
 			}
-			out := cmd.OutOrStdout()
+			out := bufio.NewWriter(cmd.OutOrStdout())
 			if asJSON {
+				metas, err := store.Metadata(cmd.Context(), st, list)
+				if err := warnSkipped(cmd, len(metas), err); err != nil {
+					return err
+				}
+				if metas == nil {
+					metas = []*bundle.Metadata{}
+				}
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(list)
+				if err := enc.Encode(metas); err != nil {
+					return err
+				}
+				return out.Flush()
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TIME\tNODE\tNAMESPACE\tPOD\tCONTAINER\tEXE\tSIGNAL\tSIZE\tID")
-			for _, m := range list {
-				size := bundle.HumanBytes(m.Core.StoredBytes)
-				if m.Core.Truncated {
-					size += " (truncated: " + m.Core.TruncateReason + ")"
+			fmt.Fprintln(tw, "TIME\tNODE\tNAMESPACE\tPOD\tCONTAINER\tEXE\tSIGNAL\tSIZE\tID\tTITLE")
+			for i := range list {
+				m := &list[i]
+				size := bundle.HumanBytes(m.StoredBytes)
+				if m.Truncated {
+					size += " (truncated: " + m.TruncateReason + ")"
 				}
-				ns, pod, ctr := "-", "-", "-"
-				if m.Pod != nil {
-					ns, pod = orDash(m.Pod.Namespace), orDash(m.Pod.Name)
-				}
-				if m.Container != nil {
-					ctr = orDash(m.Container.Name)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Time.Local().Format("2006-01-02 15:04:05"),
-					printable(m.Node), printable(ns), printable(pod), printable(ctr), displayExe(m), printable(m.SignalName), printable(size), m.ID)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Time.Local().Format("2006-01-02 15:04:05"),
+					cell(m.Node), cell(m.Namespace), cell(m.Pod), cell(m.Container), cell(m.Exe), cell(m.SignalName), printable(size), m.ID, cell(m.Title))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return out.Flush()
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of metadata objects")
+	ff.add(cmd)
+	cmd.Flags().IntVarP(&limit, "limit", "n", 0, "list only the newest N bundles that pass the filters (0: all)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of the bundles' metadata objects")
 	return cmd
 }
 
@@ -78,21 +100,12 @@ func warnSkipped(cmd *cobra.Command, listed int, err error) error {
 	return nil
 }
 
-func orDash(s string) string {
+// cell renders a field for a table: escaped, "-" when empty.
+func cell(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
-}
-
-// displayExe renders a bundle's executable on one line, whatever bytes its
-// name holds.
-func displayExe(m *bundle.Metadata) string {
-	exe := m.Exe
-	if exe == "" {
-		exe = m.Comm
-	}
-	return printable(exe)
+	return printable(s)
 }
 
 func newShow(g *globals) *cobra.Command {
@@ -134,7 +147,7 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 	row("id", m.ID)
 	row("time", m.Time.Format("2006-01-02T15:04:05Z07:00"))
 	row("node", m.Node)
-	row("exe", displayExe(m))
+	row("exe", store.SummaryOf(m).Exe)
 	row("comm", m.Comm)
 	row("cmdline", strings.Join(m.Cmdline, " "))
 	row("pid", fmt.Sprintf("%d (in its namespace: %d), thread %d", m.PID, m.NSPID, m.TID))
@@ -185,5 +198,12 @@ func printShow(w io.Writer, m *bundle.Metadata) {
 	for _, warning := range m.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", printable(warning))
 	}
-	fmt.Fprintf(w, "\ndebug it: corecatch debug %s\n", m.ID)
+	debug := m.ID
+	if d := m.Dedup; d != nil && d.Of != "" && bundle.ValidID(d.Of) == nil {
+		// A duplicate's core was drained: the bug's core is in the
+		// first bundle.
+		fmt.Fprintf(w, "\nthis crash's core was not kept: its bug's core is in bundle %s\n", d.Of)
+		debug = d.Of
+	}
+	fmt.Fprintf(w, "\ndebug it: corecatch debug %s\n", debug)
 }

@@ -274,6 +274,10 @@ func (s *S3) Delete(ctx context.Context, id string) error {
 	if err := s.client.RemoveObject(ctx, s.bucket, s.key(id, bundle.MetadataFile), minio.RemoveObjectOptions{}); err != nil && !notFound(err) {
 		return s.wrap("delete bundle "+id, err)
 	}
+	now := time.Now()
+	if err := s.putEntry(ctx, entry{Summary: Summary{ID: id}, Version: now.UnixNano(), Deleted: true}, now); err != nil {
+		return err
+	}
 	objs, err := s.objects(ctx, id)
 	if err != nil {
 		return err
@@ -322,8 +326,9 @@ func (s *S3) PresignGet(ctx context.Context, id, name string, expiry time.Durati
 	return u.String(), nil
 }
 
-// Sweep deletes every bundle older than maxAge, complete or not, and
-// multipart uploads abandoned and dedup claims made more than a day ago. Any number of nodes may
+// Sweep deletes every bundle older than maxAge, complete or not, the
+// index of the hours before, and multipart uploads abandoned and dedup
+// claims made more than a day ago. Any number of nodes may
 // sweep at once: deleting what another node deleted is not an error. It
 // returns the ids it deleted.
 func (s *S3) Sweep(ctx context.Context, maxAge time.Duration) ([]string, error) {
@@ -347,6 +352,8 @@ func (s *S3) Sweep(ctx context.Context, maxAge time.Duration) ([]string, error) 
 	}
 	errs = append(errs, s.removeIncomplete(ctx, s.root(), now.Add(-24*time.Hour)))
 	errs = append(errs, s.removeClaims(ctx, now.Add(-24*time.Hour)))
+	// An index hour holds writes of that hour, of crashes no later.
+	errs = append(errs, s.removeIndex(ctx, now.Add(-maxAge-time.Hour)))
 	return deleted, errors.Join(errs...)
 }
 
@@ -401,9 +408,15 @@ func (s *S3) Upload(ctx context.Context, dir, id string) error {
 	if err != nil {
 		return fmt.Errorf("read bundle %s: %w", id, err)
 	}
+	m, err := bundle.ReadMetadata(id, bytes.NewReader(meta))
+	if err != nil {
+		return fmt.Errorf("read bundle %s: %w", id, err)
+	}
 	metaKey := s.key(id, bundle.MetadataFile)
 	if info, err := s.client.StatObject(ctx, s.bucket, metaKey, minio.StatObjectOptions{}); err == nil && sameETag(info.ETag, md5Hex(meta)) {
-		return nil
+		// Uploaded before, perhaps by an agent that died before the
+		// index entry.
+		return s.Index(ctx, m, time.Now())
 	}
 	if err := s.removeIncomplete(ctx, s.key(id, ""), time.Now()); err != nil {
 		return err
@@ -425,7 +438,10 @@ func (s *S3) Upload(ctx context.Context, dir, id string) error {
 	if err != nil {
 		return err
 	}
-	return s.putVerified(ctx, metaKey, bytes.NewReader(meta), int64(len(meta)), md5Hex(meta), "application/json")
+	if err := s.putVerified(ctx, metaKey, bytes.NewReader(meta), int64(len(meta)), md5Hex(meta), "application/json"); err != nil {
+		return err
+	}
+	return s.Index(ctx, m, time.Now())
 }
 
 // uploadFile sends one local file, unless the bucket holds it already.
@@ -581,6 +597,10 @@ func (w *s3Writer) Commit(ctx context.Context, m *bundle.Metadata) error {
 	w.mu.Lock()
 	w.done = true
 	w.mu.Unlock()
+	// The bundle is published: a failed index entry must not make the
+	// helper abort it. Readers find it through their fallback meanwhile,
+	// and the agent's next Update of it writes the entry.
+	w.s.Index(ctx, m, time.Now())
 	return nil
 }
 

@@ -30,6 +30,7 @@ func (s *S3) Update(ctx context.Context, id string, fn func(*bundle.Metadata) er
 		if err != nil {
 			return err
 		}
+		before := SummaryOf(m)
 		if err := fn(m); err != nil {
 			return err
 		}
@@ -41,6 +42,9 @@ func (s *S3) Update(ctx context.Context, id string, fn func(*bundle.Metadata) er
 		opts.SetMatchETag(etag)
 		_, err = s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(out), int64(len(out)), opts)
 		if err == nil {
+			if after := SummaryOf(m); after != before {
+				return s.Index(ctx, m, time.Now())
+			}
 			return nil
 		}
 		if minio.ToErrorResponse(err).StatusCode != http.StatusPreconditionFailed {
