@@ -3,12 +3,10 @@ package cli
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"maps"
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -141,8 +139,8 @@ that kept its core (debug that one).`,
 				return err
 			}
 			bugs := groupBugs(list)
-			out := bufio.NewWriter(cmd.OutOrStdout())
 			if asJSON {
+				out := bufio.NewWriter(cmd.OutOrStdout())
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
 				if bugs == nil {
@@ -153,17 +151,14 @@ that kept its core (debug that one).`,
 				}
 				return out.Flush()
 			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "LAST SEEN\tFIRST SEEN\tCOUNT\tNODES\tWORKLOADS\tSIGNATURE\tCORE\tTITLE")
+			var tab table
+			tab.add("LAST SEEN", "FIRST SEEN", "COUNT", "NODES", "WORKLOADS", "SIGNATURE", "CORE", "TITLE")
 			const layout = "2006-01-02 15:04:05"
 			for _, b := range bugs {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", b.LastSeen.Local().Format(layout), b.FirstSeen.Local().Format(layout),
-					b.Count, some(b.Nodes), some(b.Workloads), cell(b.Signature), cell(b.Core), cell(b.Title))
+				tab.add(b.LastSeen.Local().Format(layout), b.FirstSeen.Local().Format(layout), strconv.Itoa(b.Count),
+					some(b.Nodes), some(b.Workloads), cell(b.Signature), cell(b.Core), cell(b.Title))
 			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			return out.Flush()
+			return tab.write(cmd.OutOrStdout())
 		},
 	}
 	ff.add(cmd)

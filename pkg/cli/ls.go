@@ -45,8 +45,8 @@ bundle's metadata instead. --json prints the bundles' whole metadata.`,
 			if limit > 0 && len(list) > limit {
 				list = list[:limit]
 			}
-			out := bufio.NewWriter(cmd.OutOrStdout())
 			if asJSON {
+				out := bufio.NewWriter(cmd.OutOrStdout())
 				metas, err := store.Metadata(cmd.Context(), st, list)
 				if err := warnSkipped(cmd, len(metas), err); err != nil {
 					return err
@@ -61,21 +61,18 @@ bundle's metadata instead. --json prints the bundles' whole metadata.`,
 				}
 				return out.Flush()
 			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TIME\tNODE\tNAMESPACE\tPOD\tCONTAINER\tEXE\tSIGNAL\tSIZE\tID\tTITLE")
+			var tab table
+			tab.add("TIME", "NODE", "NAMESPACE", "POD", "CONTAINER", "EXE", "SIGNAL", "SIZE", "ID", "TITLE")
 			for i := range list {
 				m := &list[i]
 				size := bundle.HumanBytes(m.StoredBytes)
 				if m.Truncated {
 					size += " (truncated: " + m.TruncateReason + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Time.Local().Format("2006-01-02 15:04:05"),
-					cell(m.Node), cell(m.Namespace), cell(m.Pod), cell(m.Container), cell(m.Exe), cell(m.SignalName), printable(size), m.ID, cell(m.Title))
+				tab.add(m.Time.Local().Format("2006-01-02 15:04:05"), cell(m.Node), cell(m.Namespace), cell(m.Pod), cell(m.Container),
+					cell(m.Exe), cell(m.SignalName), printable(size), m.ID, cell(m.Title))
 			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			return out.Flush()
+			return tab.write(cmd.OutOrStdout())
 		},
 	}
 	ff.add(cmd)

@@ -166,13 +166,22 @@ func (e *entry) encode() string {
 // decodeEntry parses a line encode wrote. Whoever can write to the bucket
 // can write entries: a line is checked, never trusted to be well formed.
 func decodeEntry(line string) (entry, error) {
-	raw := strings.Split(line, "~")
-	if len(raw) < 3 {
+	var f [entryFields]string
+	n := 0
+	for rest := line; n < entryFields; n++ {
+		i := strings.IndexByte(rest, '~')
+		if i < 0 {
+			f[n] = rest
+			n++
+			break
+		}
+		f[n], rest = rest[:i], rest[i+1:]
+	}
+	if n < 3 {
 		return entry{}, fmt.Errorf("index entry %q: too few fields", line)
 	}
-	f := make([]string, entryFields)
-	for i := 0; i < len(raw) && i < entryFields; i++ {
-		v, err := unescapeField(raw[i])
+	for i := range n {
+		v, err := unescapeField(f[i])
 		if err != nil {
 			return entry{}, fmt.Errorf("index entry: %w", err)
 		}
@@ -354,8 +363,9 @@ func (s *S3) readSegment(ctx context.Context, hour string) ([]entry, []error, er
 }
 
 // newest keeps the newest version of each bundle's entry.
-func newest(into map[string]entry, list []entry) {
-	for _, e := range list {
+func newest(into map[string]*entry, list []entry) {
+	for i := range list {
+		e := &list[i]
 		if old, ok := into[e.ID]; !ok || e.Version > old.Version {
 			into[e.ID] = e
 		}
@@ -429,7 +439,7 @@ func (s *S3) compactHour(ctx context.Context, hour string, enc *zstd.Encoder) (w
 	if err != nil {
 		return false, err
 	}
-	latest := map[string]entry{}
+	latest := map[string]*entry{}
 	newest(latest, list)
 	lines := make([]string, 0, len(latest))
 	for _, e := range latest {
@@ -468,7 +478,7 @@ func (s *S3) Summaries(ctx context.Context, f Filter) ([]Summary, error) {
 		return nil, err
 	}
 	var mu sync.Mutex
-	latest := map[string]entry{}
+	latest := map[string]*entry{}
 	var bad []error
 	var fatal []error
 	add := func(list []entry, warn []error, err error) {
@@ -522,18 +532,23 @@ func (s *S3) Summaries(ctx context.Context, f Filter) ([]Summary, error) {
 	} else if err != nil {
 		return nil, err
 	}
-	var out []Summary
+	match := make([]*Summary, 0, len(latest)+len(list))
 	for _, e := range latest {
 		if !e.Deleted && f.Match(&e.Summary) {
-			out = append(out, e.Summary)
+			match = append(match, &e.Summary)
 		}
 	}
 	for _, m := range list {
 		if sum := SummaryOf(m); f.Match(&sum) {
-			out = append(out, sum)
+			match = append(match, &sum)
 		}
 	}
-	newestFirst(out)
+	// Ids begin with the crash time: newest first, as List sorts.
+	slices.SortFunc(match, func(a, b *Summary) int { return strings.Compare(b.ID, a.ID) })
+	out := make([]Summary, len(match))
+	for i, m := range match {
+		out[i] = *m
+	}
 	if len(bad) > 0 {
 		return out, Skipped(bad)
 	}
@@ -543,7 +558,7 @@ func (s *S3) Summaries(ctx context.Context, f Filter) ([]Summary, error) {
 // unindexed returns the bundles of the newest fallbackWindow (within f's
 // times) that the index does not know: listed by the time prefix of
 // their ids, one LIST per hour.
-func (s *S3) unindexed(ctx context.Context, f Filter, now time.Time, known map[string]entry) ([]string, error) {
+func (s *S3) unindexed(ctx context.Context, f Filter, now time.Time, known map[string]*entry) ([]string, error) {
 	start := now.Add(-fallbackWindow)
 	if f.Since.After(start) {
 		start = f.Since

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"path"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -142,17 +141,6 @@ func Summaries(ctx context.Context, st Store, f Filter, scan bool) ([]Summary, e
 		}
 	}
 	return out, err
-}
-
-// newestFirst sorts summaries as List sorts bundles: by the time in
-// their ids, newest first, then by id.
-func newestFirst(list []Summary) {
-	sort.Slice(list, func(i, j int) bool {
-		if a, b := list[i].ID[:15], list[j].ID[:15]; a != b {
-			return a > b
-		}
-		return list[i].ID > list[j].ID
-	})
 }
 
 // Metadata reads the whole metadata of each summarized bundle (for

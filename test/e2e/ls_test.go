@@ -3,9 +3,11 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -146,5 +148,135 @@ func TestShowEscapesNames(t *testing.T) {
 		if i := rawControl(out); i >= 0 || !strings.Contains(out, `\x1b]0;owned\a`) {
 			t.Errorf("%v prints a raw %q at byte %d (or no escaped name):\n%q", cmd, out[max(i, 0):min(max(i, 0)+8, len(out))], i, out)
 		}
+	}
+}
+
+// lsIDs runs ls with args on n and returns the ids it lists, in order.
+func lsIDs(t *testing.T, n *harness.Node, args ...string) []string {
+	t.Helper()
+	var ids []string
+	for _, line := range strings.Split(n.Run(append([]string{"ls"}, args...)...), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 9 {
+			ids = append(ids, f[9])
+		}
+	}
+	return ids
+}
+
+// bugJSON is a bug as `bugs --json` prints it.
+type bugJSON struct {
+	Signature, Title, Core string
+	Count                  int
+	FirstSeen              time.Time `json:"first_seen"`
+	LastSeen               time.Time `json:"last_seen"`
+	Nodes, Workloads       []string
+}
+
+// bugsOf runs `bugs --json` with args on n.
+func bugsOf(t *testing.T, n *harness.Node, args ...string) []bugJSON {
+	t.Helper()
+	var out []bugJSON
+	if err := json.Unmarshal([]byte(n.Run(append([]string{"bugs", "--json"}, args...)...)), &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestLsFiltersAndBugsOnRealCrashes: four bugs of two programs crash 8
+// times into an S3 store through the agent (so the store's index is
+// written by the real upload and gdb's update): ls from the index lists
+// what a full scan lists, with titles; each filter keeps exactly the
+// crashes it names; bugs groups them into the four bugs with their counts,
+// first and last seen, node and the bundle that kept the core; show of a
+// deduplicated crash points at that bundle.
+func TestLsFiltersAndBugsOnRealCrashes(t *testing.T) {
+	n, _, socket := s3Node(t, "")
+	a := startAgent(t, n, socket)
+	a.waitLine(t, "deduplication is cluster-wide")
+	twobugs := harness.CC(t, n.Dir, "twobugs", []string{"twobugs.c"})
+	signals := buildSignals(t, n.Dir)
+	var crashes []*bundle.Metadata
+	for _, c := range [][]string{{twobugs, "header"}, {signals, "segv"}, {twobugs, "record"}, {twobugs, "header"},
+		{signals, "abrt"}, {twobugs, "record"}, {signals, "segv"}, {twobugs, "header"}} {
+		cmd := exec.Command(c[0], c[1])
+		n.Crash(cmd)
+		crashes = append(crashes, n.WaitAnalyzed(cmd.Process.Pid))
+	}
+	// Newest first, as ls lists.
+	slices.SortFunc(crashes, func(x, y *bundle.Metadata) int { return strings.Compare(y.ID, x.ID) })
+	pick := func(keep func(m *bundle.Metadata) bool) []string {
+		var ids []string
+		for _, m := range crashes {
+			if keep(m) {
+				ids = append(ids, m.ID)
+			}
+		}
+		return ids
+	}
+	all := pick(func(*bundle.Metadata) bool { return true })
+	header := crashes[slices.IndexFunc(crashes, func(m *bundle.Metadata) bool { return strings.Contains(m.Title, "parse_header") })]
+	mid := crashes[3].Time
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{nil, all},
+		{[]string{"--scan"}, all},
+		{[]string{"--exe", "twobugs"}, pick(func(m *bundle.Metadata) bool { return m.Comm == "twobugs" })},
+		{[]string{"--exe", signals}, pick(func(m *bundle.Metadata) bool { return m.Comm == "signals" })},
+		{[]string{"--signal", "SIGABRT"}, pick(func(m *bundle.Metadata) bool { return m.SignalName == "SIGABRT" })},
+		{[]string{"--signal", "segv"}, pick(func(m *bundle.Metadata) bool { return m.SignalName == "SIGSEGV" })},
+		{[]string{"--signature", header.Signature}, pick(func(m *bundle.Metadata) bool { return m.Signature == header.Signature })},
+		{[]string{"--signature", header.Signature[:6], "--scan"}, pick(func(m *bundle.Metadata) bool { return m.Signature == header.Signature })},
+		{[]string{"--with-core"}, pick(func(m *bundle.Metadata) bool { return m.Core.StoredBytes > 0 })},
+		{[]string{"--node", header.Node}, all},
+		{[]string{"--node", "elsewhere"}, nil},
+		{[]string{"--namespace", "prod"}, nil},
+		{[]string{"--workload", "api"}, nil},
+		{[]string{"--pod", "api-0"}, nil},
+		{[]string{"--since", mid.Format(time.RFC3339Nano)}, pick(func(m *bundle.Metadata) bool { return !m.Time.Before(mid) })},
+		{[]string{"--until", mid.Format(time.RFC3339Nano)}, pick(func(m *bundle.Metadata) bool { return m.Time.Before(mid) })},
+		{[]string{"--since", "1h", "--until=-1h"}, all},
+		{[]string{"--until", "1h"}, nil},
+		{[]string{"-n", "3"}, all[:3]},
+		{[]string{"--exe", "twobugs", "--with-core", "-n", "1"}, pick(func(m *bundle.Metadata) bool { return m.Comm == "twobugs" && m.Core.StoredBytes > 0 })[:1]},
+	} {
+		if got := lsIDs(t, n, tc.args...); !slices.Equal(got, tc.want) {
+			t.Errorf("ls %v: %q, want %q", tc.args, got, tc.want)
+		}
+	}
+	if out := n.Run("ls"); !strings.Contains(out, "TITLE") || !strings.Contains(out, header.Title) {
+		t.Errorf("ls shows no titles:\n%s", out)
+	}
+	if cores := pick(func(m *bundle.Metadata) bool { return m.Core.StoredBytes > 0 }); len(cores) != 4 {
+		t.Errorf("%d bundles kept a core, want one per bug: %q", len(cores), cores)
+	}
+
+	bugs := bugsOf(t, n)
+	if len(bugs) != 4 {
+		t.Fatalf("bugs: %+v, want 4", bugs)
+	}
+	for _, b := range bugs {
+		var of []*bundle.Metadata
+		for _, m := range crashes {
+			if m.Signature == b.Signature {
+				of = append(of, m)
+			}
+		}
+		core := of[slices.IndexFunc(of, func(m *bundle.Metadata) bool { return m.Core.StoredBytes > 0 })]
+		if b.Count != len(of) || b.Title != of[0].Title || !b.LastSeen.Equal(of[0].Time) || !b.FirstSeen.Equal(of[len(of)-1].Time) ||
+			b.Core != core.ID || !slices.Equal(b.Nodes, []string{header.Node}) {
+			t.Errorf("bug %+v; want %d crashes titled %q, seen %v..%v, core %s, node %s", b, len(of), of[0].Title, of[len(of)-1].Time, of[0].Time, core.ID, header.Node)
+		}
+	}
+	if want := map[string]int{"SIGSEGV in parse_header (twobugs)": 3, "SIGSEGV in write_record (twobugs)": 2}; len(bugsOf(t, n, "--exe", "twobugs")) != len(want) {
+		t.Errorf("bugs --exe twobugs: want the two bugs %v", want)
+	}
+	if out := n.Run("bugs"); !strings.Contains(out, header.Title) || !strings.Contains(out, "COUNT") {
+		t.Errorf("bugs:\n%s", out)
+	}
+	dup := crashes[slices.IndexFunc(crashes, func(m *bundle.Metadata) bool { return m.Dedup != nil && m.Dedup.Of != "" })]
+	if out := n.Run("show", dup.ID); !strings.Contains(out, "core is in bundle "+dup.Dedup.Of) || !strings.Contains(out, "corecatch debug "+dup.Dedup.Of) {
+		t.Errorf("show of the duplicate %s does not point at %s:\n%s", dup.ID, dup.Dedup.Of, out)
 	}
 }
