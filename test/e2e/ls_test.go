@@ -156,8 +156,11 @@ func lsIDs(t *testing.T, n *harness.Node, args ...string) []string {
 	t.Helper()
 	var ids []string
 	for _, line := range strings.Split(n.Run(append([]string{"ls"}, args...)...), "\n")[1:] {
-		if f := strings.Fields(line); len(f) > 9 {
-			ids = append(ids, f[9])
+		for _, f := range strings.Fields(line) {
+			if bundle.ValidID(f) == nil {
+				ids = append(ids, f)
+				break
+			}
 		}
 	}
 	return ids
