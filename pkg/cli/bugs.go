@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"bufio"
-	"encoding/json"
 	"maps"
 	"slices"
 	"strconv"
@@ -126,30 +124,16 @@ last seen, on which nodes and in which workloads, and the newest bundle
 that kept its core (debug that one).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := ff.filter(time.Now())
+			_, list, err := ff.summaries(cmd, g)
 			if err != nil {
-				return err
-			}
-			_, st, err := g.openStore(cmd)
-			if err != nil {
-				return err
-			}
-			list, err := store.Summaries(cmd.Context(), st, f, ff.scan)
-			if err := warnSkipped(cmd, len(list), err); err != nil {
 				return err
 			}
 			bugs := groupBugs(list)
 			if asJSON {
-				out := bufio.NewWriter(cmd.OutOrStdout())
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
 				if bugs == nil {
 					bugs = []*bug{}
 				}
-				if err := enc.Encode(bugs); err != nil {
-					return err
-				}
-				return out.Flush()
+				return printJSON(cmd.OutOrStdout(), bugs)
 			}
 			var tab table
 			tab.add("LAST SEEN", "FIRST SEEN", "COUNT", "NODES", "WORKLOADS", "SIGNATURE", "CORE", "TITLE")

@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +35,33 @@ func (ff *filterFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&ff.f.Signature, "signature", "", "only crashes of this bug: its signature or a prefix of it")
 	fl.BoolVar(&ff.f.WithCore, "with-core", false, "only bundles that kept a core")
 	fl.BoolVar(&ff.scan, "scan", false, "read every bundle's metadata instead of an S3 store's index")
+}
+
+// summaries opens the store and returns it and the summaries of its
+// bundles that pass the flags' filter, newest first, warning on stderr
+// of those it skipped.
+func (ff *filterFlags) summaries(cmd *cobra.Command, g *globals) (store.Store, []store.Summary, error) {
+	f, err := ff.filter(time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	_, st, err := g.openStore(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := store.Summaries(cmd.Context(), st, f, ff.scan)
+	return st, list, warnSkipped(cmd, len(list), err)
+}
+
+// printJSON writes v as indented JSON, as every --json does.
+func printJSON(w io.Writer, v any) error {
+	out := bufio.NewWriter(w)
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	return out.Flush()
 }
 
 // filter returns the filter the flags give, times resolved against now.

@@ -1,14 +1,11 @@
 package cli
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -30,23 +27,14 @@ An S3 store answers from its index (see docs/s3.md); --scan reads every
 bundle's metadata instead. --json prints the bundles' whole metadata.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := ff.filter(time.Now())
+			st, list, err := ff.summaries(cmd, g)
 			if err != nil {
-				return err
-			}
-			_, st, err := g.openStore(cmd)
-			if err != nil {
-				return err
-			}
-			list, err := store.Summaries(cmd.Context(), st, f, ff.scan)
-			if err := warnSkipped(cmd, len(list), err); err != nil {
 				return err
 			}
 			if limit > 0 && len(list) > limit {
 				list = list[:limit]
 			}
 			if asJSON {
-				out := bufio.NewWriter(cmd.OutOrStdout())
 				metas, err := store.Metadata(cmd.Context(), st, list)
 				if err := warnSkipped(cmd, len(metas), err); err != nil {
 					return err
@@ -54,12 +42,7 @@ bundle's metadata instead. --json prints the bundles' whole metadata.`,
 				if metas == nil {
 					metas = []*bundle.Metadata{}
 				}
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(metas); err != nil {
-					return err
-				}
-				return out.Flush()
+				return printJSON(cmd.OutOrStdout(), metas)
 			}
 			var tab table
 			tab.add("TIME", "NODE", "NAMESPACE", "POD", "CONTAINER", "EXE", "SIGNAL", "SIZE", "ID", "TITLE")
