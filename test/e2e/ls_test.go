@@ -127,7 +127,7 @@ func rawControl(out string) int {
 // TestShowEscapesNames: a bundle whose every name holds terminal escapes,
 // control characters, invalid UTF-8 and a bidi override (all chosen by
 // the crashed container, or by whoever wrote its metadata) is printed by
-// ls and show with those bytes escaped.
+// ls, show and bugs with those bytes escaped.
 func TestShowEscapesNames(t *testing.T) {
 	dir := t.TempDir()
 	args := []string{"--store", "file://" + dir}
@@ -140,7 +140,7 @@ func TestShowEscapesNames(t *testing.T) {
 		Freeze: &bundle.Freeze{Reason: evil}, Core: bundle.Core{Truncated: true, TruncateReason: evil, Compression: evil},
 		Files: []bundle.File{{Path: evil, Role: evil, BuildID: evil, Skipped: evil}}, Warnings: []string{evil},
 		Dedup: &bundle.Dedup{Of: evil, Key: evil}})
-	for _, cmd := range [][]string{{"ls"}, {"show", id}} {
+	for _, cmd := range [][]string{{"ls"}, {"show", id}, {"bugs"}} {
 		out, errOut, err := sre(t, args, cmd...)
 		if err != nil {
 			t.Errorf("%v: %v\n%s", cmd, err, errOut)
