@@ -220,3 +220,26 @@ func TestS3Index(t *testing.T) {
 		t.Errorf("with a forged segment: %q, %v; want every bundle and a warning naming %s", summaryIDs(idx), err, seg)
 	}
 }
+
+// FuzzDecodeEntry: whatever a writer to the bucket names an object under
+// the index, decoding it never panics, and what is accepted has a valid id
+// and encodes back to a line that decodes the same.
+func FuzzDecodeEntry(f *testing.F) {
+	e := entry{Summary: Summary{ID: bundle.NewID(day0, []byte("x")), Title: "SIGSEGV in f (x)", Node: "n"}, Version: 7}
+	for _, seed := range []string{e.encode(), "", "~~", e.ID + "~1~+", e.ID + "~1~d", e.ID + "~zz~~%", strings.Repeat("~", 40)} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		e, err := decodeEntry(line)
+		if err != nil {
+			return
+		}
+		if bundle.ValidID(e.ID) != nil {
+			t.Fatalf("accepted id %q", e.ID)
+		}
+		again, err := decodeEntry(e.encode())
+		if err != nil || again.Summary != e.Summary {
+			t.Fatalf("re-encoding %q: %+v, %v", line, again, err)
+		}
+	})
+}
