@@ -8,6 +8,7 @@ package deploy_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -19,6 +20,7 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/corecatch/corecatch/pkg/collector"
@@ -112,6 +114,58 @@ func TestSecrets(t *testing.T) {
 	}
 	if env["AWS_ACCESS_KEY_ID"] != "oo/access_key_id" || env["AWS_SECRET_ACCESS_KEY"] != "oo/secret_access_key" {
 		t.Errorf("OBS credentials from the Secret: %v", env)
+	}
+}
+
+// TestNetworkPolicy renders the chart with the bridge and the
+// NetworkPolicy on: the policy selects the agent's pods and admits the
+// scrapers to the metrics port only and Alertmanager to the bridge's only;
+// the bridge listens on its container port with the token of its mounted
+// Secret. Without the values, neither is rendered.
+func TestNetworkPolicy(t *testing.T) {
+	if m := decode(t, read(t, manifestsFile)); m.NetworkPolicy() != nil || agentConfig(t, m).Notify.Bridge.Listen != "" {
+		t.Error("the default manifests have a NetworkPolicy or a bridge: both are opt-in")
+	}
+	values := filepath.Join(harness.RepoRoot(), harness.Chart, "values-networkpolicy.yaml")
+	m := decode(t, harness.RenderChart(t, "-f", values))
+	np := m.NetworkPolicy()
+	if np == nil {
+		t.Fatal("values-networkpolicy.yaml renders no NetworkPolicy")
+	}
+	ds := m.DaemonSet()
+	if !reflect.DeepEqual(np.Spec.PodSelector.MatchLabels, ds.Spec.Selector.MatchLabels) {
+		t.Errorf("the policy selects %v, the DaemonSet's pods are %v", np.Spec.PodSelector.MatchLabels, ds.Spec.Selector.MatchLabels)
+	}
+	if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) {
+		t.Errorf("policyTypes %v, want Ingress", np.Spec.PolicyTypes)
+	}
+	ports := map[string]int32{}
+	for _, p := range agentContainer(t, m).Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	want := map[int32]string{ports["metrics"]: "prometheus", ports["bridge"]: "alertmanager"}
+	if len(np.Spec.Ingress) != 2 {
+		t.Fatalf("%d ingress rules, want 2 (scrapers, Alertmanager)", len(np.Spec.Ingress))
+	}
+	for _, r := range np.Spec.Ingress {
+		if len(r.Ports) != 1 || len(r.From) != 1 || r.From[0].PodSelector == nil || r.From[0].NamespaceSelector == nil {
+			t.Errorf("rule %+v: want one port, from pods of a namespace", r)
+			continue
+		}
+		port := r.Ports[0].Port.IntVal
+		if peer := r.From[0].PodSelector.MatchLabels["app.kubernetes.io/name"]; want[port] != peer || peer == "" {
+			t.Errorf("port %d admits %s, want %s", port, peer, want[port])
+		}
+	}
+	cfg := agentConfig(t, m)
+	if cfg.Notify.Bridge.Listen != fmt.Sprintf(":%d", ports["bridge"]) || ports["bridge"] == 0 {
+		t.Errorf("notify.bridge.listen %q, but the container's bridge port is %d", cfg.Notify.Bridge.Listen, ports["bridge"])
+	}
+	if mount := mountOf(agentContainer(t, m), "bridge-token"); mount == nil || cfg.Notify.Bridge.TokenFile != filepath.Join(mount.MountPath, "token") {
+		t.Errorf("notify.bridge.token_file %q is not the mounted Secret's token (%+v)", cfg.Notify.Bridge.TokenFile, mount)
+	}
+	if v := harness.Volume(&ds.Spec.Template.Spec, "bridge-token"); v == nil || v.Secret == nil || v.Secret.SecretName != "corecatch-bridge" {
+		t.Errorf("no volume of Secret corecatch-bridge: %+v", v)
 	}
 }
 

@@ -91,6 +91,9 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 	// uninstall there: it holds the host's view of the host paths.
 	snap := *cfg
 	snap.Host.BinMount, snap.Host.ProcSysKernel = "", sysctl.Proc
+	// The helper notifies nobody: the bots' URLs and secrets stay off the
+	// host's disk.
+	snap.Notify = config.Default().Notify
 	data, err := snap.Marshal()
 	if err != nil {
 		return sysctl.Result{}, err
@@ -166,9 +169,14 @@ helper reports (also those reported while it was down), and applies retention
 to a local store. On SIGTERM or SIGINT it restores the core_pattern it
 replaced. It serves Prometheus metrics on /metrics, and /healthz and
 /readyz, on --listen. It sends each crash to the Feishu bots of
-notify.feishu and to Alertmanager (notify.alertmanager), and turns
-Alertmanager's webhook, POSTed to ` + bridgePath + ` on --listen, into Feishu
-cards.`,
+notify.feishu and to Alertmanager (notify.alertmanager). With
+notify.bridge.listen set it also turns Alertmanager's webhook, POSTed to
+` + bridgePath + ` on that address with the bearer token of
+notify.bridge.token_file, into Feishu cards.
+
+The bot's URL and secret: --feishu-webhook-file and --feishu-secret-file,
+or $` + envWebhook + ` and $` + envSecret + ` (--feishu-webhook and
+--feishu-secret show them to every user of the node in ps).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := mustRoot("agent"); err != nil {
@@ -249,10 +257,13 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}
 	go nt.Run(ctx)
 	var ready atomic.Bool
-	mux := newMux(met, ready.Load)
-	mux.Handle(bridgePath, nt.Bridge())
-	srv := serveHTTP(listen, mux, log)
+	srv := serveHTTP(listen, newMux(met, ready.Load), log)
 	defer srv.Close()
+	if bridge, err := agentBridge(cfg, nt, log); err != nil {
+		return err
+	} else if bridge != nil {
+		defer bridge.Close()
+	}
 
 	if retain, every := retention(cfg, st, interval); retain != nil {
 		// Age-based retention must run on nodes that stop crashing too.

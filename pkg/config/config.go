@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"path"
@@ -145,6 +146,40 @@ type Notify struct {
 	Mute         []Match      `json:"mute"`
 	Feishu       []Feishu     `json:"feishu"`
 	Alertmanager Alertmanager `json:"alertmanager"`
+
+	// LinkExpiry is how long a card's presigned download link works: a
+	// card forwarded out of the chat gives its reader the core (and the
+	// memory it holds) until then. At most 7 days, S3's and OBS's limit.
+	LinkExpiry Duration `json:"link_expiry"`
+	// QueueMaxBytes bounds each sink's queue in bytes (in memory and in
+	// the spool, also what is reloaded at start), beyond QueueMax's
+	// count; the oldest are dropped and counted. ItemMaxBytes bounds one
+	// notification: a larger one is refused (the bridge answers 413).
+	QueueMaxBytes Size `json:"queue_max_bytes"`
+	ItemMaxBytes  Size `json:"item_max_bytes"`
+	// Bridge serves Alertmanager's webhook as Feishu cards.
+	Bridge Bridge `json:"bridge"`
+}
+
+// Bridge configures the Alertmanager webhook bridge (/alertmanager/feishu)
+// of the agent and of `corecatch feishu-bridge`. Whoever can POST to it
+// posts into the company's chats, so it is off on the agent unless Listen
+// is set, on a port of its own, and answers only requests bearing the
+// token of TokenFile.
+type Bridge struct {
+	// Listen is the agent's address for the bridge (":9978"); empty: the
+	// agent serves no bridge. feishu-bridge's --listen overrides it.
+	Listen string `json:"listen"`
+	// TokenFile holds the bearer token Alertmanager must send
+	// (webhook_configs http_config.authorization.credentials_file); a
+	// mounted Secret in a pod.
+	TokenFile string `json:"token_file"`
+	// ButtonHosts are the hosts (or *.domain) that buttons of bridged
+	// cards may point to (runbook_url, generatorURL, externalURL); other
+	// buttons are dropped. Empty: no buttons.
+	ButtonHosts []string `json:"button_hosts"`
+	// MaxBodyBytes bounds a webhook request; larger ones get 413.
+	MaxBodyBytes Size `json:"max_body_bytes"`
 }
 
 // Match selects crashes by glob patterns (path.Match) over their identity;
@@ -313,7 +348,9 @@ func Default() *Config {
 		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
 		Identity: Identity{LogTail: Size{Bytes: 64 << 10}, Timeout: Duration(2 * time.Second)},
 		Notify: Notify{Aggregate: Duration(5 * time.Minute), QueueMax: 1000, Mute: []Match{}, Feishu: []Feishu{},
-			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"}},
+			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"},
+			LinkExpiry:   Duration(12 * time.Hour), QueueMaxBytes: Size{Bytes: 16 << 20}, ItemMaxBytes: Size{Bytes: 64 << 10},
+			Bridge: Bridge{ButtonHosts: []string{}, MaxBodyBytes: Size{Bytes: 1 << 20}}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
 		Dedup:  Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
@@ -419,6 +456,39 @@ func (n *Notify) validate() error {
 	if u := n.Alertmanager.URL; u != "" {
 		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
 			return fmt.Errorf("notify.alertmanager.url %q: write http(s)://host:port", u)
+		}
+	}
+	return n.validateLimits()
+}
+
+// MaxLinkExpiry is the longest a presigned S3/OBS link may be valid.
+const MaxLinkExpiry = 7 * 24 * time.Hour
+
+// validateLimits checks the bounds of links, queues and the bridge.
+func (n *Notify) validateLimits() error {
+	if e := time.Duration(n.LinkExpiry); e < time.Minute || e > MaxLinkExpiry {
+		return fmt.Errorf("notify.link_expiry %s: use from 1m to 7d (S3's and OBS's longest presigned link)", n.LinkExpiry)
+	}
+	for _, s := range []struct {
+		key  string
+		size Size
+	}{{"notify.queue_max_bytes", n.QueueMaxBytes}, {"notify.item_max_bytes", n.ItemMaxBytes}, {"notify.bridge.max_body_bytes", n.Bridge.MaxBodyBytes}} {
+		if s.size.Percent != 0 || s.size.Bytes < 4<<10 {
+			return fmt.Errorf("%s %s: use a size of at least 4KiB (not a percentage)", s.key, s.size)
+		}
+	}
+	if n.ItemMaxBytes.Bytes > n.QueueMaxBytes.Bytes {
+		return fmt.Errorf("notify.item_max_bytes %s is larger than notify.queue_max_bytes %s: raise the queue's or lower the item's", n.ItemMaxBytes, n.QueueMaxBytes)
+	}
+	if _, _, err := net.SplitHostPort(n.Bridge.Listen); n.Bridge.Listen != "" && err != nil {
+		return fmt.Errorf("notify.bridge.listen %q: write [host]:port (:9978): %w", n.Bridge.Listen, err)
+	}
+	if n.Bridge.Listen != "" && n.Bridge.TokenFile == "" {
+		return errors.New("notify.bridge.listen is set without notify.bridge.token_file: the bridge answers only requests bearing a token; put one in a file (a mounted Secret) and name it")
+	}
+	for _, h := range n.Bridge.ButtonHosts {
+		if strings.TrimPrefix(h, "*.") == "" || strings.ContainsAny(strings.TrimPrefix(h, "*."), "*/:@ ") {
+			return fmt.Errorf("notify.bridge.button_hosts %q: write a host name (runbooks.example.com) or *.example.com", h)
 		}
 	}
 	return nil

@@ -221,6 +221,13 @@ func TestValidate(t *testing.T) {
 		{"empty spool", func(c *Config) { c.Spool = "" }, "absolute"},
 		{"core percentage", func(c *Config) { c.Collect.MaxCoreBytes = Size{Percent: 5} }, "not percentages"},
 		{"file percentage", func(c *Config) { c.Collect.MaxFileBytes = Size{Percent: 5} }, "not percentages"},
+		{"link expiry over S3's", func(c *Config) { c.Notify.LinkExpiry = Duration(8 * 24 * time.Hour) }, "7d"},
+		{"no link expiry", func(c *Config) { c.Notify.LinkExpiry = 0 }, "7d"},
+		{"bridge without token", func(c *Config) { c.Notify.Bridge.Listen = ":9978" }, "token_file"},
+		{"bridge without port", func(c *Config) { c.Notify.Bridge.Listen, c.Notify.Bridge.TokenFile = "9978", "/t" }, "[host]:port"},
+		{"button host with a path", func(c *Config) { c.Notify.Bridge.ButtonHosts = []string{"example.com/x"} }, "*.example.com"},
+		{"item over queue", func(c *Config) { c.Notify.ItemMaxBytes = Size{Bytes: 32 << 20} }, "queue_max_bytes"},
+		{"queue in percent", func(c *Config) { c.Notify.QueueMaxBytes = Size{Percent: 5} }, "4KiB"},
 	} {
 		c := Default()
 		tc.change(c)

@@ -92,7 +92,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	m.notifications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_notifications_total",
-		Help: "Notification attempts by sink (feishu/NAME, alertmanager) and result: ok, error (retried), rejected, dropped (queue full), muted.",
+		Help: "Notification attempts by sink (feishu/NAME, alertmanager) and result: ok, error (retried), rejected, dropped (queue full, or over its byte bounds), muted.",
 	}, []string{"sink", "result"})
 	m.dedupCluster = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "corecatch_dedup_cluster_wide",

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -50,10 +51,19 @@ type Alert struct {
 // matters, and a resolution does not replace the page it resolves.
 func (w *Webhook) key() string { return "alerts\x00" + w.GroupKey + "\x00" + w.Status }
 
-// readWebhook decodes and checks a webhook payload.
+// cardAlerts is how many alerts of a group a card shows, and so how many a
+// queued group keeps; the rest count in TruncatedAlerts.
+const cardAlerts = 10
+
+// maxValue bounds each label and annotation value a queued group keeps,
+// in runes: a card shows at most 400 of one.
+const maxValue = 1024
+
+// readWebhook decodes and checks a webhook payload (its body bounded by
+// the caller), and keeps of it only what a card shows.
 func readWebhook(r *http.Request) (*Webhook, error) {
 	var w Webhook
-	dec := json.NewDecoder(io.LimitReader(r.Body, 4<<20))
+	dec := json.NewDecoder(r.Body)
 	if err := dec.Decode(&w); err != nil {
 		return nil, fmt.Errorf("not an Alertmanager webhook payload: %w", err)
 	}
@@ -66,7 +76,27 @@ func readWebhook(r *http.Request) (*Webhook, error) {
 	if len(w.Alerts) == 0 {
 		return nil, errors.New("webhook payload without alerts")
 	}
+	if len(w.Alerts) > cardAlerts {
+		w.TruncatedAlerts += len(w.Alerts) - cardAlerts
+		w.Alerts = w.Alerts[:cardAlerts]
+	}
+	for _, m := range []map[string]string{w.GroupLabels, w.CommonLabels, w.CommonAnnotations} {
+		clipValues(m)
+	}
+	for _, a := range w.Alerts {
+		clipValues(a.Labels)
+		clipValues(a.Annotations)
+	}
 	return &w, nil
+}
+
+// clipValues bounds every value of m to maxValue runes.
+func clipValues(m map[string]string) {
+	for k, v := range m {
+		if len(v) > maxValue {
+			m[k] = clip(v, maxValue)
+		}
+	}
 }
 
 // alertmanager pushes every crash to Alertmanager's API as an alert with an
@@ -81,7 +111,7 @@ type alertmanager struct {
 }
 
 func newAlertmanager(cfg config.Notify, dir string, o Options) (*alertmanager, error) {
-	q, err := openQueue(dir, cfg.QueueMax)
+	q, err := openQueue(dir, limitsOf(cfg))
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +219,17 @@ func (a *alertmanager) push(ctx context.Context, items []*item) error {
 	case resp.StatusCode/100 == 2:
 		return nil
 	case resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusTooManyRequests:
-		return &permanentError{fmt.Errorf("alertmanager %s: HTTP %s: %s", a.url, resp.Status, strings.TrimSpace(string(data)))}
+		return &permanentError{fmt.Errorf("alertmanager %s: HTTP %s: %s", shownURL(a.url), resp.Status, strings.TrimSpace(string(data)))}
 	}
-	return fmt.Errorf("alertmanager %s: HTTP %s: %s", a.url, resp.Status, strings.TrimSpace(string(data)))
+	return fmt.Errorf("alertmanager %s: HTTP %s: %s", shownURL(a.url), resp.Status, strings.TrimSpace(string(data)))
+}
+
+// shownURL is a URL as errors show it: without a password (net/http's own
+// errors drop it too).
+func shownURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(the configured URL)"
+	}
+	return p.Redacted()
 }

@@ -121,6 +121,25 @@ func httpURL(u string) bool {
 	return err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != ""
 }
 
+// allowedHosts returns whether an http(s) URL's host is one of hosts
+// (notify.bridge.button_hosts): a name, or *.domain for its subdomains.
+func allowedHosts(hosts []string) func(string) bool {
+	return func(u string) bool {
+		p, err := url.Parse(u)
+		if err != nil || !httpURL(u) || p.User != nil {
+			return false
+		}
+		h := strings.ToLower(p.Hostname())
+		for _, allowed := range hosts {
+			allowed = strings.ToLower(allowed)
+			if sub, ok := strings.CutPrefix(allowed, "*."); ok && strings.HasSuffix(h, "."+sub) || h == allowed {
+				return true
+			}
+		}
+		return false
+	}
+}
+
 // card builds one card for a batch of items: a crash card, a digest of
 // several programs' crashes, or an Alertmanager group.
 func (b *feishuBot) card(batch []*item) map[string]any {
@@ -128,7 +147,7 @@ func (b *feishuBot) card(batch []*item) map[string]any {
 	var card map[string]any
 	switch {
 	case batch[0].Alerts != nil:
-		card = alertCard(batch[0].Alerts, t)
+		card = alertCard(batch[0].Alerts, t, b.buttons)
 	case len(batch) == 1:
 		card = crashCard(batch[0].Crash, t, b.cfg.Lang)
 	default:
@@ -231,8 +250,11 @@ func digestCard(batch []*item, t texts) map[string]any {
 }
 
 // alertCard renders an Alertmanager group; resolved groups are green and
-// say so in the title, so that nobody mistakes one for a new page.
-func alertCard(w *Webhook, t texts) map[string]any {
+// say so in the title, so that nobody mistakes one for a new page. Its
+// buttons link only where allow says (notify.bridge.button_hosts): the
+// payload's sender chose the URLs, and a button in the company's chat is
+// trusted as if the bot had written it.
+func alertCard(w *Webhook, t texts, allow func(string) bool) map[string]any {
 	name := w.CommonLabels["alertname"]
 	if name == "" {
 		name = w.GroupLabels["alertname"]
@@ -252,8 +274,7 @@ func alertCard(w *Webhook, t texts) map[string]any {
 	var els []any
 	var buttons []any
 	for i, a := range w.Alerts {
-		if i == 10 {
-			els = append(els, map[string]any{"tag": "div", "text": md(fmt.Sprintf(t.more, len(w.Alerts)-10+w.TruncatedAlerts))})
+		if i == cardAlerts {
 			break
 		}
 		var sb strings.Builder
@@ -287,15 +308,18 @@ func alertCard(w *Webhook, t texts) map[string]any {
 		}
 		els = append(els, map[string]any{"tag": "div", "text": md(sb.String())})
 		if i == 0 {
-			if u := a.Annotations["runbook_url"]; httpURL(u) {
+			if u := a.Annotations["runbook_url"]; allow(u) {
 				buttons = append(buttons, button(t.runbook, u, "primary"))
 			}
-			if httpURL(a.GeneratorURL) {
+			if allow(a.GeneratorURL) {
 				buttons = append(buttons, button(t.source, a.GeneratorURL, "default"))
 			}
 		}
 	}
-	if httpURL(w.ExternalURL) {
+	if more := max(len(w.Alerts)-cardAlerts, 0) + w.TruncatedAlerts; more > 0 {
+		els = append(els, map[string]any{"tag": "div", "text": md(fmt.Sprintf(t.more, more))})
+	}
+	if allow(w.ExternalURL) {
 		buttons = append(buttons, button(t.am, w.ExternalURL, "default"))
 	}
 	if len(buttons) > 0 {

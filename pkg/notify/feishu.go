@@ -11,7 +11,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,8 +45,10 @@ const digestAt = 4
 
 // feishuBot is one Feishu/Lark custom bot and its queue.
 type feishuBot struct {
-	cfg       config.Feishu
-	webhook   string
+	cfg     config.Feishu
+	webhook string
+	// buttons says whether a bridged card may link to a URL.
+	buttons   func(string) bool
 	secret    string
 	aggregate time.Duration
 	o         Options
@@ -66,14 +71,14 @@ func newFeishuBot(f config.Feishu, cfg config.Notify, dir string, o Options) (*f
 	if err != nil {
 		return nil, fmt.Errorf("feishu bot %s: secret: %w", f.Name, err)
 	}
-	q, err := openQueue(dir, cfg.QueueMax)
+	q, err := openQueue(dir, limitsOf(cfg))
 	if err != nil {
 		return nil, err
 	}
 	if f.Lang == "" {
 		f.Lang = "zh"
 	}
-	return &feishuBot{cfg: f, webhook: webhook, secret: secret, aggregate: time.Duration(cfg.Aggregate), o: o, q: q,
+	return &feishuBot{cfg: f, webhook: webhook, buttons: allowedHosts(cfg.Bridge.ButtonHosts), secret: secret, aggregate: time.Duration(cfg.Aggregate), o: o, q: q,
 		client: &http.Client{Timeout: 10 * time.Second}, limit: newLimiter(), last: map[string]time.Time{}}, nil
 }
 
@@ -85,10 +90,14 @@ func (b *feishuBot) takesCrash(c *Crash) bool {
 	return (b.cfg.Crashes == nil || *b.cfg.Crashes) && anyMatch(c, b.cfg.Routes)
 }
 
-// takesAlerts reports whether the bot wants an Alertmanager group: routes
-// match the group's common labels.
+// alertsOn reports whether the bot takes Alertmanager's groups at all,
+// even when a request names it.
+func (b *feishuBot) alertsOn() bool { return b.cfg.Alerts == nil || *b.cfg.Alerts }
+
+// takesAlerts reports whether the bot wants an Alertmanager group: alerts
+// on, and routes matching the group's common labels.
 func (b *feishuBot) takesAlerts(w *Webhook) bool {
-	if b.cfg.Alerts != nil && !*b.cfg.Alerts {
+	if !b.alertsOn() {
 		return false
 	}
 	l := w.CommonLabels
@@ -216,12 +225,12 @@ func (b *feishuBot) send(ctx context.Context, card map[string]any) error {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.webhook, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return hideToken(err, b.webhook)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := b.client.Do(req)
 	if err != nil {
-		return err
+		return hideToken(err, b.webhook) // net/http's errors quote the URL
 	}
 	defer resp.Body.Close()
 	var r struct {
@@ -305,4 +314,44 @@ func (l *limiter) reserve() time.Duration {
 	}
 	l.sent = append(l.sent, now)
 	return 0
+}
+
+// Redacted is a webhook URL without its token (the last element of its
+// path, for Feishu and Lark) and without user info or query, as logs and
+// errors show it: whoever has the URL can post as the bot.
+func Redacted(webhook string) string {
+	u, err := url.Parse(webhook)
+	if err != nil || u.Host == "" {
+		return "(a webhook URL; check notify.feishu webhook)"
+	}
+	dir, _ := path.Split(u.Path)
+	return u.Scheme + "://" + u.Host + (&url.URL{Path: dir}).EscapedPath() + "****"
+}
+
+// tokenError is an error whose text had the webhook URL's secrets
+// redacted; the original stays reachable to errors.As.
+type tokenError struct {
+	err  error
+	text string
+}
+
+func (e *tokenError) Error() string { return e.text }
+func (e *tokenError) Unwrap() error { return e.err }
+
+// hideToken returns err with the webhook URL, and its token wherever else
+// it appears, replaced by Redacted's form.
+func hideToken(err error, webhook string) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = Redacted(webhook) // quoted in its text, so not found below
+	}
+	text := strings.ReplaceAll(err.Error(), webhook, Redacted(webhook))
+	if u, perr := url.Parse(webhook); perr == nil {
+		for _, secret := range []string{path.Base(u.Path), u.RawQuery, u.User.String()} {
+			if len(secret) >= 8 { // shorter ones would garble the text, not hide anything
+				text = strings.ReplaceAll(text, secret, "****")
+			}
+		}
+	}
+	return &tokenError{err: err, text: text}
 }

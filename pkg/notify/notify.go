@@ -8,7 +8,11 @@
 package notify
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -294,46 +298,88 @@ func (n *Notifier) Crash(ctx context.Context, m *bundle.Metadata) {
 }
 
 // enqueue adds it to s's queue, logging and counting what could not wait.
-func (n *Notifier) enqueue(s sink, it *item) {
+// It returns errTooLarge when the item itself was refused.
+func (n *Notifier) enqueue(s sink, it *item) error {
 	dropped, err := s.queue().add(it)
-	if dropped != nil {
+	for _, d := range dropped {
 		n.o.Result(s.name(), ResultDropped)
-		n.o.Log.Warn("notification queue full: dropped the oldest", zap.String("sink", s.name()), zap.String("key", dropped.Key))
+		n.o.Log.Warn("notification queue full: dropped the oldest", zap.String("sink", s.name()), zap.String("key", d.Key))
 	}
 	if err != nil {
 		n.o.Result(s.name(), ResultDropped)
 		n.o.Log.Error("queue a notification", zap.String("sink", s.name()), zap.Error(err))
 	}
+	return err
 }
 
 // Bridge serves Alertmanager's webhook (payload version 4) and turns each
-// group into a Feishu card for the bots that take alerts: all of them, or
-// the one named by ?bot=NAME.
-func (n *Notifier) Bridge() http.Handler {
+// group into a Feishu card for the bots that take alerts: all of them whose
+// routes match, or the one named by ?bot=NAME, never a bot with alerts
+// off. Only requests bearing the token of notify.bridge.token_file pass
+// (401 otherwise); bodies over notify.bridge.max_body_bytes, and groups
+// too large to queue, get 413.
+func (n *Notifier) Bridge() (http.Handler, error) {
+	if n.cfg.Bridge.TokenFile == "" {
+		return nil, errors.New("the bridge needs a bearer token: set notify.bridge.token_file (or --token-file) to a file holding one, as Alertmanager's http_config.authorization.credentials_file sends it")
+	}
+	token, err := readSecret("", n.cfg.Bridge.TokenFile)
+	if err != nil || token == "" {
+		return nil, fmt.Errorf("the bridge's token (notify.bridge.token_file): %w", cmp.Or(err, errors.New("the file is empty: put a random token in it")))
+	}
+	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !bearer(r, want) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="corecatch"`)
+			http.Error(w, "send the token of notify.bridge.token_file as Authorization: Bearer (Alertmanager: http_config.authorization.credentials_file)", http.StatusUnauthorized)
+			return
+		}
 		if r.Method != http.MethodPost {
 			http.Error(w, "POST Alertmanager's webhook payload here", http.StatusMethodNotAllowed)
 			return
 		}
+		r.Body = http.MaxBytesReader(w, r.Body, n.cfg.Bridge.MaxBodyBytes.Bytes)
 		msg, err := readWebhook(r)
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, fmt.Sprintf("webhook payload over %d bytes (notify.bridge.max_body_bytes): lower max_alerts in the webhook_config", tooBig.Limit), http.StatusRequestEntityTooLarge)
+			return
+		}
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		want := r.URL.Query().Get("bot")
-		sent := 0
+		bot := r.URL.Query().Get("bot")
+		sent, refused := 0, 0
 		for _, b := range n.bots {
-			if (want == "" && b.takesAlerts(msg)) || b.cfg.Name == want {
-				n.enqueue(b, &item{Key: msg.key(), Queued: time.Now(), Alerts: msg})
-				sent++
+			if !b.alertsOn() || (bot == "" && !b.takesAlerts(msg)) || (bot != "" && b.cfg.Name != bot) {
+				continue
 			}
+			if errors.Is(n.enqueue(b, &item{Key: msg.key(), Queued: time.Now(), Alerts: msg}), errTooLarge) {
+				refused++
+				continue
+			}
+			sent++
 		}
-		if sent == 0 {
-			http.Error(w, fmt.Sprintf("no Feishu bot takes this group (bot=%q): check notify.feishu routes and alerts", want), http.StatusNotFound)
-			return
+		switch {
+		case refused > 0 && sent == 0:
+			http.Error(w, "the alert group is larger than notify.item_max_bytes allows, or the queue is full: dropped (counted as dropped)", http.StatusRequestEntityTooLarge)
+		case sent == 0:
+			http.Error(w, fmt.Sprintf("no Feishu bot takes this group (bot=%q): check notify.feishu routes and alerts", bot), http.StatusNotFound)
+		default:
+			fmt.Fprintf(w, "queued for %d bot(s)\n", sent)
 		}
-		fmt.Fprintf(w, "queued for %d bot(s)\n", sent)
-	})
+	}), nil
+}
+
+// bearer reports whether r carries the token whose digest is want, in a
+// time that does not depend on how much of it matches.
+func bearer(r *http.Request, want [sha256.Size]byte) bool {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 
 // readSecret returns a configured value, or the content of its file.

@@ -4,18 +4,26 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/test/fakefeishu"
+	"github.com/corecatch/corecatch/test/harness"
 )
 
 // results counts outcomes per sink, as the agent's metrics do.
@@ -341,22 +349,54 @@ func webhook(status string) []byte {
 	return data
 }
 
+// bridgeConfig is a bot of f with a bridge token in dir; buttons may link
+// to example.com and prometheus only.
+func bridgeConfig(t *testing.T, f *fakefeishu.Server) config.Notify {
+	t.Helper()
+	cfg := feishuConfig(f.URL("tok"), "", "", "en")
+	cfg.Bridge.TokenFile = filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(cfg.Bridge.TokenFile, []byte(bridgeToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Bridge.ButtonHosts = []string{"example.com", "prometheus"}
+	return cfg
+}
+
+const bridgeToken = "0123456789abcdef-bridge"
+
+// post sends body to the bridge at u with a bearer token ("" for none).
+func post(t *testing.T, u, token string, body []byte) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(data)
+}
+
 // TestBridge turns Alertmanager's webhook into cards; a resolved group
-// looks unlike a firing one.
+// looks unlike a firing one, and buttons link only to allowed hosts.
 func TestBridge(t *testing.T) {
 	f := fake(t, fakefeishu.Bot{Token: "tok"})
-	n, _ := start(t, feishuConfig(f.URL("tok"), "", "", "en"), t.TempDir(), &results{})
-	srv := httptest.NewServer(n.Bridge())
+	n, _ := start(t, bridgeConfig(t, f), t.TempDir(), &results{})
+	h, err := n.Bridge()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
 	defer srv.Close()
 	for _, status := range []string{"firing", "resolved"} {
-		resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(webhook(status)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("bridge: %s %s", resp.Status, body)
+		if code, body := post(t, srv.URL, bridgeToken, webhook(status)); code != http.StatusOK {
+			t.Fatalf("bridge: %d %s", code, body)
 		}
 		waitFor(t, 5*time.Second, status+" card", func() bool { return len(f.Accepted()) == map[string]int{"firing": 1, "resolved": 2}[status] })
 	}
@@ -367,17 +407,101 @@ func TestBridge(t *testing.T) {
 	if resolved.Header.Template != "green" || !strings.Contains(resolved.Header.Title.Content, "RESOLVED") {
 		t.Errorf("resolved header %+v", resolved.Header)
 	}
-	if b := firing.Buttons(); len(b) != 3 || b[0].URL != "https://example.com/runbooks/crashloop" {
-		t.Errorf("firing buttons %+v, want runbook, source, Alertmanager", b)
+	if b := firing.Buttons(); len(b) != 2 || b[0].URL != "https://example.com/runbooks/crashloop" || b[1].URL != "http://prometheus:9090/graph" {
+		t.Errorf("firing buttons %+v, want runbook and source (alertmanager is not an allowed host)", b)
 	}
 	for _, bad := range []string{`{"version":"3"}`, `not json`} {
-		resp, err := http.Post(srv.URL, "application/json", strings.NewReader(bad))
+		if code, _ := post(t, srv.URL, bridgeToken, []byte(bad)); code != http.StatusBadRequest {
+			t.Errorf("payload %q: %d, want 400", bad, code)
+		}
+	}
+}
+
+// TestBridgeWithoutToken: no bridge without a token file.
+func TestBridgeWithoutToken(t *testing.T) {
+	f := fake(t, fakefeishu.Bot{Token: "tok"})
+	cfg := bridgeConfig(t, f)
+	os.WriteFile(cfg.Bridge.TokenFile, []byte("\n"), 0o600)
+	n, _ := start(t, cfg, t.TempDir(), &results{})
+	if _, err := n.Bridge(); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("Bridge() with an empty token file: %v, want an error", err)
+	}
+	cfg.Bridge.TokenFile = ""
+	n, _ = start(t, cfg, t.TempDir(), &results{})
+	if _, err := n.Bridge(); err == nil || !strings.Contains(err.Error(), "token_file") {
+		t.Errorf("Bridge() without a token file: %v, want an error naming notify.bridge.token_file", err)
+	}
+}
+
+// TestQueueBounds: a queue keeps within its count, item and byte limits
+// when items arrive, and when it reloads a spool that holds more.
+func TestQueueBounds(t *testing.T) {
+	dir := t.TempDir()
+	l := limits{count: 100, item: 8 << 10, total: 32 << 10}
+	q, err := openQueue(dir, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := func(key string, n int) *item {
+		return &item{Key: key, Queued: time.Now(), Crash: &Crash{ID: key, Comm: strings.Repeat("x", n)}}
+	}
+	if _, err := q.add(big("huge", 9<<10)); !errors.Is(err, errTooLarge) {
+		t.Errorf("an item over the item limit: %v, want errTooLarge", err)
+	}
+	dropped := 0
+	for i := range 20 {
+		d, err := q.add(big(fmt.Sprint("k", i), 7<<10))
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("payload %q: %s, want 400", bad, resp.Status)
+		dropped += len(d)
+	}
+	if got := harness.DirBytes(t, dir); got > l.total || q.bytes != got || q.len() != 4 || dropped != 16 {
+		t.Errorf("after 20 items of 7 KiB: %d items, %d bytes counted, %d in the spool, %d dropped; want 4 within %d", q.len(), q.bytes, got, dropped, l.total)
+	}
+	// A spool written by another configuration, and a hostile file: the
+	// reload keeps within the limits and never reads the large one.
+	os.WriteFile(filepath.Join(dir, "ffffffffffffffffffffffff.json"), bytes.Repeat([]byte("x"), 1<<20), 0o600)
+	l.total = 16 << 10
+	q, err = openQueue(dir, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := harness.DirBytes(t, dir); got > l.total || q.bytes != got || q.len() != 2 {
+		t.Errorf("reloaded: %d items, %d bytes counted, %d in the spool; want 2 within %d", q.len(), q.bytes, got, l.total)
+	}
+}
+
+// TestWebhookRedacted: a send that fails, as net/http reports it with the
+// URL, logs the bot's URL without its token.
+func TestWebhookRedacted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens: every send fails with the URL in its error
+	const token = "5f1d2c3b-aaaa-bbbb-cccc-0123456789ab"
+	webhook := "http://" + addr + "/open-apis/bot/v2/hook/" + token
+	core, logs := observer.New(zap.DebugLevel)
+	cfg := feishuConfig(webhook, "", "", "en")
+	n, err := New(cfg, t.TempDir(), Options{Log: zap.New(core), Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { n.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	n.Crash(ctx, crash(1, "checkout", "SIGSEGV"))
+	waitFor(t, 5*time.Second, "a failed send logged", func() bool { return logs.FilterMessageSnippet("Feishu unavailable").Len() > 0 })
+	for _, e := range logs.All() {
+		line := fmt.Sprint(e.Message, e.ContextMap())
+		if strings.Contains(line, token) {
+			t.Errorf("the log shows the bot's token: %s", line)
+		}
+		if e.Message == "Feishu unavailable; cards stay queued and are retried" && !strings.Contains(line, "/open-apis/bot/v2/hook/****") {
+			t.Errorf("the log does not say which bot failed: %s", line)
 		}
 	}
 }

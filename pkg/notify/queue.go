@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/corecatch/corecatch/pkg/config"
 )
 
 // item is one pending notification of a sink: a crash (or a run of crashes
@@ -43,25 +46,47 @@ func merge(old, newer *item) *item {
 	return &item{Key: old.Key, Queued: old.Queued, Crash: &c}
 }
 
+// limits bound a queue: items, bytes of one item and bytes in all, in
+// memory as in the spool. Whoever can make notifications (a crashing
+// container's names, a webhook's sender) must not fill either.
+type limits struct {
+	count       int
+	item, total int64
+}
+
+// limitsOf reads a queue's limits from the config.
+func limitsOf(cfg config.Notify) limits {
+	return limits{count: cfg.QueueMax, item: cfg.ItemMaxBytes.Bytes, total: cfg.QueueMaxBytes.Bytes}
+}
+
+// errTooLarge is an item over the queue's item limit.
+var errTooLarge = errors.New("notification larger than notify.item_max_bytes: dropped")
+
 // queue is one sink's persisted, bounded set of pending items, at most one
 // per key waiting and one per key being sent. A file per item: <hash>.json
 // waits, <hash>.sending is in flight; a restart merges both back.
 type queue struct {
 	dir string
-	max int
+	max limits
 
 	mu      sync.Mutex
 	pending map[string]*item
 	sending map[string]*item
-	wake    chan struct{}
+	// size is each file's bytes in the spool, bytes their sum.
+	size  map[string]int64
+	bytes int64
+	wake  chan struct{}
 }
 
-// openQueue loads the items a previous agent left in dir.
-func openQueue(dir string, max int) (*queue, error) {
+// openQueue loads the items a previous agent left in dir, within l: a file
+// over the item limit is removed, read no further than the limit, and the
+// oldest items beyond the count or total go.
+func openQueue(dir string, l limits) (*queue, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create the notification queue %s: %w", dir, err)
 	}
-	q := &queue{dir: dir, max: max, pending: map[string]*item{}, sending: map[string]*item{}, wake: make(chan struct{}, 1)}
+	q := &queue{dir: dir, max: l, pending: map[string]*item{}, sending: map[string]*item{}, size: map[string]int64{},
+		wake: make(chan struct{}, 1)}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read the notification queue: %w", err)
@@ -76,7 +101,7 @@ func openQueue(dir string, max int) (*queue, error) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		data, err := os.ReadFile(p)
+		data, err := readAtMost(p, l.item)
 		var it item
 		if err == nil {
 			err = json.Unmarshal(data, &it)
@@ -96,12 +121,61 @@ func openQueue(dir string, max int) (*queue, error) {
 			os.Remove(p)
 		}
 	}
-	for _, it := range q.pending {
-		if err := q.write(it, ".json"); err != nil {
+	for k, it := range q.pending {
+		if err := q.write(it, ".json"); errors.Is(err, errTooLarge) {
+			delete(q.pending, k)
+			os.Remove(q.path(k, ".json"))
+		} else if err != nil {
 			return nil, err
 		}
 	}
+	for len(q.pending) > l.count || q.bytes > l.total {
+		if q.evict() == nil {
+			break
+		}
+	}
 	return q, nil
+}
+
+// readAtMost reads a file of at most max bytes; a larger one is an error.
+func readAtMost(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(data)) > max {
+		err = errTooLarge
+	}
+	return data, err
+}
+
+// evict drops the oldest waiting item, and returns it (nil when nothing
+// waits).
+func (q *queue) evict() *item {
+	var oldest *item
+	for _, p := range q.pending {
+		if oldest == nil || p.Queued.Before(oldest.Queued) {
+			oldest = p
+		}
+	}
+	if oldest != nil {
+		delete(q.pending, oldest.Key)
+		os.Remove(q.path(oldest.Key, ".json"))
+		q.account(q.path(oldest.Key, ".json"), 0)
+	}
+	return oldest
+}
+
+// account records the bytes of the file at path (0: gone).
+func (q *queue) account(path string, n int64) {
+	q.bytes += n - q.size[path]
+	if n == 0 {
+		delete(q.size, path)
+	} else {
+		q.size[path] = n
+	}
 }
 
 func (q *queue) path(key, ext string) string {
@@ -109,40 +183,70 @@ func (q *queue) path(key, ext string) string {
 	return filepath.Join(q.dir, hex.EncodeToString(h[:12])+ext)
 }
 
+// encode is an item as its file holds it, refused over the item limit.
+func (q *queue) encode(it *item) ([]byte, error) {
+	data, err := json.Marshal(it)
+	if err == nil && int64(len(data)) > q.max.item {
+		err = fmt.Errorf("%w (%d bytes, over %d)", errTooLarge, len(data), q.max.item)
+	}
+	return data, err
+}
+
 // write persists an item: a new file renamed over the old one, so that a
 // reader never sees half of it.
 func (q *queue) write(it *item, ext string) error {
-	data, err := json.Marshal(it)
+	data, err := q.encode(it)
 	if err != nil {
 		return err
 	}
-	p := q.path(it.Key, ext)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("persist a notification: %w (is the spool's disk full?)", err)
-	}
-	return os.Rename(tmp, p)
+	return q.put(it.Key, ext, data)
 }
 
-// add merges it into the queue and persists it. When the queue is full it
-// drops the oldest waiting item and returns it.
-func (q *queue) add(it *item) (dropped *item, err error) {
+// put writes an encoded item and accounts for its bytes.
+func (q *queue) put(key, ext string, data []byte) error {
+	p := q.path(key, ext)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("persist a notification: %w (is the spool's disk full?)", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return err
+	}
+	q.account(p, int64(len(data)))
+	return nil
+}
+
+// add merges it into the queue and persists it. When the queue is full (by
+// count or bytes) it drops the oldest waiting items and returns them; an
+// item over the item limit, or one that cannot fit beside what is in
+// flight, is refused with errTooLarge.
+func (q *queue) add(it *item) (dropped []*item, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if old := q.pending[it.Key]; old != nil {
 		it = merge(old, it)
-	} else if len(q.pending)+len(q.sending) >= q.max {
-		for _, p := range q.pending {
-			if dropped == nil || p.Queued.Before(dropped.Queued) {
-				dropped = p
-			}
-		}
-		if dropped != nil {
-			delete(q.pending, dropped.Key)
-			os.Remove(q.path(dropped.Key, ".json"))
-		}
 	}
-	if err := q.write(it, ".json"); err != nil {
+	data, err := q.encode(it)
+	if err != nil {
+		return nil, err
+	}
+	n := int64(len(data))
+	fits := func() bool {
+		count := len(q.pending) + len(q.sending)
+		if q.pending[it.Key] == nil {
+			count++
+		}
+		return count <= q.max.count && q.bytes-q.size[q.path(it.Key, ".json")]+n <= q.max.total
+	}
+	for !fits() {
+		d := q.evict()
+		if d == nil {
+			return dropped, fmt.Errorf("%w: the queue is full of notifications being sent", errTooLarge)
+		}
+		dropped = append(dropped, d)
+	}
+	if err := q.put(it.Key, ".json", data); err != nil {
 		return dropped, err
 	}
 	q.pending[it.Key] = it
@@ -166,6 +270,8 @@ func (q *queue) take(ready func(*item) bool) []*item {
 		if err := os.Rename(q.path(k, ".json"), q.path(k, ".sending")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
+		q.account(q.path(k, ".sending"), q.size[q.path(k, ".json")])
+		q.account(q.path(k, ".json"), 0)
 		delete(q.pending, k)
 		q.sending[k] = it
 		out = append(out, it)
@@ -180,6 +286,7 @@ func (q *queue) done(it *item) {
 	defer q.mu.Unlock()
 	delete(q.sending, it.Key)
 	os.Remove(q.path(it.Key, ".sending"))
+	q.account(q.path(it.Key, ".sending"), 0)
 }
 
 // retry puts an undelivered item back, merged with what arrived for its key
@@ -194,6 +301,7 @@ func (q *queue) retry(it *item) {
 	q.pending[it.Key] = it
 	if q.write(it, ".json") == nil {
 		os.Remove(q.path(it.Key, ".sending"))
+		q.account(q.path(it.Key, ".sending"), 0)
 	}
 }
 

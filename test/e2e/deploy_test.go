@@ -194,7 +194,7 @@ func TestNodeSimulation(t *testing.T) {
 
 	// A process runs the installed helper while the next agent replaces
 	// it, as the kernel's helper may during an upgrade.
-	busy := exec.Command(pod.hostBin, "--config", pod.config, "--spool", filepath.Join(dir, "busy"), "feishu-bridge", "--listen", "127.0.0.1:0")
+	busy := exec.Command(pod.hostBin, "--config", pod.config, "--spool", filepath.Join(dir, "busy"), "feishu-bridge", "--listen", "127.0.0.1:0", "--token-file", writeToken(t, dir))
 	if err := busy.Start(); err != nil {
 		t.Fatal(err)
 	}

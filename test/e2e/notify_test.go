@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,7 +111,9 @@ func TestFeishuCard(t *testing.T) {
 }
 
 // TestAlertmanagerRoundTrip pushes a real crash to a real Alertmanager,
-// whose webhook brings it back through the agent's bridge as a card.
+// whose webhook brings it back through the agent's bridge as a card:
+// Alertmanager sends the bridge's token from a file, the bridge listens on
+// its own port, and the metrics port serves no bridge.
 func TestAlertmanagerRoundTrip(t *testing.T) {
 	f := startFeishu(t)
 	dir, err := os.MkdirTemp("", "ccam")
@@ -117,7 +121,8 @@ func TestAlertmanagerRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	amAddr, agentAddr := freeAddr(t), freeAddr(t)
+	amAddr, agentAddr, bridgeAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	token := writeToken(t, dir)
 	cfg := filepath.Join(dir, "alertmanager.yml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`route:
   receiver: feishu
@@ -130,7 +135,10 @@ receivers:
     webhook_configs:
       - url: http://%s/alertmanager/feishu
         send_resolved: true
-`, agentAddr)), 0o644); err != nil {
+        http_config:
+          authorization:
+            credentials_file: %s
+`, bridgeAddr, token)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	am := startService(t, dir, amAddr, "/-/ready", "prometheus-alertmanager", "--config.file", cfg,
@@ -148,9 +156,22 @@ notify:
     crashes: false
   alertmanager:
     url: %s
-`, socket, f.URL("tok"), am.base))
+  bridge:
+    listen: %s
+    token_file: %s
+`, socket, f.URL("tok"), am.base, bridgeAddr, token))
 	t.Cleanup(func() { os.Remove(socket) })
 	startAgentListen(t, n, socket, agentAddr)
+	for _, c := range []struct {
+		u    string
+		want int
+	}{{"http://" + agentAddr + "/alertmanager/feishu", http.StatusNotFound}, {"http://" + bridgeAddr + "/alertmanager/feishu", http.StatusUnauthorized}} {
+		if code := send(t, c.u, "", []byte("{}")); code != c.want {
+			t.Errorf("POST %s without a token: %d, want %d", c.u, code, c.want)
+		}
+	}
+	cutsOffSlowPeers(t, agentAddr)
+	cutsOffSlowPeers(t, bridgeAddr)
 	exe := buildSignals(t, n.Dir)
 	cmd := exec.Command(exe, "abrt")
 	n.Crash(cmd)
@@ -285,5 +306,37 @@ func TestFeishuOutage(t *testing.T) {
 	}
 	if len(cards) != 2 || got["SIGSEGV"] != 2 || got["SIGABRT"] != 1 {
 		t.Errorf("%d cards standing for %v, want 2 cards: SIGSEGV 2, SIGABRT 1 (bundles %v)", len(cards), got, ids)
+	}
+}
+
+// TestS3CardLinkExpiry: a crash's card links to the core with a presigned
+// URL that lasts notify.link_expiry, and the link downloads it.
+func TestS3CardLinkExpiry(t *testing.T) {
+	f := startFeishu(t)
+	srv := harness.S3(t)
+	n, a, _, _ := notifyNode(t, f, "  link_expiry: 2h\n", srv.Config(s3Prefix))
+	exe := buildSignals(t, n.Dir)
+	cmd := exec.Command(exe, "segv")
+	n.Crash(cmd)
+	a.waitLineWithin(t, 60*time.Second, "bundle uploaded")
+	cards := waitCards(t, f, 1, 20*time.Second)
+	b := cards[0].Message.Card.Buttons()
+	if len(b) != 1 {
+		t.Fatalf("buttons %+v, want the download link", b)
+	}
+	u, err := url.Parse(b[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Query().Get("X-Amz-Expires"); got != "7200" {
+		t.Errorf("X-Amz-Expires %q, want 7200 (notify.link_expiry 2h)", got)
+	}
+	resp, err := http.Get(b[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET the card's link: %s", resp.Status)
 	}
 }

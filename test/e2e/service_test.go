@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +20,9 @@ type service struct {
 	name string
 	base string
 	log  string
+	// stop ends it (SIGTERM, then SIGKILL after 10 s); the cleanup calls
+	// it too.
+	stop func()
 }
 
 // startService starts the Debian package's binary bin with args, listening
@@ -30,7 +34,7 @@ func startService(t *testing.T, dir, addr, ready, bin string, args ...string) *s
 	if err != nil {
 		t.Fatalf("%s is missing: run make deps", bin)
 	}
-	s := &service{name: bin, base: "http://" + addr, log: filepath.Join(dir, bin+".log")}
+	s := &service{name: bin, base: "http://" + addr, log: filepath.Join(dir, filepath.Base(bin)+".log")}
 	log, err := os.Create(s.log)
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +50,7 @@ func startService(t *testing.T, dir, addr, ready, bin string, args ...string) *s
 		cmd.Wait()
 		close(exited)
 	}()
-	t.Cleanup(func() {
+	s.stop = sync.OnceFunc(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -54,6 +58,9 @@ func startService(t *testing.T, dir, addr, ready, bin string, args ...string) *s
 			cmd.Process.Kill()
 			<-exited
 		}
+	})
+	t.Cleanup(func() {
+		s.stop()
 		if t.Failed() {
 			t.Logf("%s, last lines:\n%s", s.log, s.logTail())
 		}

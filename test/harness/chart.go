@@ -13,6 +13,7 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -63,12 +64,13 @@ type Manifests struct {
 // Prometheus Operator's come from its own API module, so that their
 // fields are checked as strictly as the core ones.
 var kinds = map[string]func() any{
-	"v1/Namespace":      func() any { return &corev1.Namespace{} },
-	"v1/ServiceAccount": func() any { return &corev1.ServiceAccount{} },
-	"v1/ConfigMap":      func() any { return &corev1.ConfigMap{} },
-	"v1/Secret":         func() any { return &corev1.Secret{} },
-	"v1/Service":        func() any { return &corev1.Service{} },
-	"apps/v1/DaemonSet": func() any { return &appsv1.DaemonSet{} },
+	"v1/Namespace":                            func() any { return &corev1.Namespace{} },
+	"v1/ServiceAccount":                       func() any { return &corev1.ServiceAccount{} },
+	"v1/ConfigMap":                            func() any { return &corev1.ConfigMap{} },
+	"v1/Secret":                               func() any { return &corev1.Secret{} },
+	"v1/Service":                              func() any { return &corev1.Service{} },
+	"apps/v1/DaemonSet":                       func() any { return &appsv1.DaemonSet{} },
+	"networking.k8s.io/v1/NetworkPolicy":      func() any { return &networkingv1.NetworkPolicy{} },
 	"monitoring.coreos.com/v1/ServiceMonitor": func() any { return &monitoringv1.ServiceMonitor{} },
 	"monitoring.coreos.com/v1/PrometheusRule": func() any { return &monitoringv1.PrometheusRule{} },
 }
@@ -116,6 +118,16 @@ func (m *Manifests) ConfigMap(name string) *corev1.ConfigMap {
 	for _, o := range m.Objects {
 		if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == name {
 			return cm
+		}
+	}
+	return nil
+}
+
+// NetworkPolicy returns the one NetworkPolicy, or nil.
+func (m *Manifests) NetworkPolicy() *networkingv1.NetworkPolicy {
+	for _, o := range m.Objects {
+		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
+			return np
 		}
 	}
 	return nil

@@ -22,6 +22,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* Where the pod mounts what the config names. */}}
 {{- define "corecatch.configDir" -}}/etc/corecatch{{- end -}}
 {{- define "corecatch.feishuDir" -}}/etc/corecatch/secrets/feishu{{- end -}}
+{{- define "corecatch.bridgeDir" -}}/etc/corecatch/secrets/bridge{{- end -}}
 {{- define "corecatch.binMount" -}}/host/bin{{- end -}}
 {{- define "corecatch.procSysKernel" -}}/host/proc/sys/kernel{{- end -}}
 
@@ -40,6 +41,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $bot := dict "name" "default" "lang" $.Values.feishu.lang "webhook_file" (printf "%s/webhook" (include "corecatch.feishuDir" $)) -}}
 {{- if $.Values.feishu.signed }}{{ $_ := set $bot "secret_file" (printf "%s/secret" (include "corecatch.feishuDir" $)) }}{{ end -}}
 {{- $_ := set $c.notify "feishu" (list (merge (deepCopy $.Values.feishu.extra) $bot)) -}}
+{{- end }}
+{{- if .Values.bridge.enabled }}
+{{- if not .Values.bridge.existingSecret }}{{ fail "bridge.enabled needs bridge.existingSecret: a Secret with the bearer token under key \"token\"" }}{{ end -}}
+{{- $_ := set $c.notify "bridge" (dict "listen" (printf ":%v" .Values.bridge.port) "token_file" (printf "%s/token" (include "corecatch.bridgeDir" .)) "button_hosts" .Values.bridge.buttonHosts) -}}
 {{- end }}
 {{- toYaml (mergeOverwrite $c (deepCopy .Values.config)) -}}
 {{- end -}}
