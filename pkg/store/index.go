@@ -372,24 +372,6 @@ func newest(into map[string]*entry, list []entry) {
 	}
 }
 
-// parallel runs fn on each item, indexWorkers at a time.
-func parallel[T any](items []T, fn func(T)) {
-	next := make(chan T)
-	var wg sync.WaitGroup
-	for range min(indexWorkers, len(items)) {
-		wg.Go(func() {
-			for it := range next {
-				fn(it)
-			}
-		})
-	}
-	for _, it := range items {
-		next <- it
-	}
-	close(next)
-	wg.Wait()
-}
-
 // CompactIndex folds the entries of every hour that ended at least
 // indexSettle before now, and has no segment yet, into its segment. Any
 // number of agents may run it at once: the segment is created with
@@ -419,7 +401,8 @@ func (s *S3) CompactIndex(ctx context.Context, now time.Time) (int, error) {
 	var mu sync.Mutex
 	var errs []error
 	written := 0
-	parallel(todo, func(h string) {
+	parallel(len(todo), indexWorkers, func(i int) {
+		h := todo[i]
 		won, err := s.compactHour(ctx, h, enc)
 		mu.Lock()
 		defer mu.Unlock()
@@ -499,7 +482,8 @@ func (s *S3) Summaries(ctx context.Context, f Filter) ([]Summary, error) {
 		}
 	}
 	done := map[string]bool{}
-	parallel(segHours, func(h string) {
+	parallel(len(segHours), indexWorkers, func(i int) {
+		h := segHours[i]
 		list, warn, err := s.readSegment(ctx, h)
 		if err != nil {
 			warn, err = append(warn, err), nil
@@ -517,7 +501,7 @@ func (s *S3) Summaries(ctx context.Context, f Filter) ([]Summary, error) {
 			entryHours = append(entryHours, h)
 		}
 	}
-	parallel(entryHours, func(h string) { add(s.hourEntries(ctx, h)) })
+	parallel(len(entryHours), indexWorkers, func(i int) { add(s.hourEntries(ctx, entryHours[i])) })
 	if len(fatal) > 0 {
 		return nil, errors.Join(fatal...)
 	}
@@ -574,7 +558,8 @@ func (s *S3) unindexed(ctx context.Context, f Filter, now time.Time, known map[s
 	var mu sync.Mutex
 	var ids []string
 	var errs []error
-	parallel(prefixes, func(p string) {
+	parallel(len(prefixes), indexWorkers, func(i int) {
+		p := prefixes[i]
 		for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: p}) {
 			mu.Lock()
 			if o.Err != nil {

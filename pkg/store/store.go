@@ -60,23 +60,12 @@ func (s Skipped) Unwrap() []error { return s }
 func collect(ctx context.Context, ids []string, workers int, get func(context.Context, string) (*bundle.Metadata, error)) ([]*bundle.Metadata, error) {
 	metas := make([]*bundle.Metadata, len(ids))
 	errs := make([]error, len(ids))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(workers, len(ids)) {
-		wg.Go(func() {
-			for i := range next {
-				metas[i], errs[i] = get(ctx, ids[i])
-				if errs[i] != nil && !errors.Is(errs[i], ErrNotFound) && ctx.Err() == nil {
-					metas[i], errs[i] = get(ctx, ids[i])
-				}
-			}
-		})
-	}
-	for i := range ids {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	parallel(len(ids), workers, func(i int) {
+		metas[i], errs[i] = get(ctx, ids[i])
+		if errs[i] != nil && !errors.Is(errs[i], ErrNotFound) && ctx.Err() == nil {
+			metas[i], errs[i] = get(ctx, ids[i])
+		}
+	})
 	var out []*bundle.Metadata
 	var bad Skipped
 	for i, m := range metas {
@@ -93,6 +82,24 @@ func collect(ctx context.Context, ids []string, workers int, get func(context.Co
 		return out, bad
 	}
 	return out, nil
+}
+
+// parallel runs fn(0) .. fn(n-1), workers at a time.
+func parallel(n, workers int, fn func(i int)) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(workers, n) {
+		wg.Go(func() {
+			for i := range next {
+				fn(i)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 }
 
 // Updater is a store whose published metadata can be amended: a deduplicated
