@@ -460,6 +460,11 @@ func (s *S3) Summaries(ctx context.Context, f Filter) ([]Summary, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(segs) == 0 && len(hours) == 0 {
+		// No index at all: bundles written before it existed, if any,
+		// are found only by reading them.
+		return scanSummaries(ctx, s, f)
+	}
 	var mu sync.Mutex
 	latest := map[string]*entry{}
 	var bad []error

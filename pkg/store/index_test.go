@@ -243,3 +243,18 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 	})
 }
+
+// TestS3NoIndexScans: a bucket that older corecatch versions filled has
+// no index at all: Summaries reads its bundles rather than answer empty.
+func TestS3NoIndexScans(t *testing.T) {
+	s3, srv := newS3(t, "old")
+	when := time.Now().Add(-72 * time.Hour)
+	m := &bundle.Metadata{Schema: bundle.Schema, ID: bundle.NewID(when, []byte("old")), Time: when, Comm: "old"}
+	data, _ := bundle.Encode(m)
+	if _, err := srv.Client.PutObject(ctx, srv.Bucket, s3.key(m.ID, bundle.MetadataFile), bytes.NewReader(data), int64(len(data)), putOpts); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := s3.Summaries(ctx, Filter{}); err != nil || len(list) != 1 || list[0].ID != m.ID {
+		t.Errorf("Summaries of a bucket without an index: %+v, %v; want %s", list, err, m.ID)
+	}
+}

@@ -133,6 +133,12 @@ func Summaries(ctx context.Context, st Store, f Filter, scan bool) ([]Summary, e
 	if ix, ok := st.(Indexed); ok && !scan {
 		return ix.Summaries(ctx, f)
 	}
+	return scanSummaries(ctx, st, f)
+}
+
+// scanSummaries reads every bundle's metadata for the summaries that
+// pass f.
+func scanSummaries(ctx context.Context, st Store, f Filter) ([]Summary, error) {
 	list, err := st.List(ctx)
 	var out []Summary
 	for _, m := range list {
