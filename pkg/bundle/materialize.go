@@ -21,6 +21,23 @@ type Opener func(name string) (io.ReadCloser, error)
 // symlink for each alias the loader used. All writes go through an os.Root
 // on dir, so names from a hostile bundle cannot escape it.
 func Materialize(dir string, m *Metadata, open Opener) error {
+	if err := MaterializeFiles(dir, m, open); err != nil {
+		return err
+	}
+	if m.Core.StoredBytes == 0 {
+		return nil
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer root.Close()
+	return writeCore(root, open)
+}
+
+// MaterializeFiles writes all of Materialize's output but the core, for a
+// caller that writes the core its own way (a pull from S3 that continues).
+func MaterializeFiles(dir string, m *Metadata, open Opener) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -35,11 +52,6 @@ func Materialize(dir string, m *Metadata, open Opener) error {
 	}
 	if err := root.WriteFile(MetadataFile, data, 0o644); err != nil {
 		return fmt.Errorf("write metadata: %w", err)
-	}
-	if m.Core.StoredBytes > 0 {
-		if err := writeCore(root, open); err != nil {
-			return err
-		}
 	}
 	for _, f := range m.Files {
 		out := f.OutName()
@@ -141,43 +153,54 @@ func writeCore(root *os.Root, open Opener) error {
 	return nil
 }
 
-// SparseCopy copies r into f, seeking over every all-zero 4 KiB page instead
-// of writing it. The caller truncates f to the returned length so that a
-// trailing hole still counts.
-func SparseCopy(f io.WriteSeeker, r io.Reader) (int64, error) {
-	const page = 4096
-	buf := make([]byte, 1<<20)
-	zero := make([]byte, page)
-	var off int64
-	for {
-		n, err := io.ReadFull(r, buf)
-		p := buf[:n]
-		for len(p) > 0 {
-			k := min(page, len(p))
-			// Extend the run of equal-kind pages as far as it goes.
-			isZero := bytes.Equal(p[:k], zero[:k])
-			end := k
-			for end < len(p) && bytes.Equal(p[end:min(end+page, len(p))], zero[:min(page, len(p)-end)]) == isZero {
-				end = min(end+page, len(p))
-			}
-			if isZero {
-				if _, err := f.Seek(int64(end), io.SeekCurrent); err != nil {
-					return off, err
-				}
-			} else if _, err := f.Write(p[:end]); err != nil {
-				return off, err
-			}
-			off += int64(end)
-			p = p[end:]
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return off, nil
-		}
-		if err != nil {
-			return off, err
-		}
-	}
+// SparseCopy copies r into f, leaving every all-zero run unwritten (a hole
+// in a new file) instead of writing it. The caller truncates f to the
+// returned length so that a trailing hole still counts.
+func SparseCopy(f io.WriterAt, r io.Reader) (int64, error) {
+	w := &SparseWriter{W: f}
+	return io.Copy(w, r) // a zstd decoder writes its blocks straight in
 }
+
+// SparseWriter writes at Off in W what it is given, except all-zero 4 KiB
+// pages (whole or, at a write's edges, partial), which it leaves unwritten:
+// a core's untouched memory becomes holes. W must read zeros where nothing
+// was written (a new or truncated file).
+type SparseWriter struct {
+	W   io.WriterAt
+	Off int64
+}
+
+// Write implements io.Writer.
+func (w *SparseWriter) Write(p []byte) (int, error) {
+	const page = 4096
+	done := 0
+	for done < len(p) {
+		// Runs end at absolute page boundaries, so holes are whole blocks.
+		end := min(len(p), done+int(page-(w.Off+int64(done))%page))
+		zero := allZero(p[done:end])
+		for end < len(p) {
+			next := min(len(p), end+page)
+			if allZero(p[end:next]) != zero {
+				break
+			}
+			end = next
+		}
+		if !zero {
+			if _, err := w.W.WriteAt(p[done:end], w.Off+int64(done)); err != nil {
+				w.Off += int64(done)
+				return done, err
+			}
+		}
+		done = end
+	}
+	w.Off += int64(len(p))
+	return len(p), nil
+}
+
+var zeroPage [4096]byte
+
+// allZero reports whether p (at most a page) is all zeros.
+func allZero(p []byte) bool { return bytes.Equal(p, zeroPage[:len(p)]) }
 
 // OutName returns where Materialize puts a captured file, relative to the
 // materialized directory: under sysroot/ at the exact path the crasher saw

@@ -34,6 +34,12 @@ const (
 // EnvironText is kept too when configured: environments often hold secrets.
 var ProcTexts = []string{"cmdline", "status", "maps", "limits", "cgroup", "mountinfo", "auxv"}
 
+// CoreFrameBytes is how much raw core one zstd frame of CoreFile holds at
+// most: the helper ends a frame and starts the next at each multiple, so a
+// pull interrupted after a frame continues from there (a frame depends on
+// nothing before it). Older bundles are a single frame.
+const CoreFrameBytes = 64 << 20
+
 // EnvironText is /proc/PID/environ, kept only when configured.
 const EnvironText = "environ"
 

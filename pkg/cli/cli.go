@@ -30,12 +30,38 @@ type globals struct {
 	cri    string
 	node   string
 	s3     config.S3
+	// kube is set when the binary runs as a kubectl plugin; s3Keys are the
+	// store's keys it read from the cluster.
+	kube   *kubeFlags
+	s3Keys store.S3Options
 }
 
-// load reads the config file and applies the global flags over it.
+// fromCluster reads the chart's config and the store's keys from the
+// cluster kube names.
+func (g *globals) fromCluster(ctx context.Context) (*config.Config, error) {
+	cs, err := g.kube.clientset()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := readClusterStore(ctx, cs, g.kube.namespace)
+	if err != nil {
+		return nil, err
+	}
+	g.s3Keys = cl.keys
+	return cl.config, nil
+}
+
+// load reads the config file, or as a kubectl plugin without --config
+// the chart's config in the cluster, and applies the global flags over it.
 func (g *globals) load(cmd *cobra.Command) (*config.Config, error) {
 	explicit := cmd.Flags().Changed("config")
-	c, err := config.Load(g.config, explicit)
+	var c *config.Config
+	var err error
+	if g.kube != nil && !explicit {
+		c, err = g.fromCluster(cmd.Context())
+	} else {
+		c, err = config.Load(g.config, explicit)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -72,16 +98,23 @@ func (g *globals) openStore(cmd *cobra.Command) (*config.Config, store.Store, er
 	if err != nil {
 		return nil, nil, err
 	}
-	s, err := openStore(c)
+	o := s3Options(c)
+	o.AccessKeyID, o.SecretAccessKey, o.SessionToken = g.s3Keys.AccessKeyID, g.s3Keys.SecretAccessKey, g.s3Keys.SessionToken
+	s, err := store.Open(c.Store, store.Options{S3: o})
 	return c, s, err
 }
 
 // openStore opens the store the config names.
 func openStore(c *config.Config) (store.Store, error) {
-	return store.Open(c.Store, store.Options{S3: store.S3Options{
+	return store.Open(c.Store, store.Options{S3: s3Options(c)})
+}
+
+// s3Options are the config's S3 settings.
+func s3Options(c *config.Config) store.S3Options {
+	return store.S3Options{
 		Endpoint: c.S3.Endpoint, Region: c.S3.Region, PathStyle: c.S3.PathStyle,
 		CredentialsFile: c.S3.CredentialsFile, STS: c.S3.STS,
-	}})
+	}
 }
 
 // nodeStore returns where bundles are written on this node, by the helper
@@ -96,15 +129,26 @@ func nodeStore(c *config.Config, st store.Store) (store.Store, config.Retention)
 	return st, c.Retention
 }
 
-// Main runs the command line and returns the process's exit code.
-func Main(args []string, stdout, stderr io.Writer) int {
-	root := newRoot()
+// Main runs the command line argv (argv[0] the program's name) and returns
+// the process's exit code. Named kubectl-corecatch, the binary is a kubectl
+// plugin: without --config, its store and credentials come from the chart's
+// ConfigMap and Secret in the cluster.
+func Main(argv []string, stdout, stderr io.Writer) int {
+	root, args := newRoot(), argv[1:]
+	if filepath.Base(argv[0]) == PluginName {
+		k, rest, err := splitKubeFlags(args)
+		if err != nil {
+			fmt.Fprintf(stderr, "kubectl corecatch: %v\n", err)
+			return 1
+		}
+		root, args = newPluginRoot(&k), rest
+	}
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(context.Background()); err != nil {
 		// Errors name bundles, files and pods: their bytes are escaped.
-		fmt.Fprintf(stderr, "corecatch: %s\n", printableText(err.Error()))
+		fmt.Fprintf(stderr, "corecatch: %s\n", printableLines(err.Error()))
 		var ee exitError
 		if errors.As(err, &ee) {
 			return int(ee)
@@ -119,8 +163,26 @@ type exitError int
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
-func newRoot() *cobra.Command {
-	g := &globals{}
+func newRoot() *cobra.Command { return newRootWith(&globals{}) }
+
+// newPluginRoot is the command line of `kubectl corecatch`.
+func newPluginRoot(k *kubeFlags) *cobra.Command {
+	root := newRootWith(&globals{kube: k})
+	root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl corecatch"}
+	root.Long += `
+
+As a kubectl plugin (this binary installed as kubectl-corecatch), the store's
+URL and credentials come from the chart's ConfigMap and Secret, read with
+your kubeconfig, unless --config names a file. Before the subcommand:
+  --kubeconfig FILE   (default $KUBECONFIG, ~/.kube/config)
+  --context NAME      (default the current context)
+  -n, --namespace NS  the chart's namespace (default corecatch)
+e.g. kubectl corecatch -n corecatch ls; add --s3-endpoint where the
+cluster's endpoint is not reachable from here.`
+	return root
+}
+
+func newRootWith(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "corecatch",
 		Short: "Catch every core dump on a node as a self-contained, debuggable bundle",

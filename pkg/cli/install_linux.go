@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/signal"
@@ -110,12 +112,41 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 // uninstall restores the sysctls install replaced, then removes the helper
 // it copied into host.bin_dir: in that order, so that the kernel never
 // runs a pattern whose binary is gone.
+// Without saved values in cfg's spool, the spool (and host.bin_dir) are
+// those of the config the installed core_pattern names: install's own
+// snapshot, which says where it saved them.
 func uninstall(cfg *config.Config) (sysctl.Result, error) {
+	if _, err := os.Stat(filepath.Join(cfg.Spool, sysctl.StateFile)); errors.Is(err, fs.ErrNotExist) {
+		if installed, err := installedConfig(cfg); err != nil {
+			return sysctl.Result{}, err
+		} else if installed != nil {
+			cfg = installed
+		}
+	}
 	res, err := sysctl.Uninstall(cfg.Host.ProcSysKernel, cfg.Spool)
 	if err != nil || cfg.Host.BinDir == "" {
 		return res, err
 	}
 	return res, sysctl.RemoveHelper(cfg.Host.BinMountDir())
+}
+
+// installedConfig reads the config the installed core_pattern names, with
+// cfg's view of the host (where the kernel's files and bin_dir are from
+// here); nil when the pattern is not corecatch's.
+func installedConfig(cfg *config.Config) (*config.Config, error) {
+	path, err := sysctl.InstalledConfig(cfg.Host.ProcSysKernel)
+	if err != nil || path == "" {
+		return nil, err
+	}
+	c, err := config.Load(path, true)
+	if err != nil {
+		return nil, fmt.Errorf("the installed core_pattern names %s: %w (pass the --spool that install used)", path, err)
+	}
+	c.Host.ProcSysKernel = cfg.Host.ProcSysKernel
+	if cfg.Host.BinMount != "" {
+		c.Host.BinMount = cfg.Host.BinMount
+	}
+	return c, nil
 }
 
 func printInstall(w io.Writer, res sysctl.Result) {
@@ -250,6 +281,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped + st.Undecodable) }
 	}
 	met := metrics.New(Version, lost)
+	met.LimitExeLabels(cfg.Metrics.MaxExeLabels)
 	met.DedupClusterWide(clusterDedupProbe(ctx, cfg, st, log))
 	nt, err := newNotifier(cfg, st, met, log)
 	if err != nil {

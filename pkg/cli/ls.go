@@ -72,7 +72,7 @@ func warnSkipped(cmd *cobra.Command, listed int, err error) error {
 		return err
 	}
 	for _, e := range skipped {
-		fmt.Fprintf(cmd.ErrOrStderr(), "corecatch: warning: skipped: %s\n", printableText(e.Error()))
+		fmt.Fprintf(cmd.ErrOrStderr(), "corecatch: warning: skipped: %s\n", printableLines(e.Error()))
 	}
 	if listed == 0 {
 		return fmt.Errorf("none of the %d bundles could be read: see the warnings above", len(skipped))

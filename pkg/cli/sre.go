@@ -13,13 +13,9 @@ import (
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
-// pull materializes a bundle into dir.
-func pull(cmd *cobra.Command, st store.Store, id, dir string) (*bundle.Metadata, error) {
-	return store.Pull(cmd.Context(), st, id, dir)
-}
-
 func newPull(g *globals) *cobra.Command {
 	var out string
+	var pf pullFlags
 	cmd := &cobra.Command{
 		Use:   "pull ID --out DIR",
 		Short: "Write a bundle out: DIR/core, DIR/metadata.json, DIR/sysroot/",
@@ -32,25 +28,27 @@ func newPull(g *globals) *cobra.Command {
 			if out == "" {
 				out = args[0]
 			}
-			m, err := pull(cmd, st, args[0], out)
+			m, err := pull(cmd, st, args[0], out, pf)
 			if err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "pulled %s into %s\n", m.ID, out)
 			if exe := m.ExePath(); exe != "" {
-				fmt.Fprintf(w, "gdb -iex 'set sysroot %s' %s %s\n",
-					filepath.Join(out, bundle.SysrootDir), filepath.Join(out, exe), filepath.Join(out, "core"))
+				fmt.Fprintln(w, shellQuote("gdb", "-iex", "set sysroot "+filepath.Join(out, bundle.SysrootDir),
+					filepath.Join(out, exe), filepath.Join(out, "core")))
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&out, "out", "o", "", "directory to write into (default: ./ID)")
+	cmd.Flags().StringVarP(&out, "out", "o", "", "directory to write into (default: ./ID); an interrupted pull into it continues")
+	pf.add(cmd)
 	return cmd
 }
 
 func newDebug(g *globals) *cobra.Command {
 	var cache string
+	var pf pullFlags
 	var gdbinit, trust bool
 	cmd := &cobra.Command{
 		Use:   "debug ID [-- GDB-ARGS...]",
@@ -83,7 +81,7 @@ debuginfod, for bundles of programs you trust.`,
 				cache = filepath.Join(base, "corecatch")
 			}
 			dir := filepath.Join(cache, id)
-			m, err := cachedPull(cmd, st, id, dir)
+			m, err := cachedPull(cmd, st, id, dir, pf)
 			if err != nil {
 				return err
 			}
@@ -114,12 +112,14 @@ debuginfod, for bundles of programs you trust.`,
 	cmd.Flags().StringVar(&cache, "cache", "", "cache directory (default: $XDG_CACHE_HOME/corecatch)")
 	cmd.Flags().BoolVar(&gdbinit, "gdbinit", false, "read your gdbinit files (gdb runs with -nx otherwise); auto-load and debuginfod stay off")
 	cmd.Flags().BoolVar(&trust, "trust-bundle", false, "let gdb auto-load scripts the bundle carries (<file>-gdb.py, .debug_gdb_scripts) and use debuginfod: only for bundles of programs you trust")
+	pf.add(cmd)
 	return cmd
 }
 
 // cachedPull reuses a complete earlier pull, which it marks with a
-// .complete file once everything is written.
-func cachedPull(cmd *cobra.Command, st store.Store, id, dir string) (*bundle.Metadata, error) {
+// .complete file once everything is written, and continues an interrupted
+// one.
+func cachedPull(cmd *cobra.Command, st store.Store, id, dir string, pf pullFlags) (*bundle.Metadata, error) {
 	done := filepath.Join(dir, ".complete")
 	if _, err := os.Stat(done); err == nil {
 		data, err := os.ReadFile(filepath.Join(dir, bundle.MetadataFile))
@@ -127,8 +127,7 @@ func cachedPull(cmd *cobra.Command, st store.Store, id, dir string) (*bundle.Met
 			return bundle.Decode(data)
 		}
 	}
-	os.RemoveAll(dir)
-	m, err := pull(cmd, st, id, dir)
+	m, err := pull(cmd, st, id, dir, pf)
 	if err != nil {
 		return nil, err
 	}

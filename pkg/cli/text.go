@@ -41,9 +41,9 @@ func printable(s string) string {
 	return b.String()
 }
 
-// printableText is printable for multi-line messages (joined errors): each
-// line is escaped, the line breaks between them kept.
-func printableText(s string) string {
+// printableLines is printable for multi-line messages (joined errors):
+// each line is escaped, the line breaks between them kept.
+func printableLines(s string) string {
 	lines := strings.Split(s, "\n")
 	for i, l := range lines {
 		lines[i] = printable(l)

@@ -15,7 +15,7 @@ func TestPrintable(t *testing.T) {
 			t.Errorf("printable(%q) = %s, want %s", in, got, want)
 		}
 	}
-	if got := printableText("line \x1b1\nline 2"); got != "line \\x1b1\nline 2" {
+	if got := printableLines("line \x1b1\nline 2"); got != "line \\x1b1\nline 2" {
 		t.Errorf("printableText kept %q", got)
 	}
 }

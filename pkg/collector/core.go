@@ -49,7 +49,7 @@ type coreStream struct {
 
 	layout coreLayout
 	out    countingWriter
-	enc    *zstd.Encoder
+	enc    *bundle.CoreWriter
 	core   bundle.Core
 }
 
@@ -89,11 +89,7 @@ func (s *coreStream) run(in io.Reader, out io.Writer) error {
 	keeping := out != nil && s.limit != 0
 	if keeping {
 		s.out.w = out
-		enc, err := zstd.NewWriter(&s.out,
-			zstd.WithEncoderLevel(s.level),
-			zstd.WithEncoderConcurrency(1),
-			zstd.WithWindowSize(4<<20),
-			zstd.WithEncoderCRC(true))
+		enc, err := bundle.NewCoreWriter(&s.out, s.level)
 		if err != nil {
 			return fmt.Errorf("start zstd: %w", err)
 		}

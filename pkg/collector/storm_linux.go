@@ -247,9 +247,7 @@ func (s *coreStream) drain(head []byte, in *os.File) error {
 		for {
 			n, err := unix.Splice(int(in.Fd()), nil, int(null.Fd()), nil, chunk, unix.SPLICE_F_MOVE)
 			if err == unix.EAGAIN {
-				// A non-blocking pipe with nothing yet: wait for the
-				// kernel instead of spinning.
-				unix.Poll([]unix.PollFd{{Fd: int32(in.Fd()), Events: unix.POLLIN}}, 100)
+				awaitInput(in)
 				continue
 			}
 			if err == unix.EINTR {
@@ -293,8 +291,19 @@ func readHead(in *os.File) ([]byte, analysis.Regs, error) {
 		buf := make([]byte, max(need-len(head), 64<<10))
 		n, err := in.Read(buf)
 		head = append(head, buf[:n]...)
-		if err != nil && err != syscall.EINTR && err != syscall.EAGAIN {
+		if errors.Is(err, syscall.EAGAIN) {
+			awaitInput(in)
+			continue
+		}
+		if err != nil && !errors.Is(err, syscall.EINTR) {
 			return head, regs, fmt.Errorf("read the core's head: %w", err)
 		}
 	}
+}
+
+// awaitInput waits up to 100 ms for a non-blocking pipe that had nothing
+// yet to have something, instead of spinning on EAGAIN. (os.File wraps
+// the errno in a *PathError: callers test it with errors.Is.)
+func awaitInput(in *os.File) {
+	unix.Poll([]unix.PollFd{{Fd: int32(in.Fd()), Events: unix.POLLIN}}, 100)
 }

@@ -57,6 +57,17 @@ type Config struct {
 	Host      Host      `json:"host"`
 	S3        S3        `json:"s3"`
 	Upload    Upload    `json:"upload"`
+	Metrics   Metrics   `json:"metrics"`
+}
+
+// Metrics bounds what the agent exports to Prometheus where the crashing
+// process, not the operator, picks a label's value.
+type Metrics struct {
+	// MaxExeLabels is how many distinct executable names the exe label of
+	// corecatch_crashes_total takes in one agent's life; later names count
+	// as "other", so that a container renaming its binary at each crash
+	// cannot make a series per crash.
+	MaxExeLabels int `json:"max_exe_labels"`
 }
 
 // Analysis bounds the full unwind (gdb) of each stored core; the helper's
@@ -353,9 +364,10 @@ func Default() *Config {
 			Bridge: Bridge{ButtonHosts: []string{}, MaxBodyBytes: Size{Bytes: 1 << 20}}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
 			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
-		Dedup:  Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
-		Host:   Host{ProcSysKernel: "/proc/sys/kernel"},
-		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Dedup:   Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:    Host{ProcSysKernel: "/proc/sys/kernel"},
+		Upload:  Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+		Metrics: Metrics{MaxExeLabels: 100},
 	}
 }
 
@@ -370,8 +382,16 @@ func Load(path string, explicit bool) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
+	return Parse(data, path)
+}
+
+// Parse reads a config file's text over the defaults, as Load does, for
+// configs that are not files of their own (the chart's ConfigMap, which
+// `kubectl corecatch` reads); source names it in errors.
+func Parse(data []byte, source string) (*Config, error) {
+	c := Default()
 	if err := yaml.UnmarshalStrict(data, c); err != nil {
-		return nil, fmt.Errorf("config %s: %w (see `corecatch config example`)", path, err)
+		return nil, fmt.Errorf("config %s: %w (see `corecatch config example`)", source, err)
 	}
 	return c, c.Validate()
 }
@@ -411,6 +431,9 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
 			}
 		}
+	}
+	if c.Metrics.MaxExeLabels < 1 {
+		return fmt.Errorf("metrics.max_exe_labels %d: allow at least 1 executable name", c.Metrics.MaxExeLabels)
 	}
 	if c.Collect.MaxConcurrent < 1 || c.Collect.MaxCoresPerMinute < 0 {
 		return errors.New("collect.max_concurrent must be at least 1 and collect.max_cores_per_minute at least 0 (0: no cap)")
@@ -525,7 +548,7 @@ var units = []struct {
 func ParseSize(text string) (Size, error) {
 	t := strings.TrimSpace(text)
 	if p, ok := strings.CutSuffix(t, "%"); ok {
-		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		f, err := finite(strings.TrimSpace(p))
 		if err != nil || f < 0 || f > 100 {
 			return Size{}, fmt.Errorf("size %q: a percentage must be between 0%% and 100%%", text)
 		}
@@ -538,12 +561,12 @@ func ParseSize(text string) (Size, error) {
 			break
 		}
 	}
-	f, err := strconv.ParseFloat(t, 64)
+	f, err := finite(t)
 	if err != nil || f < 0 {
 		return Size{}, fmt.Errorf("size %q: write a number of bytes, optionally with a unit (512MiB, 4GB) or a percentage (10%%)", text)
 	}
 	if f*float64(mult) >= math.MaxInt64 {
-		return Size{}, fmt.Errorf("size %q is too large", text)
+		return Size{}, fmt.Errorf("size %q is too large: at most 8EiB", text)
 	}
 	return Size{Bytes: int64(f * float64(mult))}, nil
 }
@@ -584,6 +607,19 @@ func unmarshal[T any](b []byte, parse func(string) (T, error), dst *T) error {
 	return nil
 }
 
+// finite reads a decimal number, refusing what strconv.ParseFloat also
+// accepts but no size or duration can be: NaN and the infinities.
+func finite(text string) (float64, error) {
+	f, err := strconv.ParseFloat(text, 64)
+	if err != nil {
+		return 0, err
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("%q is not a finite number", text)
+	}
+	return f, nil
+}
+
 // Duration is a time.Duration written as Go does (90s, 10m, 2h) or in days
 // (14d), the unit retention is usually thought in.
 type Duration time.Duration
@@ -592,9 +628,12 @@ type Duration time.Duration
 func ParseDuration(text string) (Duration, error) {
 	t := strings.TrimSpace(text)
 	if d, ok := strings.CutSuffix(t, "d"); ok {
-		n, err := strconv.ParseFloat(d, 64)
+		n, err := finite(d)
 		if err != nil || n < 0 {
 			return 0, fmt.Errorf("duration %q: write 14d, 36h or 10m", text)
+		}
+		if n*float64(24*time.Hour) >= math.MaxInt64 {
+			return 0, fmt.Errorf("duration %q is too long: at most 106751d", text)
 		}
 		return Duration(n * float64(24*time.Hour)), nil
 	}

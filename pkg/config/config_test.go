@@ -67,7 +67,8 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("ParseSize(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
 		}
 	}
-	for _, in := range []string{"", "-1", "-1MiB", "lots", "10PiB", "101%", "-5%", "x%", "1 2", "MiB"} {
+	for _, in := range []string{"", "-1", "-1MiB", "lots", "10PiB", "101%", "-5%", "x%", "1 2", "MiB",
+		"NaN", "nan", "NaN%", "NaNMiB", "Inf", "+Inf", "-Inf", "infinity", "InfGiB", "Inf%"} {
 		if got, err := ParseSize(in); err == nil {
 			t.Errorf("ParseSize(%q) = %+v, want an error", in, got)
 		} else if !strings.Contains(err.Error(), "%") {
@@ -75,7 +76,7 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 	// Sizes beyond an int64 must fail, not wrap to a negative size.
-	for _, in := range []string{"9223372036854775808", "10000000TiB", "1e300"} {
+	for _, in := range []string{"9223372036854775808", "10000000TiB", "1e300", "1e+300", "1e300KiB", "1e19"} {
 		if got, err := ParseSize(in); err == nil {
 			t.Errorf("ParseSize(%q) = %+v (%d bytes), want an error", in, got, got.Bytes)
 		}
@@ -127,11 +128,21 @@ func TestParseDuration(t *testing.T) {
 			t.Errorf("ParseDuration(%q) = %v, %v; want %v", tc.in, time.Duration(got), err, tc.want)
 		}
 	}
-	for _, in := range []string{"", "d", "-1d", "-5m", "14", "two weeks", "1w"} {
+	for _, in := range []string{"", "d", "-1d", "-5m", "14", "two weeks", "1w", "NaNd", "nand", "Infd", "+Infd", "NaN", "Inf"} {
 		if got, err := ParseDuration(in); err == nil {
 			t.Errorf("ParseDuration(%q) = %v, want an error", in, time.Duration(got))
 		} else if !strings.Contains(err.Error(), "14d") {
 			t.Errorf("ParseDuration(%q) error %q does not show the accepted forms", in, err)
+		}
+	}
+}
+
+// TestParseDurationTooLong: days beyond an int64 of nanoseconds fail, not
+// wrap.
+func TestParseDurationTooLong(t *testing.T) {
+	for _, in := range []string{"1e300d", "106752d", "1e300h", "9999999999h"} {
+		if got, err := ParseDuration(in); err == nil {
+			t.Errorf("ParseDuration(%q) = %v, want an error", in, time.Duration(got))
 		}
 	}
 }
@@ -197,6 +208,14 @@ func TestLoadRejects(t *testing.T) {
 		{"unknown nested key", "collect:\n  max_core: 1GiB\n", "config example"},
 		{"bad size", "collect:\n  max_file_bytes: lots\n", "512MiB"},
 		{"bad duration", "retention:\n  max_age: forever\n", "14d"},
+		{"NaN size", "collect:\n  max_file_bytes: NaN\n", "512MiB"},
+		{"YAML NaN size", "collect:\n  max_file_bytes: .nan\n", "NaN"},
+		{"YAML infinite size", "collect:\n  max_file_bytes: .inf\n", "Inf"},
+		{"huge size", "collect:\n  max_file_bytes: 1e300\n", "too large"},
+		{"NaN percentage", "retention:\n  max_use: NaN%\n", "percentage"},
+		{"NaN days", "retention:\n  max_age: NaNd\n", "14d"},
+		{"infinite days", "retention:\n  max_age: Infd\n", "14d"},
+		{"huge days", "retention:\n  max_age: 1e300d\n", "too long"},
 		{"not yaml", "store: [\n", "config example"},
 		{"invalid value", "collect:\n  compression: turbo\n", "fastest"},
 	} {

@@ -58,8 +58,42 @@ var defaultAllow = []string{
 	`^/docker/[0-9a-f]{64}$`,
 	// podman (machine.slice or a custom parent; crun's /container leaf).
 	`^(/[^/]+)*/libpod-[0-9a-f]{64}\.scope(/container)?$`,
-	// containerd without Kubernetes: /<namespace>/<container id>.
-	`^/[A-Za-z0-9]+([._-][A-Za-z0-9]+)*/[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$`,
+	// containerd without Kubernetes: /<namespace>/<container id>, both
+	// containerd identifiers (an id at most 76 characters; Check refuses
+	// systemd unit names, which look alike).
+	`^/[A-Za-z0-9]+([._-][A-Za-z0-9]+)*/[A-Za-z0-9]([._-]?[A-Za-z0-9]){0,75}$`,
+}
+
+// unitSuffix ends the name of a systemd unit; runtimeScope is the only kind
+// of scope a runtime makes for a container.
+var (
+	unitSuffix   = regexp.MustCompile(`\.(slice|service|scope|socket|mount|automount|swap|target|path|timer|device)$`)
+	runtimeScope = regexp.MustCompile(`^(cri-containerd|crio|docker|libpod)-[0-9a-f]{64}\.scope$`)
+)
+
+// hostUnit reports whether a cgroup path is, or lies inside, a systemd
+// unit that no runtime made for a container: a service, socket, mount...,
+// a scope other than a runtime's container scope, or a slice (which only
+// groups others). A runtime's scope may lie inside slices.
+func hostUnit(cgroupPath string) bool {
+	parts := strings.Split(cgroupPath[1:], "/")
+	for i, c := range parts {
+		m := unitSuffix.FindStringSubmatch(c)
+		switch {
+		case m == nil:
+		case m[1] == "slice":
+			if i == len(parts)-1 {
+				return true
+			}
+		case m[1] == "scope":
+			if !runtimeScope.MatchString(c) {
+				return true
+			}
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 // The containerd form above also matches kubelet's QoS and guaranteed-pod
@@ -105,6 +139,9 @@ func (p Policy) Check(cgroupPath string) error {
 		if re.MatchString(cgroupPath) {
 			return deny("denied by " + re.String())
 		}
+	}
+	if hostUnit(cgroupPath) {
+		return deny("a systemd unit, not a container")
 	}
 	for _, re := range p.Allow {
 		if re.MatchString(cgroupPath) {

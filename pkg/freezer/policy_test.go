@@ -56,8 +56,8 @@ func TestPolicy(t *testing.T) {
 		{def, sysd + "crio-" + id + ".scope/container", ""},
 		{def, sysd + "docker-" + id + ".scope", ""},
 		{def, "/kubepods.slice/kubepods-pod" + uidu + ".slice/cri-containerd-" + id + ".scope", ""},
-		{def, sysd + "crio-conmon-" + id + ".scope", "not a container cgroup"},
-		{def, strings.TrimSuffix(sysd, "/"), "not a container cgroup"},
+		{def, sysd + "crio-conmon-" + id + ".scope", "a systemd unit, not a container"},
+		{def, strings.TrimSuffix(sysd, "/"), "a systemd unit, not a container"},
 		{def, "/kubepods.slice/kubepods-burstable.slice", `denied by ^/kubepods(\.slice)?(/[^/]+)?$`},
 		{def, "/kubepods.slice", `denied by ^/kubepods(\.slice)?(/[^/]+)?$`},
 		// docker, podman, containerd.
@@ -69,6 +69,20 @@ func TestPolicy(t *testing.T) {
 		{def, "/k8s.io/" + id, ""},
 		{def, "/default", "not a container cgroup"},
 		{def, "/default/mycontainer/sub", "not a container cgroup"},
+		// Host units outside system.slice and user.slice look like
+		// containerd's /<namespace>/<id>; none is a container.
+		{def, "/runtime.slice/kubelet.service", "a systemd unit, not a container"},
+		{def, "/runtime.slice/containerd.service", "a systemd unit, not a container"},
+		{def, "/machine.slice/machine-qemu-1-vm.scope", "a systemd unit, not a container"},
+		{def, "/machine.slice/libpod-conmon-" + id + ".scope", "a systemd unit, not a container"},
+		{def, "/machine.slice/systemd-nspawn@web.service", "a systemd unit, not a container"},
+		{def, "/app.slice/app-worker.slice", "a systemd unit, not a container"},
+		{def, "/system-getty.slice/getty@tty1.service", "a systemd unit, not a container"},
+		{def, "/podruntime.slice/run-r1.mount", "a systemd unit, not a container"},
+		{def, "/default/" + strings.Repeat("x", 77), "not a container cgroup"},
+		{def, "/default/" + strings.Repeat("x", 76), ""},
+		{def, "/moby/" + id, ""},
+		{def, "/custom.slice/libpod-" + id + ".scope", ""},
 		// A caller's own lists.
 		{custom, "/corecatch-test-42", ""},
 		{custom, "/default/x/y", ""},

@@ -24,24 +24,49 @@ type Cgroup struct {
 	// Namespace is containerd's namespace for containers it runs itself
 	// (/<namespace>/<id>), not a Kubernetes namespace.
 	Namespace string
+	// Nested is the path below the container's cgroup where the process
+	// was, when the container made cgroups of its own; empty otherwise.
+	Nested string
 }
 
+// Every pattern is anchored at the root of the hierarchy, in the layout
+// kubelet or the runtime makes: a container may create cgroups below its
+// own (with a delegated or writable cgroupfs), and a name it picks there,
+// such as "docker-<another container's id>.scope", must never make it pass
+// for that other container. A process in such a nested cgroup is the
+// outer container's, and Cgroup.Nested says where below it it was.
 var (
-	// kubelet's cgroupfs driver: /kubepods[/<qos>]/pod<uid>/<id>.
-	kubeCgroupfs = regexp.MustCompile(`^/kubepods(?:/(?:besteffort|burstable|guaranteed))?/pod([0-9a-f-]{36})/([0-9a-f]{64})$`)
+	// kubelet's cgroupfs driver: /kubepods[/<qos>]/pod<uid>/<id> (CRI-O
+	// names it crio-<id>).
+	kubeCgroupfs = regexp.MustCompile(`^/kubepods(?:/(?:besteffort|burstable|guaranteed))?/pod([0-9a-f-]{36})/(crio-)?([0-9a-f]{64})(/.*)?$`)
 	// kubelet's systemd driver: .../kubepods[-<qos>]-pod<uid with _>.slice/<runtime>-<id>.scope,
 	// with crun's /container leaf on cgroup v2.
-	kubeSystemd = regexp.MustCompile(`^/kubepods\.slice(?:/kubepods-(?:besteffort|burstable|guaranteed)\.slice)?/kubepods(?:-(?:besteffort|burstable|guaranteed))?-pod([0-9a-f_]{36})\.slice/(cri-containerd|crio|docker)-([0-9a-f]{64})\.scope(?:/container)?$`)
-	docker      = regexp.MustCompile(`^/docker/([0-9a-f]{64})$`)
-	dockerUnit  = regexp.MustCompile(`/docker-([0-9a-f]{64})\.scope$`)
-	podman      = regexp.MustCompile(`/libpod-([0-9a-f]{64})\.scope(?:/container)?$`)
-	crioUnit    = regexp.MustCompile(`/crio-([0-9a-f]{64})\.scope(?:/container)?$`)
-	// containerd without Kubernetes: /<namespace>/<id>.
-	containerd = regexp.MustCompile(`^/([A-Za-z0-9][A-Za-z0-9._-]*)/([A-Za-z0-9][A-Za-z0-9._-]{0,75})$`)
+	kubeSystemd = regexp.MustCompile(`^/kubepods\.slice(?:/kubepods-(?:besteffort|burstable|guaranteed)\.slice)?/kubepods(?:-(?:besteffort|burstable|guaranteed))?-pod([0-9a-f_]{36})\.slice/(cri-containerd|crio|docker)-([0-9a-f]{64})\.scope(/.*)?$`)
+	// docker's cgroupfs and systemd drivers.
+	docker     = regexp.MustCompile(`^/docker/([0-9a-f]{64})(/.*)?$`)
+	dockerUnit = regexp.MustCompile(`^/system\.slice/docker-([0-9a-f]{64})\.scope(/.*)?$`)
+	// podman: rootful (machine.slice), rootless (the user's manager) and
+	// its cgroupfs manager.
+	podman = regexp.MustCompile(`^(?:/machine\.slice|/user\.slice/user-[0-9]+\.slice/user@[0-9]+\.service(?:/user\.slice)?)/libpod-([0-9a-f]{64})\.scope(/.*)?$|^/libpod_parent/libpod-([0-9a-f]{64})(/.*)?$`)
+	// containerd without Kubernetes: /<namespace>/<id>, both containerd
+	// identifiers.
+	containerd = regexp.MustCompile(`^/([A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*)/([A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*)$`)
+	// systemd units, which containerd's names never are: a host service
+	// such as /runtime.slice/kubelet.service is no container.
+	systemdUnit = regexp.MustCompile(`\.(?:slice|service|scope|socket|mount|automount|swap|target|path|timer|device)$`)
 )
 
 // runtimeOfUnit maps the systemd driver's scope prefix to the runtime.
 var runtimeOfUnit = map[string]string{"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
+
+// nested returns the part of a path below a container's cgroup, without
+// crun's /container leaf, which is the container itself.
+func nested(rest string) string {
+	if rest == "/container" {
+		return ""
+	}
+	return rest
+}
 
 // ParseCgroup reads a cgroup path as /proc/PID/cgroup shows it (the "0::"
 // line, or a v1 line on v1-only hosts). Paths read inside a cgroup
@@ -56,27 +81,31 @@ func ParseCgroup(p string) Cgroup {
 	}
 	p = path.Clean(p)
 	if m := kubeCgroupfs.FindStringSubmatch(p); m != nil {
-		return Cgroup{PodUID: m[1], ContainerID: m[2]}
+		cg := Cgroup{PodUID: m[1], ContainerID: m[3], Nested: m[4]}
+		if m[2] != "" {
+			cg.Runtime = "cri-o"
+		}
+		return cg
 	}
 	if m := kubeSystemd.FindStringSubmatch(p); m != nil {
-		return Cgroup{PodUID: strings.ReplaceAll(m[1], "_", "-"), Runtime: runtimeOfUnit[m[2]], ContainerID: m[3]}
+		return Cgroup{PodUID: strings.ReplaceAll(m[1], "_", "-"), Runtime: runtimeOfUnit[m[2]], ContainerID: m[3], Nested: nested(m[4])}
 	}
 	if m := docker.FindStringSubmatch(p); m != nil {
-		return Cgroup{Runtime: "docker", ContainerID: m[1]}
-	}
-	if m := podman.FindStringSubmatch(p); m != nil {
-		return Cgroup{Runtime: "podman", ContainerID: m[1]}
-	}
-	if m := crioUnit.FindStringSubmatch(p); m != nil {
-		return Cgroup{Runtime: "cri-o", ContainerID: m[1]}
+		return Cgroup{Runtime: "docker", ContainerID: m[1], Nested: m[2]}
 	}
 	if m := dockerUnit.FindStringSubmatch(p); m != nil {
-		return Cgroup{Runtime: "docker", ContainerID: m[1]}
+		return Cgroup{Runtime: "docker", ContainerID: m[1], Nested: m[2]}
 	}
-	if top := strings.SplitN(p, "/", 3)[1]; top == "system.slice" || top == "user.slice" || top == "init.scope" || top == "kubepods" || top == "kubepods.slice" {
+	if m := podman.FindStringSubmatch(p); m != nil {
+		if m[1] != "" {
+			return Cgroup{Runtime: "podman", ContainerID: m[1], Nested: nested(m[2])}
+		}
+		return Cgroup{Runtime: "podman", ContainerID: m[3], Nested: m[4]}
+	}
+	if top := strings.SplitN(p, "/", 3)[1]; top == "system.slice" || top == "user.slice" || top == "init.scope" || top == "kubepods" || top == "kubepods.slice" || top == "machine.slice" {
 		return Cgroup{}
 	}
-	if m := containerd.FindStringSubmatch(p); m != nil {
+	if m := containerd.FindStringSubmatch(p); m != nil && len(m[2]) <= 76 && !systemdUnit.MatchString(m[1]) && !systemdUnit.MatchString(m[2]) {
 		return Cgroup{Runtime: "containerd", Namespace: m[1], ContainerID: m[2]}
 	}
 	return Cgroup{}

@@ -41,6 +41,10 @@ func TestParseCgroup(t *testing.T) {
 		{"login session", "/user.slice/user-0.slice/session-3.scope", Cgroup{}},
 		{"init", "/init.scope", Cgroup{}},
 		{"empty", "", Cgroup{}},
+		{"cri-o, cgroupfs driver", "/kubepods/besteffort/pod" + uid + "/crio-" + id, Cgroup{Runtime: "cri-o", ContainerID: id, PodUID: uid}},
+		{"podman's cgroupfs manager", "/libpod_parent/libpod-" + id, Cgroup{Runtime: "podman", ContainerID: id}},
+		{"a host service in a slice of its own", "/runtime.slice/kubelet.service", Cgroup{}},
+		{"a scope in a slice of its own", "/machine.slice/machine-qemu.scope", Cgroup{}},
 	} {
 		if got := ParseCgroup(tc.path); got != tc.want {
 			t.Errorf("%s: ParseCgroup(%q) = %+v, want %+v", tc.name, tc.path, got, tc.want)
@@ -62,6 +66,41 @@ func TestProcCgroup(t *testing.T) {
 	} {
 		if got := ProcCgroup([]byte(tc.text)); got != tc.want {
 			t.Errorf("ProcCgroup(%q) = %q, want %q", tc.text, got, tc.want)
+		}
+	}
+}
+
+// TestParseCgroupHostileNesting builds the cgroups a container can make
+// below its own (with a writable or delegated cgroupfs), named after
+// another container of another pod: each resolves to the outer container,
+// with the nesting recorded, never to the container it names.
+func TestParseCgroupHostileNesting(t *testing.T) {
+	mine := strings.Repeat("a", 64)
+	other := strings.Repeat("b", 64)
+	uid := "11111111-2222-3333-4444-555555555555"
+	uidU := strings.ReplaceAll(uid, "-", "_")
+	outerFS := "/kubepods/burstable/pod" + uid + "/" + mine
+	outerSD := "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice/cri-containerd-" + mine + ".scope"
+	for _, tc := range []struct {
+		name, path string
+		want       Cgroup
+	}{
+		{"crio scope below a cgroupfs container", outerFS + "/crio-" + other + ".scope",
+			Cgroup{ContainerID: mine, PodUID: uid, Nested: "/crio-" + other + ".scope"}},
+		{"docker scope below a systemd container", outerSD + "/docker-" + other + ".scope",
+			Cgroup{Runtime: "containerd", ContainerID: mine, PodUID: uid, Nested: "/docker-" + other + ".scope"}},
+		{"libpod scope with crun's leaf below", outerSD + "/x/libpod-" + other + ".scope/container",
+			Cgroup{Runtime: "containerd", ContainerID: mine, PodUID: uid, Nested: "/x/libpod-" + other + ".scope/container"}},
+		{"a whole kubelet layout below", outerFS + "/kubepods/burstable/pod" + strings.Repeat("9", 8) + "-0000-0000-0000-000000000000/" + other,
+			Cgroup{ContainerID: mine, PodUID: uid, Nested: "/kubepods/burstable/pod99999999-0000-0000-0000-000000000000/" + other}},
+		{"docker's layout below a docker container", "/docker/" + mine + "/docker/" + other,
+			Cgroup{Runtime: "docker", ContainerID: mine, Nested: "/docker/" + other}},
+		{"a podman scope below a plain containerd container", "/default/app/libpod-" + other + ".scope", Cgroup{}},
+		{"a docker scope in a host service", "/system.slice/foo.service/docker-" + other + ".scope", Cgroup{}},
+		{"a crio scope in a login session", "/user.slice/user-0.slice/session-1.scope/crio-" + other + ".scope", Cgroup{}},
+	} {
+		if got := ParseCgroup(tc.path); got != tc.want {
+			t.Errorf("%s: ParseCgroup(%q) = %+v, want %+v", tc.name, tc.path, got, tc.want)
 		}
 	}
 }

@@ -63,20 +63,52 @@ func Resolve(ctx context.Context, cgroupPath, endpoint string, timeout time.Dura
 	if cg.PodUID != "" {
 		id.Pod = &bundle.Pod{UID: cg.PodUID}
 	}
+	defer id.noteNested(cg)
 	if cg.Runtime == "docker" || cg.Runtime == "podman" {
 		id.Reason = cg.Runtime + " containers have no CRI API to ask"
 		return id
 	}
-	if cached, ok := cache.Get(cg.ContainerID); ok {
-		return cached
+	if cached, ok := cache.Get(cg.ContainerID); ok && samePod(cg, cached) {
+		*id = *cached
+		return id
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := id.fromCRI(ctx, endpoint); err != nil {
+	if err := id.fromCRI(ctx, endpoint, cg.PodUID); err != nil {
 		id.Reason = err.Error()
 	}
 	cache.Put(id)
 	return id
+}
+
+// samePod reports whether a cached identity belongs to the pod the cgroup
+// names (any, when the cgroup names none).
+func samePod(cg Cgroup, id *Identity) bool {
+	return cg.PodUID == "" || (id.Pod != nil && id.Pod.UID == cg.PodUID)
+}
+
+// noteNested records, after the rest, that the process was in a cgroup the
+// container made below its own: it is that container's, whatever the name.
+func (id *Identity) noteNested(cg Cgroup) {
+	if cg.Nested == "" {
+		return
+	}
+	note := fmt.Sprintf("the process was in %q, a cgroup the container made below its own", cg.Nested)
+	if id.Reason != "" {
+		note = id.Reason + "; " + note
+	}
+	id.Reason = note
+}
+
+// checkPodUID refuses a runtime's answer about a container whose pod is
+// not the one its cgroup names: the cgroup path is the kernel's and cannot
+// be forged, the runtime's labels answer for whatever id was asked, so a
+// mismatch means the id was not this container's to claim.
+func checkPodUID(cgroupUID string, labels map[string]string) error {
+	if cgroupUID == "" || labels[labelPodUID] == cgroupUID {
+		return nil
+	}
+	return fmt.Errorf("the runtime says container is pod %q's but its cgroup is pod %q's: its answer (names, log) is not used", labels[labelPodUID], cgroupUID)
 }
 
 // endpointPath returns the socket path of a unix:// endpoint, or the
@@ -98,8 +130,10 @@ func endpointPath(endpoint string) (string, error) {
 	return "", fmt.Errorf("no CRI socket at %s; set identity.cri_endpoint", strings.Join(DefaultEndpoints, ", "))
 }
 
-// fromCRI fills the identity from the runtime.
-func (id *Identity) fromCRI(ctx context.Context, endpoint string) error {
+// fromCRI fills the identity from the runtime, unless the runtime places
+// the container in another pod than podUID (from the cgroup; empty when it
+// names none).
+func (id *Identity) fromCRI(ctx context.Context, endpoint, podUID string) error {
 	sock, err := endpointPath(endpoint)
 	if err != nil {
 		return err
@@ -123,6 +157,10 @@ func (id *Identity) fromCRI(ctx context.Context, endpoint string) error {
 	if cs == nil {
 		return errors.New("CRI: empty container status")
 	}
+	labels := cs.GetLabels()
+	if err := checkPodUID(podUID, labels); err != nil {
+		return fmt.Errorf("CRI %s: container %s: %w", sock, id.Container.ID, err)
+	}
 	id.Source = bundle.IdentityCRI
 	id.Container.Name = cs.GetMetadata().GetName()
 	id.Container.Image = cs.GetImage().GetImage()
@@ -133,7 +171,6 @@ func (id *Identity) fromCRI(ctx context.Context, endpoint string) error {
 	if v, err := rt.Version(ctx, &runtimeapi.VersionRequest{}); err == nil && v.GetRuntimeName() != "" {
 		id.Container.Runtime = v.GetRuntimeName()
 	}
-	labels := cs.GetLabels()
 	pod := &bundle.Pod{Name: labels[labelPodName], Namespace: labels[labelPodNamespace], UID: labels[labelPodUID]}
 	if pod.Name == "" && pod.UID == "" {
 		id.Reason = "the container has no pod labels: not made by kubelet"

@@ -6,6 +6,9 @@ package metrics
 
 import (
 	"strings"
+	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -18,9 +21,25 @@ import (
 // sees the first drop.
 var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "error"}
 
+// DefaultMaxExeLabels is how many distinct executable names the exe label
+// takes in one agent's life, by default, before the rest count as
+// OtherExe; MaxExeLabelBytes bounds one name.
+const (
+	DefaultMaxExeLabels = 100
+	MaxExeLabelBytes    = 64
+	OtherExe            = "other"
+)
+
 // Metrics holds the agent's collectors.
 type Metrics struct {
 	Registry *prometheus.Registry
+
+	// The exe label's values seen so far, and how many may be: a crashing
+	// process picks its own name, so without a bound a container could
+	// make a series per crash.
+	exeMu   sync.Mutex
+	exes    map[string]struct{}
+	maxExes int
 
 	crashes        *prometheus.CounterVec
 	fatalSignals   *prometheus.CounterVec
@@ -41,7 +60,7 @@ type Metrics struct {
 // in a registry of its own. ebpfLost reads the observer's loss counters
 // (nil: no observer).
 func New(version string, ebpfLost func() float64) *Metrics {
-	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m := &Metrics{Registry: prometheus.NewRegistry(), exes: map[string]struct{}{}, maxExes: DefaultMaxExeLabels}
 	register := func(c prometheus.Collector) { m.Registry.MustRegister(c) }
 	m.crashes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_crashes_total",
@@ -132,11 +151,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 // Bundle counts one published bundle.
 func (m *Metrics) Bundle(b *bundle.Metadata) {
 	ns, workload, container := labels(b.Pod, b.Workload, b.Container)
-	exe := b.Exe
-	if i := strings.LastIndexByte(exe, '/'); i >= 0 {
-		exe = exe[i+1:] // the base name: paths differ between images of one program
-	}
-	m.crashes.WithLabelValues(ns, workload, container, exe, b.SignalName).Inc()
+	m.crashes.WithLabelValues(ns, workload, container, m.exeLabel(b.Exe), b.SignalName).Inc()
 	m.lastCrash.Set(float64(b.Time.Unix()))
 	m.coreBytes.WithLabelValues("raw").Add(float64(b.Core.RawBytes))
 	m.coreBytes.WithLabelValues("stored").Add(float64(b.Core.StoredBytes))
@@ -155,6 +170,52 @@ func (m *Metrics) Bundle(b *bundle.Metadata) {
 			m.freezeDuration.Observe(f.DurationMS / 1000)
 		}
 	}
+}
+
+// LimitExeLabels sets how many distinct executable names the exe label
+// takes before the rest count as OtherExe (config: metrics.max_exe_labels).
+func (m *Metrics) LimitExeLabels(n int) {
+	m.exeMu.Lock()
+	defer m.exeMu.Unlock()
+	m.maxExes = n
+}
+
+// exeLabel returns the exe label of an executable path: its base name
+// (paths differ between images of one program), printable and at most
+// MaxExeLabelBytes long, or OtherExe once the first maxExes names are
+// taken.
+func (m *Metrics) exeLabel(exe string) string {
+	if i := strings.LastIndexByte(exe, '/'); i >= 0 {
+		exe = exe[i+1:]
+	}
+	exe = printable(exe, MaxExeLabelBytes)
+	m.exeMu.Lock()
+	defer m.exeMu.Unlock()
+	if _, ok := m.exes[exe]; ok {
+		return exe
+	}
+	if len(m.exes) >= m.maxExes {
+		return OtherExe
+	}
+	m.exes[exe] = struct{}{}
+	return exe
+}
+
+// printable replaces what a terminal or a dashboard would not show as
+// itself (control characters, invalid UTF-8) with '?', and cuts the result
+// to at most max bytes on a rune boundary.
+func printable(s string, max int) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			r = '?'
+		}
+		if b.Len()+utf8.RuneLen(r) > max {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // dropReason maps a core's truncation to a drop reason, "" for a whole core.

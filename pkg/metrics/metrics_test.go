@@ -1,11 +1,15 @@
 package metrics
 
 import (
+	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 )
@@ -49,5 +53,42 @@ corecatch_ebpf_events_lost_total 3
 	}
 	if n, err := testutil.GatherAndCount(m.Registry, "corecatch_freeze_latency_seconds"); err != nil || n != 1 {
 		t.Errorf("freeze latency series %d, %v", n, err)
+	}
+}
+
+// TestExeLabelBounded: names a container picks become at most the first N
+// distinct values, then "other", each printable and short.
+func TestExeLabelBounded(t *testing.T) {
+	m := New("test", nil)
+	m.LimitExeLabels(3)
+	crash := func(exe string) {
+		m.Bundle(&bundle.Metadata{Time: time.Unix(1, 0), Exe: exe, SignalName: "SIGSEGV"})
+	}
+	for i := 0; i < 50; i++ {
+		crash(fmt.Sprintf("/tmp/evil-%d", i))
+	}
+	crash("/tmp/evil-1") // one of the first three keeps its own series
+	crash("/x/\x1b[31mred\x00\xff" + strings.Repeat("é", 100))
+	got := map[string]float64{}
+	ch := make(chan prometheus.Metric, 100)
+	m.crashes.Collect(ch)
+	close(ch)
+	for pm := range ch {
+		var d dto.Metric
+		if err := pm.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range d.GetLabel() {
+			if l.GetName() == "exe" {
+				got[l.GetValue()] = d.GetCounter().GetValue()
+			}
+		}
+	}
+	want := map[string]float64{"evil-0": 1, "evil-1": 2, "evil-2": 1, OtherExe: 48}
+	if !maps.Equal(got, want) {
+		t.Errorf("crashes by exe = %v, want %v", got, want)
+	}
+	if l := printable("\x1b[31mred\x00\xff"+strings.Repeat("é", 100), MaxExeLabelBytes); l != "?[31mred??"+strings.Repeat("é", 27) {
+		t.Errorf("printable = %q", l)
 	}
 }

@@ -46,6 +46,10 @@ type S3Options struct {
 	// service account token ($AWS_WEB_IDENTITY_TOKEN_FILE), ECS or EC2
 	// instance metadata. Off, nothing is asked of the network for them.
 	STS bool
+	// AccessKeyID and SecretAccessKey (with SessionToken, if any) are
+	// keys handed over by the caller, tried first: `kubectl corecatch`
+	// reads them from the chart's Secret.
+	AccessKeyID, SecretAccessKey, SessionToken string
 }
 
 // Multipart layout. S3 and OBS allow at most 10,000 parts; a part's size
@@ -98,6 +102,10 @@ func NewS3(bucket, prefix string, o S3Options) (*S3, error) {
 		endpoint, secure = u.Host, u.Scheme == "https"
 	}
 	var providers []credentials.Provider
+	if o.AccessKeyID != "" {
+		providers = append(providers, &credentials.Static{Value: credentials.Value{
+			AccessKeyID: o.AccessKeyID, SecretAccessKey: o.SecretAccessKey, SessionToken: o.SessionToken, SignerType: credentials.SignatureV4}})
+	}
 	if o.CredentialsFile != "" {
 		providers = append(providers, &credentials.FileAWSCredentials{Filename: o.CredentialsFile})
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -189,21 +188,7 @@ func Open(rawURL string, o Options) (Store, error) {
 }
 
 // Pull writes a bundle of st into dir the way debuggers want it (see
-// bundle.Materialize) and returns its metadata.
+// bundle.Materialize) and returns its metadata; PullWith says how.
 func Pull(ctx context.Context, st Store, id, dir string) (*bundle.Metadata, error) {
-	m, err := st.Get(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	open := func(name string) (io.ReadCloser, error) {
-		r, err := st.Open(ctx, id, name)
-		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("%w: %w", err, os.ErrNotExist)
-		}
-		return r, err
-	}
-	if err := bundle.Materialize(dir, m, open); err != nil {
-		return nil, fmt.Errorf("pull %s into %s: %w", id, dir, err)
-	}
-	return m, nil
+	return PullWith(ctx, st, id, dir, PullOptions{})
 }

@@ -105,6 +105,24 @@ func IsOurs(pattern []byte) bool {
 	return strings.HasPrefix(string(pattern), "|") && len(f) >= 2 && strings.HasPrefix(filepath.Base(f[0]), "corecatch") && f[1] == "collect"
 }
 
+// InstalledConfig returns the config file the installed core_pattern (in
+// the kernel's directory proc) hands its corecatch helper ("-c PATH"), or
+// "" when the pattern is not corecatch's: that file names the spool where
+// install saved what it replaced.
+func InstalledConfig(proc string) (string, error) {
+	p, err := read(proc, patternFile)
+	if err != nil || !IsOurs(p) {
+		return "", err
+	}
+	f := strings.Fields(string(p))
+	for i := 2; i+1 < len(f); i++ {
+		if f[i] == "-c" || f[i] == "--config" {
+			return f[i+1], nil
+		}
+	}
+	return "", nil
+}
+
 // Install sets core_pattern, in the kernel's directory proc, to pattern,
 // raises core_pipe_limit when it is 0, and saves the previous values in
 // spool unless corecatch was already installed (then the saved values from

@@ -268,3 +268,20 @@ func TestCopyHelperOverRunningBinary(t *testing.T) {
 		t.Errorf("RemoveHelper of nothing: %v", err)
 	}
 }
+
+// TestInstalledConfig finds the config an installed corecatch pattern
+// hands its helper, and nothing in anyone else's.
+func TestInstalledConfig(t *testing.T) {
+	for _, tc := range []struct{ pattern, want string }{
+		{ourPattern(t, "/usr/local/bin/corecatch") + "\n", "/var/lib/corecatch/spool/collect.yaml"},
+		{"|/home/kubernetes/bin/corecatch collect -c /var/lib/cc/spool/collect.yaml %P\n", "/var/lib/cc/spool/collect.yaml"},
+		{"|/usr/local/bin/corecatch collect %P %I\n", ""},
+		{"|/usr/share/apport/apport -p%p -c /etc/x -- %E\n", ""},
+		{"core\n", ""},
+	} {
+		got, err := InstalledConfig(fakeProc(t, tc.pattern, "16\n"))
+		if err != nil || got != tc.want {
+			t.Errorf("InstalledConfig(%q) = %q, %v; want %q", tc.pattern, got, err, tc.want)
+		}
+	}
+}

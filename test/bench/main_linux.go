@@ -42,19 +42,20 @@ func main() {
 	size := flag.Int("size", 1024, "MiB the crasher maps (bigcrash.c argument)")
 	runs := flag.Int("runs", 3, "crashes per helper; the median is reported")
 	shared := flag.String("shared", filepath.Join(harness.RepoRoot(), "..", "shared"), "the shared/ directory with bench/bigcrash.c and bench/seed_helper.sh")
-	only := flag.String("only", "", "run one part: collect, observer, freeze, storm, upload or list")
+	only := flag.String("only", "", "run one part: collect, observer, freeze, storm, upload, pull or list")
 	uploadSize := flag.Int("upload-size", 2048, "MiB of the bundle whose upload is measured")
+	pullSize := flag.Int("pull-size", 2048, "MiB of the core.zst whose pull is measured")
 	crashes := flag.Int("freeze-crashes", 50, "crashes whose freeze latency is measured")
 	storm := flag.Int("storm", 1000000, "handled signals in the observer's signal storm")
 	burst := flag.Int("burst", 1000, "crashing processes in the observer's burst")
 	flag.Parse()
-	if err := run(*size, *runs, *shared, *only, *storm, *burst, *crashes, *uploadSize); err != nil {
+	if err := run(*size, *runs, *shared, *only, *storm, *burst, *crashes, *uploadSize, *pullSize); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(size, runs int, shared, only string, storm, burst, crashes, uploadSize int) error {
+func run(size, runs int, shared, only string, storm, burst, crashes, uploadSize, pullSize int) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("bench sets kernel.core_pattern: run it as root (sudo make bench)")
 	}
@@ -105,6 +106,11 @@ func run(size, runs int, shared, only string, storm, burst, crashes, uploadSize 
 	if only == "" || only == "upload" {
 		if err := benchUpload(dir, bin, uploadSize); err != nil {
 			return fmt.Errorf("upload: %w", err)
+		}
+	}
+	if only == "" || only == "pull" {
+		if err := benchPull(dir, bin, pullSize, runs); err != nil {
+			return fmt.Errorf("pull: %w", err)
 		}
 	}
 	if only == "" || only == "list" {
