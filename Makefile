@@ -10,7 +10,12 @@ BIN       := bin/corecatch
 # open bundles, the zstd CLI as the reference decoder and baseline;
 # containerd, runc and busybox-static run a real container (no image needed);
 # prometheus scrapes a real agent and gives promtool for the rule tests.
-TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus prometheus-alertmanager
+# The runtimes whose crash titles are tested: a JDK, Node.js, Debian's
+# Python with its gdb helpers and debug info (python3.11-dbg); debuginfod
+# (server and debuginfod-find) for the build-id tests. rustc comes from
+# rustup ($HOME/.cargo/bin), not from a Debian package.
+TEST_DEBS := gcc libc6-dev binutils gdb zstd containerd runc busybox-static prometheus prometheus-alertmanager \
+	openjdk-17-jdk-headless nodejs python3.11-dbg debuginfod
 # What `make generate` needs to rebuild the committed BPF objects exactly.
 GEN_DEBS  := clang-14 llvm-14 libbpf-dev
 # A real S3 service for the S3 store's tests and the upload bench: versitygw

@@ -167,6 +167,13 @@ func TestParseGDB(t *testing.T) {
 $1 = 0x55555555513d
 #0  crash_here (p=...) at segv.c:4
 #1  0x0000555555555160 in main () at segv.c:9
+#2  inlined_into_main () at segv.c:12
+@@script
+Traceback (most recent call first):
+  File "/app/main.py", line 3, in read_name
+    return ctypes.string_at(p)
+  File "/app/main.py", line 6, in <module>
+    main()
 @@threads
 $2 = 0x7ffff7e9a1b0
 $3 = 0x55555555513d
@@ -180,8 +187,15 @@ Thread 1 (Thread 0x7ffff7d8b740 (LWP 4241)):
 #0  crash_here (p=...) at segv.c:4
 `)
 	sym := NewSymbolizer(nil, nil)
-	crashed, threads := parseGDB(out, sym)
-	if len(crashed) != 2 || crashed[0].Function != "crash_here" || crashed[0].File != "segv.c" || crashed[0].Line != 4 ||
+	u := parseGDB(out, sym)
+	crashed, threads := u.Frames, u.Threads
+	if len(u.Script) != 2 || u.Script[0] != (bundle.Frame{Function: "read_name", File: "/app/main.py", Line: 3, Module: "python"}) {
+		t.Errorf("Python stack %+v", u.Script)
+	}
+	if len(crashed) != 3 || crashed[2].Offset != 0x555555555160 {
+		t.Errorf("an inlined frame has not its physical frame's address: %+v", crashed)
+	}
+	if crashed[0].Function != "crash_here" || crashed[0].File != "segv.c" || crashed[0].Line != 4 ||
 		crashed[0].Offset != 0x55555555513d || crashed[1].Function != "main" {
 		t.Errorf("crashed %+v", crashed)
 	}
@@ -191,20 +205,122 @@ Thread 1 (Thread 0x7ffff7d8b740 (LWP 4241)):
 	}
 }
 
-func TestHsErrFrame(t *testing.T) {
-	for log, want := range map[string]bundle.Frame{
-		"#\n# Problematic frame:\n# C  [libc.so.6+0x16a5f3]  __strlen_avx2+0x13\n": {Module: "libc.so.6", Offset: 0x16a5f3, Function: "__strlen_avx2"},
-		"# Problematic frame:\n# V  [libjvm.so+0x5e4b2c]  JNI_ArgumentPusher::iterate(unsigned long)+0x1c\n": {Module: "libjvm.so", Offset: 0x5e4b2c,
-			Function: "JNI_ArgumentPusher::iterate(unsigned long)"},
-		"# Problematic frame:\n# J 123 c2 java.lang.String.length()I (11 bytes) @ 0x00007f\n": {Function: "123 c2 java.lang.String.length()I (11 bytes) @ 0x00007f"},
+func TestParseHsErr(t *testing.T) {
+	for log, want := range map[string]HsErr{
+		"#\n# Problematic frame:\n# C  [libc.so.6+0x16a5f3]  __strlen_avx2+0x13\n": {Problematic: bundle.Frame{Module: "libc.so.6", Offset: 0x16a5f3, Function: "__strlen_avx2"}, Native: true},
+		"# Problematic frame:\n# V  [libjvm.so+0x5e4b2c]  JNI_ArgumentPusher::iterate(unsigned long)+0x1c\n": {Problematic: bundle.Frame{Module: "libjvm.so", Offset: 0x5e4b2c,
+			Function: "JNI_ArgumentPusher::iterate(unsigned long)"}},
+		"# Problematic frame:\n# J 123 c2 java.lang.String.length()I (11 bytes) @ 0x00007f\n": {Problematic: bundle.Frame{Function: "123 c2 java.lang.String.length()I (11 bytes) @ 0x00007f"}},
 	} {
-		got, ok := HsErrFrame([]byte(log))
-		if !ok || got != want {
+		got, ok := ParseHsErr([]byte(log))
+		if !ok || !reflect.DeepEqual(got, want) {
 			t.Errorf("%q: %+v, want %+v", log, got, want)
 		}
 	}
-	if _, ok := HsErrFrame([]byte("no frame here")); ok {
+	if _, ok := ParseHsErr([]byte("no frame here")); ok {
 		t.Error("a log without a problematic frame gave one")
+	}
+	// A real JDK 17 log of Unsafe.putLong(0, 42): the Java method that
+	// called it, and the SIGSEGV the JVM caught, not its SIGABRT.
+	jvm := `#
+# A fatal error has been detected by the Java Runtime Environment:
+#
+#  SIGSEGV (0xb) at pc=0x00007fc5a26d2f94, pid=23560, tid=23561
+#
+# Problematic frame:
+# V  [libjvm.so+0xed2f94]  Unsafe_PutLong+0x124
+#
+Native frames: (J=compiled Java code, j=interpreted, Vv=VM code, C=native code)
+V  [libjvm.so+0xed2f94]  Unsafe_PutLong+0x124
+j  jdk.internal.misc.Unsafe.putLong(Ljava/lang/Object;JJ)V+0 java.base@17.0.15
+J 61% c2 sun.misc.Unsafe.putLong(JJ)V jdk.unsupported@17.0.15 (11 bytes) @ 0x00007f [0x00007f+0x00000000000000a4]
+j  Crash.store(Lsun/misc/Unsafe;)V+5
+j  Crash.main([Ljava/lang/String;)V+21
+v  ~StubRoutines::call_stub
+`
+	h, ok := ParseHsErr([]byte(jvm))
+	if !ok || h.Signal != "SIGSEGV" || h.Java != "Crash.store" {
+		t.Errorf("JDK log: %+v", h)
+	}
+	if s := Script(Clues{HsErr: []byte(jvm)}); len(s) != 4 || s[2] != (bundle.Frame{Function: "Crash.store", Module: "java"}) {
+		t.Errorf("JDK log's Java frames %+v", s)
+	}
+	if got := Describe("SIGABRT", nil, Clues{HsErr: []byte(jvm)}); got != "SIGSEGV in Crash.store (java)" {
+		t.Errorf("JVM title %q", got)
+	}
+	jni := "#  SIGSEGV (0xb) at pc=0x1\n# Problematic frame:\n# C  [libfoo.so+0x1c40]  parse_header+0x13\n\nNative frames:\nj  Crash.main([Ljava/lang/String;)V+21\n"
+	if got := Describe("SIGABRT", nil, Clues{HsErr: []byte(jni)}); got != "SIGSEGV in parse_header (libfoo.so)" {
+		t.Errorf("JNI title %q", got)
+	}
+}
+
+// TestRuntimeTitles: each runtime's crash machinery is skipped, and what
+// it printed names the crash.
+func TestRuntimeTitles(t *testing.T) {
+	// Rust, panic=abort, as gdb unwinds it.
+	rust := frames("__pthread_kill_implementation", "__GI_raise", "__GI_abort", "std::sys::pal::unix::abort_internal",
+		"std::process::abort", "std::rt::__rust_abort", "panic_abort::__rust_start_panic", "std::panicking::rust_panic",
+		"std::panicking::panic_with_hook", "std::panicking::panic_handler::{closure#0}",
+		"std::sys::backtrace::__rust_end_short_backtrace<std::panicking::panic_handler::{closure_env#0}, !>",
+		"std::panicking::panic_handler", "core::panicking::panic_fmt", "core::result::unwrap_failed",
+		"core::result::Result<u32, core::num::error::ParseIntError>::expect<u32, core::num::error::ParseIntError>",
+		"main::parse", "main::main", "core::ops::function::FnOnce::call_once<fn(), ()>", "std::rt::lang_start::{closure#0}<()>")
+	log := "2026-12-01T09:40:00.1Z stdout F starting\n2026-12-01T09:40:00.2Z stderr F thread 'main' (20295) panicked at main.rs:2:22:\n" +
+		"2026-12-01T09:40:00.2Z stderr P header length is not\n2026-12-01T09:40:00.2Z stderr F  a number\n"
+	if got := Describe("SIGABRT", rust, Clues{Log: []byte(log)}); got != "panic in main::parse (app): header length is not a number" {
+		t.Errorf("Rust title %q", got)
+	}
+	if got := Describe("SIGABRT", rust, Clues{}); got != "panic in main::parse (app)" {
+		t.Errorf("Rust title without a log %q", got)
+	}
+	if Signature("id", "SIGABRT", rust) != Signature("id", "SIGABRT", frames("main::parse", "main::main")) {
+		t.Error("Rust's panic machinery or start glue enters the signature")
+	}
+	// A panic caught, then std::process::abort: no panic on the stack,
+	// and the catch_unwind that lang_start calls main through is glue.
+	caught := frames("__GI_abort", "std::sys::pal::unix::abort_internal", "std::process::abort", "main::give_up", "main::main",
+		"core::ops::function::FnOnce::call_once<fn(), ()>", "std::rt::lang_start::{closure#0}<()>",
+		"std::panicking::catch_unwind::do_call<&(dyn core::ops::function::Fn<(), Output=i32>), i32>", "std::rt::lang_start_internal")
+	if got := Describe("SIGABRT", caught, Clues{Log: []byte(log)}); got != "SIGABRT in main::give_up (app)" {
+		t.Errorf("caught panic, then abort: title %q", got)
+	}
+	if Signature("id", "SIGABRT", caught) != Signature("id", "SIGABRT", frames("main::give_up", "main::main")) {
+		t.Error("lang_start's glue enters the signature")
+	}
+	// The helper's walk reads mangled names from the symbol table.
+	mangled := frames("_RNvNtNtNtCsjrHSEGnQ3l9_3std3sys3pal4unix14abort_internal", "_ZN4main7give_up17h92f092d77587044eE")
+	if got := Title("SIGABRT", mangled); got != "SIGABRT in main::give_up (app)" {
+		t.Errorf("mangled Rust abort title %q", got)
+	}
+	// A panic in a function that cannot unwind: the standard library's
+	// second panic follows the program's.
+	if got := RustPanicMessage("thread 'main' panicked at src/ffi.rs:3:5:\nbad input\nnote: run with ...\n" +
+		"thread 'main' panicked at library/core/src/panicking.rs:225:5:\npanic in a function that cannot unwind\n"); got != "bad input" {
+		t.Errorf("nounwind panic message %q", got)
+	}
+	if got := RustPanicMessage("thread 'main' panicked at 'old style', src/main.rs:2:5\n"); got != "old style" {
+		t.Errorf("old panic message %q", got)
+	}
+	// Node.js: the top frame of the JavaScript stack it printed.
+	node := "----- Native stack trace -----\n\n 1: 0xd3a3c0  [node]\n\n----- JavaScript stack trace -----\n\n" +
+		"1: parseHeader (/app/crash.js:2:29)\n2: main (/app/crash.js:5:19)\n3: /app/crash.js:6:1\n4: Module._compile (node:internal/modules/cjs/loader:1521:14)\n\n"
+	if got := Describe("SIGABRT", frames("node::Abort()"), Clues{Log: []byte(node)}); got != "SIGABRT in parseHeader (crash.js:2)" {
+		t.Errorf("Node title %q", got)
+	}
+	js := Script(Clues{Log: []byte(node)})
+	if len(js) != 4 || js[0] != (bundle.Frame{Function: "parseHeader", File: "/app/crash.js", Line: 2, Module: "javascript"}) ||
+		js[2].Function != "<anonymous>" || js[3].File != "node:internal/modules/cjs/loader" {
+		t.Errorf("Node's JavaScript stack %+v", js)
+	}
+	// Python's ctypes.string_at(0): strlen faulted on its caller's pointer.
+	py := []bundle.Frame{{Function: "__strlen_evex", Module: "libc.so.6"}, {Function: "string_at", Module: "_ctypes.cpython-311-x86_64-linux-gnu.so"},
+		{Module: "libffi.so.8"}}
+	if got := Title("SIGSEGV", py); got != "SIGSEGV in string_at (_ctypes.cpython-311-x86_64-linux-gnu.so)" {
+		t.Errorf("Python title %q", got)
+	}
+	inLibc := []bundle.Frame{{Function: "__memmove_avx_unaligned_erms", Module: "libc.so.6"}, {Function: "_IO_file_xsputn", Module: "libc.so.6"}}
+	if got := Title("SIGSEGV", inLibc); got != "SIGSEGV in __memmove_avx_unaligned_erms (libc.so.6)" {
+		t.Errorf("libc-internal title %q", got)
 	}
 }
 

@@ -18,14 +18,15 @@ import (
 // Complete replaces a published bundle's frame-pointer walk with gdb's
 // unwind of its stored core, bounded by cfg, and rewrites its metadata
 // (analysis.pending cleared either way). work is a scratch directory for
-// the decompressed core. It returns the amended metadata.
+// the decompressed core, and keeps gdb's debuginfod downloads. It returns
+// the amended metadata.
 func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundle.Metadata, work string) (*bundle.Metadata, error) {
 	u, ok := st.(store.Updater)
 	if !ok {
 		return m, errors.New("the store cannot amend metadata")
 	}
-	var frames []bundle.Frame
-	var threads []bundle.Thread
+	var unwound Unwound
+	var clues Clues
 	var err error
 	switch {
 	case cfg.GDB == "":
@@ -38,9 +39,14 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 		dir := filepath.Join(work, m.ID)
 		defer os.RemoveAll(dir)
 		if _, err = store.Pull(ctx, st, m.ID, dir); err == nil {
-			g := GDB{Path: cfg.GDB, Timeout: time.Duration(cfg.Timeout), Memory: cfg.MaxMemory.Bytes, MaxThreads: cfg.MaxThreads}
+			g := GDB{Path: cfg.GDB, Timeout: time.Duration(cfg.Timeout), Memory: cfg.MaxMemory.Bytes, MaxThreads: cfg.MaxThreads,
+				DebuginfodURLs: cfg.DebuginfodURLs, DebuginfodCache: filepath.Join(work, "debuginfod"), DebuginfodMaxBytes: cfg.MaxCoreBytes.Bytes}
+			if g.DebuginfodURLs == "" {
+				g.DebuginfodURLs = os.Getenv("DEBUGINFOD_URLS")
+			}
 			status, _ := os.ReadFile(filepath.Join(dir, bundle.ProcDir, "status"))
-			frames, threads, err = g.Unwind(ctx, dir, m, statusThreads(status))
+			unwound, err = g.Unwind(ctx, dir, m, statusThreads(status))
+			clues = BundleClues(dir, m)
 		}
 	}
 	var out *bundle.Metadata
@@ -53,13 +59,12 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 		if err != nil {
 			a.Reason = err.Error()
 		} else {
-			// A title that is not the walk's (a JVM's error log named the
-			// frame) stays.
-			if stored.Title == Title(stored.SignalName, stored.Backtrace) {
-				stored.Title = Title(stored.SignalName, frames)
+			stored.Title = Describe(stored.SignalName, unwound.Frames, clues)
+			stored.Backtrace = unwound.Frames
+			a = bundle.Analysis{Unwinder: "gdb", Threads: unwound.Threads, Script: unwound.Script}
+			if len(a.Script) == 0 {
+				a.Script = Script(clues)
 			}
-			stored.Backtrace = frames
-			a = bundle.Analysis{Unwinder: "gdb", Threads: threads}
 		}
 		stored.Analysis = &a
 		out = stored

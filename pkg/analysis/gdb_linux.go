@@ -30,33 +30,58 @@ type GDB struct {
 	// MaxThreads is the most threads unwound one by one; beyond, only the
 	// crashed thread is.
 	MaxThreads int
+	// DebuginfodURLs, when set, are the debuginfod servers gdb fetches
+	// missing debug info from by build-id, each file at most
+	// DebuginfodMaxBytes, into DebuginfodCache, all within Timeout.
+	DebuginfodURLs     string
+	DebuginfodCache    string
+	DebuginfodMaxBytes int64
 }
 
 // ErrNoGDB means gdb is not installed: the frame-pointer walk stands.
 var ErrNoGDB = errors.New("gdb is not installed")
 
+// Unwound is what gdb's unwind of a core found.
+type Unwound struct {
+	// Frames are the crashed thread's, Threads every thread's when
+	// there are at most MaxThreads.
+	Frames  []bundle.Frame
+	Threads []bundle.Thread
+	// Script is the interpreted program's stack (Python's, from the
+	// interpreter's gdb helpers when they are installed).
+	Script []bundle.Frame
+}
+
 // Unwind runs gdb in batch mode on a bundle materialized in dir (dir/core,
-// dir/sysroot, the executable under it) and returns the crashed thread's
-// frames and, when there are at most MaxThreads threads, every thread's.
+// dir/sysroot, the executable under it) and returns what it found.
 // Module, offset and build-id of each frame come from the bundle's own
 // maps and files; function, file and line from gdb.
-func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads int) ([]bundle.Frame, []bundle.Thread, error) {
+func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads int) (Unwound, error) {
 	path, err := exec.LookPath(g.Path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w (%v)", ErrNoGDB, err)
+		return Unwound{}, fmt.Errorf("%w (%v)", ErrNoGDB, err)
 	}
 	exe := m.ExePath()
 	if exe == "" {
-		return nil, nil, errors.New("no executable in the bundle")
+		return Unwound{}, errors.New("no executable in the bundle")
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.Timeout)
 	defer cancel()
+	debuginfod := "off"
+	if g.DebuginfodURLs != "" {
+		debuginfod = "on"
+	}
 	args := []string{"-nx", "-batch", "-q",
 		"-iex", "set sysroot " + filepath.Join(dir, bundle.SysrootDir),
-		"-iex", "set debuginfod enabled off",
+		"-iex", "set debuginfod enabled " + debuginfod,
 		"-iex", "set auto-load no",
 		"-ex", "set pagination off", "-ex", "set print frame-arguments none", "-ex", "set width 0",
 		"-ex", "echo @@crashed\\n", "-ex", "p/x $pc", "-ex", "bt 64"}
+	if script := interpreterHelpers(m); script != "" {
+		// The agent's own installed helpers (auto-load stays off: the
+		// bundle's files are the crasher's).
+		args = append(args, "-ex", "source "+script, "-ex", "echo @@script\\n", "-ex", "py-bt")
+	}
 	if threads <= g.MaxThreads {
 		args = append(args, "-ex", "echo @@threads\\n", "-ex", "thread apply all -q p/x $pc",
 			"-ex", "echo @@all\\n", "-ex", "thread apply all bt 64")
@@ -72,45 +97,83 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 			fmt.Sprintf("--cpu=%d", int(g.Timeout.Seconds())+1), "--", "chrt", "--idle", "0", "ionice", "-c", "3", path}, args...)...)
 	}
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "LC_ALL=C"}
+	if g.DebuginfodURLs != "" {
+		// libdebuginfod's own bounds: a download's time and size.
+		cmd.Env = append(cmd.Env, "DEBUGINFOD_URLS="+g.DebuginfodURLs, "DEBUGINFOD_CACHE_PATH="+g.DebuginfodCache,
+			fmt.Sprintf("DEBUGINFOD_MAXTIME=%d", max(int(g.Timeout.Seconds())/2, 1)),
+			fmt.Sprintf("DEBUGINFOD_MAXSIZE=%d", g.DebuginfodMaxBytes))
+	}
 	cmd.WaitDelay = time.Second
 	out, err := cmd.Output()
 	if ctx.Err() != nil {
-		return nil, nil, fmt.Errorf("gdb took longer than %v", g.Timeout)
+		return Unwound{}, fmt.Errorf("gdb took longer than %v", g.Timeout)
 	}
 	if err != nil && len(out) == 0 {
-		return nil, nil, fmt.Errorf("gdb: %w", err)
+		return Unwound{}, fmt.Errorf("gdb: %w", err)
 	}
 	maps, _ := os.ReadFile(filepath.Join(dir, bundle.ProcDir, "maps"))
 	sym := NewSymbolizer(ParseMaps(maps), func(mp Mapping) (io.ReaderAt, io.Closer, error) {
 		f, err := os.Open(filepath.Join(dir, bundle.SysrootDir, mp.Path))
 		return f, f, err
 	})
-	crashed, all := parseGDB(out, sym)
-	if len(crashed) == 0 {
-		return nil, nil, errors.New("gdb printed no frames")
+	u := parseGDB(out, sym)
+	if len(u.Frames) == 0 {
+		return Unwound{}, errors.New("gdb printed no frames")
 	}
-	return crashed, all, nil
+	return u, nil
+}
+
+// gdbAutoLoad is where Debian's packages put the gdb helpers of the
+// programs they ship, at each program's path: python3.11-dbg's
+// /usr/share/gdb/auto-load/usr/bin/python3.11-gdb.py is libpython.py,
+// whose py-bt prints a Python process's stack.
+const gdbAutoLoad = "/usr/share/gdb/auto-load"
+
+// interpreterHelpers returns the gdb helper script installed where the
+// agent runs for the bundle's interpreter (its executable or a libpython
+// it mapped), or "" without one.
+func interpreterHelpers(m *bundle.Metadata) string {
+	for _, f := range m.Files {
+		if f.Role != "exe" && !strings.Contains(filepath.Base(f.Path), "libpython") {
+			continue
+		}
+		script := filepath.Join(gdbAutoLoad, filepath.Clean("/"+f.Path)+"-gdb.py")
+		if st, err := os.Stat(script); err == nil && st.Mode().IsRegular() {
+			return script
+		}
+	}
+	return ""
 }
 
 var (
+	// pyFrame is a frame of py-bt: `  File "/app/main.py", line 3, in read_name`.
+	pyFrame   = regexp.MustCompile(`^File "(.*)", line (\d+), in (.+)$`)
 	gdbFrame  = regexp.MustCompile(`^#(\d+)\s+(?:0x([0-9a-f]+) in )?(.+?) \(.*?\)(?: at (.+):(\d+))?(?: from (\S+))?$`)
 	gdbThread = regexp.MustCompile(`^Thread \d+ \(.*?LWP (\d+)`)
 	gdbPC     = regexp.MustCompile(`^\$\d+ = 0x([0-9a-f]+)`)
 )
 
 // parseGDB reads the output of the commands Unwind runs: the crashed
-// thread's pc and backtrace, then every thread's pc and backtrace.
-func parseGDB(out []byte, sym *Symbolizer) ([]bundle.Frame, []bundle.Thread) {
-	var crashed []bundle.Frame
+// thread's pc and backtrace, its Python stack, then every thread's pc and
+// backtrace.
+func parseGDB(out []byte, sym *Symbolizer) Unwound {
+	var crashed, script []bundle.Frame
 	var threads []bundle.Thread
 	var pcs []uint64 // each thread's pc, in the order gdb walks them
-	section, pc := "", uint64(0)
+	section, pc, prev := "", uint64(0), uint64(0)
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if strings.HasPrefix(line, "@@") {
 			section = line
+			continue
+		}
+		if section == "@@script" {
+			if m := pyFrame.FindStringSubmatch(line); m != nil {
+				n, _ := strconv.Atoi(m[2])
+				script = append(script, bundle.Frame{Function: m[3], File: m[1], Line: n, Module: "python"})
+			}
 			continue
 		}
 		if m := gdbPC.FindStringSubmatch(line); m != nil {
@@ -138,9 +201,15 @@ func parseGDB(out []byte, sym *Symbolizer) ([]bundle.Frame, []bundle.Thread) {
 		}
 		n, _ := strconv.Atoi(m[1])
 		addr := pc
-		if m[2] != "" {
+		switch {
+		case m[2] != "":
 			addr, _ = strconv.ParseUint(m[2], 16, 64)
+		case n > 0:
+			// A function the previous frame was inlined into: gdb
+			// prints no address, it is the previous frame's.
+			addr = prev
 		}
+		prev = addr
 		f := sym.Frame(addr, n > 0)
 		if m[3] != "??" {
 			f.Function = m[3]
@@ -159,5 +228,5 @@ func parseGDB(out []byte, sym *Symbolizer) ([]bundle.Frame, []bundle.Thread) {
 			}
 		}
 	}
-	return crashed, threads
+	return Unwound{Frames: crashed, Threads: threads, Script: script}
 }

@@ -78,6 +78,17 @@ func MaterializeFiles(dir string, m *Metadata, open Opener) error {
 			return err
 		}
 	}
+	// What the runtime wrote of its crash, for the debugger's user and
+	// the agent's title.
+	logs := []string{ContainerLog, StderrLog}
+	if m.NSPID > 0 {
+		logs = append(logs, HsErrLog(m.NSPID))
+	}
+	for _, name := range logs {
+		if err := copyOut(root, name, name, open); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -24,10 +24,17 @@ const (
 	MetadataFile = "metadata.json"
 	// ContainerLog is the end of the container's log, when it has one.
 	ContainerLog = "container.log"
-	CoreFile     = "core.zst"
-	SysrootDir   = "sysroot"
-	ProcDir      = "proc"
+	// StderrLog is the end of the crasher's standard error, when that
+	// was a regular file its user owns (a host process's log).
+	StderrLog  = "stderr.log"
+	CoreFile   = "core.zst"
+	SysrootDir = "sysroot"
+	ProcDir    = "proc"
 )
+
+// HsErrLog names a JVM's fatal error log, in its working directory and in
+// the bundle: the JVM names it by its pid in its own namespace.
+func HsErrLog(nsPID int) string { return fmt.Sprintf("hs_err_pid%d.log", nsPID) }
 
 // ProcTexts are the /proc/PID files every bundle keeps under ProcDir. They
 // are small and exist only while the kernel holds the crashed process.
@@ -271,6 +278,13 @@ type Analysis struct {
 	// Threads holds every thread's backtrace when the full unwinder ran
 	// and the process had few enough threads.
 	Threads []Thread `json:"threads,omitempty"`
+	// Script is the interpreted or JIT-compiled program's stack,
+	// innermost first: Python's (module "python": file, line, function)
+	// when gdb had the interpreter's helpers (Debian's python3.x-dbg)
+	// where the agent runs; a JVM's Java frames (module "java") from its
+	// hs_err log; the JavaScript stack (module "javascript") Node.js
+	// printed to the log the bundle holds.
+	Script []Frame `json:"script,omitempty"`
 }
 
 // Dedup links a crash to the stored core of the same bug: Of is that

@@ -208,7 +208,7 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 	pf.StringVar(&g.node, "node", "", "this node's name in metadata (a pod's host name is not the node's: a DaemonSet passes spec.nodeName); overrides node")
 	root.AddCommand(
 		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
-		newLs(g), newBugs(g), newShow(g), newPull(g), newDebug(g), newUpload(g),
+		newLs(g), newBugs(g), newShow(g), newPull(g), newDebug(g), newDebuginfod(g), newUpload(g),
 		newTrace(g), newConfigCmd(g), newFeishuBridge(g), newVersion(),
 	)
 	return root

@@ -40,17 +40,23 @@ type capture struct {
 	// of a deduplicated or rate-limited crash is not kept, so neither are
 	// the files a debugger would need for it.
 	light bool
-	// hsErrFrame is where a JVM's fatal error log says it crashed.
-	hsErrFrame *bundle.Frame
-	nsPID      int
-	files      []bundle.File
-	mappings   []mapping
-	warnings   []string
-	cmdline    []string
-	exe        []byte
-	stored     map[string]bool
-	seen       map[fileKey]int // inode → index in files
-	auxv       []byte
+	// hsErr is the head of a JVM's fatal error log, which says where it
+	// crashed.
+	hsErr []byte
+	// logTail bounds stderr, the end of the crasher's standard error when
+	// that is a file of its own (a host process's log), where runtimes
+	// write their last words.
+	logTail  int64
+	stderr   []byte
+	nsPID    int
+	files    []bundle.File
+	mappings []mapping
+	warnings []string
+	cmdline  []string
+	exe      []byte
+	stored   map[string]bool
+	seen     map[fileKey]int // inode → index in files
+	auxv     []byte
 }
 
 type fileKey struct{ dev, ino uint64 }
@@ -82,6 +88,7 @@ func (c *capture) run() {
 		c.resolveAliases()
 	}
 	c.captureHsErr()
+	c.captureStderr()
 }
 
 func (c *capture) captureTexts() {
@@ -277,7 +284,7 @@ func (c *capture) captureHsErr() {
 		return
 	}
 	defer unix.Close(cwd)
-	name := fmt.Sprintf("hs_err_pid%d.log", c.nsPID)
+	name := bundle.HsErrLog(c.nsPID)
 	fd, err := unix.Openat2(cwd, name, &unix.OpenHow{
 		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NONBLOCK,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
@@ -299,9 +306,41 @@ func (c *capture) captureHsErr() {
 	if err := c.put(name, r); err != nil {
 		c.warn("store %s: %v", name, err)
 	}
-	if fr, ok := analysis.HsErrFrame(head.Bytes()); ok {
-		c.hsErrFrame = &fr
+	c.hsErr = head.Bytes()
+}
+
+// captureStderr keeps the end of the crasher's standard error when it is
+// a regular file the crasher's user owns. /proc/PID/fd/2 opens the file
+// the process holds, not a path; stat first, so that a device or a fifo
+// is never opened.
+func (c *capture) captureStderr() {
+	link := filepath.Join(c.proc, "fd", "2")
+	var st, owner unix.Stat_t
+	if c.logTail <= 0 || unix.Stat(link, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || unix.Stat(c.proc, &owner) != nil ||
+		st.Uid != owner.Uid {
+		return
 	}
+	f, err := os.OpenFile(link, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		c.warn("open the crasher's stderr: %v", err)
+		return
+	}
+	defer f.Close()
+	var now unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &now) != nil || now.Ino != st.Ino || now.Dev != st.Dev {
+		return
+	}
+	off := max(now.Size-c.logTail, 0)
+	data, err := io.ReadAll(io.NewSectionReader(f, off, c.logTail))
+	if err != nil {
+		c.warn("read the crasher's stderr: %v", err)
+		return
+	}
+	if err := c.put(bundle.StderrLog, bytes.NewReader(data)); err != nil {
+		c.warn("store %s: %v", bundle.StderrLog, err)
+		return
+	}
+	c.stderr = data
 }
 
 // limitedBuffer keeps the first max bytes written to it and accepts the

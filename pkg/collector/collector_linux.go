@@ -224,6 +224,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
 		withEnviron:  cfg.Collect.CaptureEnviron,
 		light:        light,
+		logTail:      cfg.Identity.LogTail.Bytes,
 	}
 	wg.Go(cap.run)
 	retention := RetentionFor(o.Retention, local)
@@ -291,10 +292,6 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	m.Core = core
 
 	m.NSPID, m.Cmdline = cap.nsPID, cap.cmdline
-	if cap.hsErrFrame != nil {
-		// A JVM caught the fault and aborted: its log says where.
-		m.Title = analysis.Title(m.SignalName, []bundle.Frame{*cap.hsErrFrame})
-	}
 	if cap.exe != nil {
 		m.Exe, m.ExeRaw = bundle.Text(cap.exe)
 	}
@@ -308,13 +305,22 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		m.Freeze = agentResp.Freeze
 	}
 
-	if tail, err := ident.LogTail(cfg.Identity.LogTail.Bytes); err != nil {
+	tail, err := ident.LogTail(cfg.Identity.LogTail.Bytes)
+	if err != nil {
 		m.Warnings = append(m.Warnings, fmt.Sprintf("container log: %v", err))
 	} else if len(tail) > 0 {
 		if err := cap.put(bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
 			m.Warnings = append(m.Warnings, fmt.Sprintf("store container log: %v", err))
 		}
 	}
+	// What the runtime wrote of its crash (a JVM's error log, a panic or
+	// a JavaScript stack in the log) names it better than its frames.
+	if len(tail) == 0 {
+		tail = cap.stderr
+	}
+	clues := analysis.Clues{HsErr: cap.hsErr, Log: tail}
+	m.Title = analysis.Describe(m.SignalName, m.Backtrace, clues)
+	m.Analysis.Script = analysis.Script(clues)
 
 	rss, cpu := usage()
 	m.Collector = bundle.Collector{

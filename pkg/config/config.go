@@ -83,6 +83,11 @@ type Analysis struct {
 	Timeout    Duration `json:"timeout"`
 	MaxMemory  Size     `json:"max_memory"`
 	MaxThreads int      `json:"max_threads"`
+	// DebuginfodURLs are debuginfod servers (space-separated, as
+	// DEBUGINFOD_URLS, which applies when this is empty) gdb fetches the
+	// debug info of stripped executables and libraries from, by build-id,
+	// within the timeout and at most max_core_bytes a file.
+	DebuginfodURLs string `json:"debuginfod_urls"`
 }
 
 // Dedup keeps one core per bug: later crashes with the same signature in
@@ -441,6 +446,11 @@ func (c *Config) Validate() error {
 	for _, n := range c.Dedup.Namespaces {
 		if _, err := path.Match(n.Namespace, ""); err != nil {
 			return fmt.Errorf("dedup.namespaces %q: %w", n.Namespace, err)
+		}
+	}
+	for _, u := range strings.Fields(c.Analysis.DebuginfodURLs) {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("analysis.debuginfod_urls %q: write http(s)://host:port, space-separated", u)
 		}
 	}
 	return c.Notify.validate()

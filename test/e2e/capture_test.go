@@ -45,8 +45,9 @@ func TestCaptureExtras(t *testing.T) {
 		if _, err := read(n, m, bundle.ProcDir+"/environ"); !os.IsNotExist(err) {
 			t.Errorf("proc/environ kept by default (stat: %v)", err)
 		}
-		// The JVM aborts after reporting: its log says where it crashed.
-		if want := "SIGABRT in parse_header (libfoo.so)"; m.Title != want {
+		// The JVM aborts after reporting: its log says where it crashed,
+		// and of which signal.
+		if want := "SIGSEGV in parse_header (libfoo.so)"; m.Title != want {
 			t.Errorf("title %q, want %q from the hs_err log's problematic frame", m.Title, want)
 		}
 		out := n.Run("debug", "--cache", filepath.Join(n.Dir, "cache"), m.ID, "--", "-batch", "-ex", "bt")

@@ -212,6 +212,13 @@ type criPod struct {
 // containerd if the test stopped it, and removes its cgroups.
 func (c *cri) runPod(t *testing.T, dir, name, namespace string, labels map[string]string) *criPod {
 	t.Helper()
+	return c.runPodExec(t, dir, name, namespace, labels, "/lim_mem 1 fill")
+}
+
+// runPodExec is runPod whose container execs program (a shell command
+// line) once released, with the given mounts besides its trigger.
+func (c *cri) runPodExec(t *testing.T, dir, name, namespace string, labels map[string]string, program string, mounts ...*runtimeapi.Mount) *criPod {
+	t.Helper()
 	p := &criPod{name: name, namespace: namespace, uid: newUID(t), labels: labels}
 	dir = filepath.Join(dir, namespace+"_"+name+"_"+p.uid) // kubelet's /var/log/pods/<ns>_<name>_<uid>
 	trigger := filepath.Join(dir, "trigger")
@@ -293,10 +300,10 @@ func (c *cri) runPod(t *testing.T, dir, name, namespace string, labels map[strin
 			// As kubelet does: the image's id, and the name the pod spec
 			// said aside.
 			Image:   &runtimeapi.ImageSpec{Image: c.appID, UserSpecifiedImage: appImage},
-			Command: []string{"/bin/sh", "-c", "echo hello from the app; read x < /trigger/go; exec /lim_mem 1 fill"},
+			Command: []string{"/bin/sh", "-c", "echo hello from the app; read x < /trigger/go; exec " + program},
 			LogPath: "app/0.log",
 			Labels:  containerLabels,
-			Mounts:  []*runtimeapi.Mount{{ContainerPath: "/trigger", HostPath: trigger}},
+			Mounts:  append([]*runtimeapi.Mount{{ContainerPath: "/trigger", HostPath: trigger}}, mounts...),
 			Linux: &runtimeapi.LinuxContainerConfig{
 				SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: namespaces},
 			},
