@@ -2,7 +2,8 @@
 // chart renders, with each platform's values, decodes strictly into its API
 // type; the DaemonSet has what the agent needs and its config agrees with
 // its mounts; the chart carries the dashboard and the alert rules exactly;
-// and the Dockerfile builds the binary as `make build` does. It needs helm
+// and the Dockerfile builds the binary as `make build` does, and the image
+// built without Docker has its layout. It needs helm
 // (`make bin/helm`) for the values files, never root.
 package deploy_test
 
@@ -14,6 +15,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -21,6 +23,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/corecatch/corecatch/pkg/collector"
@@ -381,6 +384,52 @@ func TestDockerfile(t *testing.T) {
 	for _, s := range []string{"FROM --platform=$BUILDPLATFORM golang:", "GOARCH=${TARGETARCH}", " gdb ", " elfutils", `ENTRYPOINT ["/usr/local/bin/corecatch"]`, `CMD ["agent"]`} {
 		if !strings.Contains(df, s) {
 			t.Errorf("the Dockerfile lacks %q", s)
+		}
+	}
+}
+
+// TestPodEventsRBAC checks the least RBAC the agent's Pod Events and its
+// hand-over at a rolling update need (get pods and daemonsets, create and
+// patch events), bound to its service account, whose token
+// is mounted only then; podEvents=false renders no RBAC and no token.
+func TestPodEventsRBAC(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		m := decode(t, harness.RenderChart(t, "--set", "podEvents="+strconv.FormatBool(on)))
+		var role *rbacv1.ClusterRole
+		var binding *rbacv1.ClusterRoleBinding
+		var sa *corev1.ServiceAccount
+		for _, o := range m.Objects {
+			switch o := o.(type) {
+			case *rbacv1.ClusterRole:
+				role = o
+			case *rbacv1.ClusterRoleBinding:
+				binding = o
+			case *corev1.ServiceAccount:
+				sa = o
+			}
+		}
+		ds := m.DaemonSet()
+		if sa == nil || sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken != on ||
+			ds.Spec.Template.Spec.AutomountServiceAccountToken == nil || *ds.Spec.Template.Spec.AutomountServiceAccountToken != on {
+			t.Errorf("podEvents=%v: the service account's token must be mounted exactly when Events are on", on)
+		}
+		if !on {
+			if role != nil || binding != nil {
+				t.Error("podEvents=false still renders RBAC")
+			}
+			continue
+		}
+		want := []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+			{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
+		}
+		if role == nil || !reflect.DeepEqual(role.Rules, want) {
+			t.Fatalf("ClusterRole %+v, want exactly the rules %+v", role, want)
+		}
+		if binding == nil || binding.RoleRef.Name != role.Name || len(binding.Subjects) != 1 ||
+			binding.Subjects[0].Kind != "ServiceAccount" || binding.Subjects[0].Name != sa.Name || binding.Subjects[0].Namespace != "corecatch" {
+			t.Errorf("ClusterRoleBinding %+v does not bind the ClusterRole to the agent's service account", binding)
 		}
 	}
 }

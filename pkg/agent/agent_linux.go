@@ -102,7 +102,7 @@ func New(o Options) *Agent {
 	}
 	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
-		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, byPID: map[int]*freezeState{}}
+		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, allowed: podFreeze(o.Config), byPID: map[int]*freezeState{}}
 	}
 	if o.Store != nil {
 		a.missing = &missing{store: o.Store, after: time.Duration(o.Config.Observer.MissingAfter), node: o.Config.Node,

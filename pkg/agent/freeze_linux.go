@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -41,6 +42,18 @@ func NewFreezer(cfg *config.Config) (*freezer.Freezer, error) {
 	return freezer.New(freezer.Options{StateDir: filepath.Join(cfg.Spool, "frozen"), Policy: p})
 }
 
+// podFreeze says whether the pod of the container in a cgroup may be
+// frozen (config.Pods and its corecatch.io/freeze annotation, from the CRI,
+// with the identity cache the helper then reuses).
+func podFreeze(cfg *config.Config) func(string) (bool, string) {
+	return func(cgroup string) (bool, string) {
+		id := identity.Resolve(context.Background(), cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
+			identity.SpoolCache(cfg.Spool))
+		pol := cfg.Pods.Policy(id.Pod.Scope())
+		return pol.Freeze, pol.Why
+	}
+}
+
 // freezeState is one crash's freeze, from the core event to the thaw.
 type freezeState struct {
 	done   chan struct{} // closed once the freeze attempt ended
@@ -56,6 +69,9 @@ type freezes struct {
 	f   *freezer.Freezer
 	max time.Duration
 	log *zap.Logger
+	// allowed says whether the pod of a cgroup's container lets it be
+	// frozen, and if not why.
+	allowed func(cgroup string) (bool, string)
 
 	mu    sync.Mutex
 	byPID map[int]*freezeState
@@ -88,6 +104,10 @@ func (z *freezes) start(ev observer.Event) {
 		}
 		path := identity.ProcCgroup(data)
 		st.rec.Cgroup = path
+		if ok, why := z.allowed(path); !ok {
+			st.rec.Reason = "not frozen: " + why
+			return
+		}
 		fr, err := z.f.Freeze(path, ev.TGID, freezeTimeout)
 		if err != nil {
 			var denied *freezer.DeniedError

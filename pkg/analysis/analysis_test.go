@@ -104,11 +104,11 @@ func TestSymbolizer(t *testing.T) {
 		return f, f, err
 	})
 	exe, _ := os.Executable()
-	f := sym.Frame(uint64(knownFunction()), false)
+	f := sym.Frames([]Lookup{{Addr: uint64(knownFunction())}})[0]
 	if f.Function != "github.com/corecatch/corecatch/pkg/analysis.knownFunction" || f.Module == "" || f.BuildID == "" {
 		t.Errorf("frame %+v, want knownFunction in %s with a build-id", f, exe)
 	}
-	if f := sym.Frame(8, false); f.Module != "" || f.Function != "" {
+	if f := sym.Frames([]Lookup{{Addr: 8}})[0]; f.Module != "" || f.Function != "" {
 		t.Errorf("an unmapped address: %+v", f)
 	}
 }

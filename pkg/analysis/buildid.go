@@ -1,7 +1,6 @@
 package analysis
 
 import (
-	"debug/elf"
 	"encoding/hex"
 	"io"
 )
@@ -10,28 +9,18 @@ import (
 // none or is not ELF: what ties a captured file, a frame and a signature to
 // the exact build, whatever the file is called.
 func BuildID(r io.ReaderAt) string {
-	ef, err := elf.NewFile(r)
+	f, err := readELF(r)
 	if err != nil {
 		return ""
 	}
-	return buildIDOf(ef)
+	return f.buildID()
 }
 
-func buildIDOf(ef *elf.File) string {
-	for _, p := range ef.Progs {
-		if p.Type != elf.PT_NOTE {
-			continue
-		}
-		if id := noteBuildID(p.Open(), ef.ByteOrder, p.Align); id != "" {
-			return id
-		}
-	}
-	// Go linkers put .note.gnu.build-id outside the PT_NOTE segment.
-	for _, sec := range ef.Sections {
-		if sec.Type != elf.SHT_NOTE {
-			continue
-		}
-		if id := noteBuildID(sec.Open(), ef.ByteOrder, sec.Addralign); id != "" {
+// buildID searches the note segments, then the note sections (Go linkers
+// put .note.gnu.build-id outside the PT_NOTE segment).
+func (f *elfFile) buildID() string {
+	for _, n := range f.notes {
+		if id := noteBuildID(io.NewSectionReader(f.r, int64(n.off), int64(n.size)), f.bo, n.align); id != "" {
 			return id
 		}
 	}

@@ -36,11 +36,20 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 	case cfg.MaxCoreBytes.Bytes > 0 && m.Core.RawBytes > cfg.MaxCoreBytes.Bytes:
 		err = fmt.Errorf("the core is larger than analysis.max_core_bytes (%s)", cfg.MaxCoreBytes)
 	default:
+		var attempts int
+		if attempts, err = countAttempt(ctx, u, m.ID); err != nil {
+			return m, err
+		}
+		if attempts > maxAttempts {
+			err = fmt.Errorf("the full unwind was started %d times and never finished (the agent died in it): given up", maxAttempts)
+			break
+		}
 		dir := filepath.Join(work, m.ID)
 		defer os.RemoveAll(dir)
 		if _, err = store.Pull(ctx, st, m.ID, dir); err == nil {
 			g := GDB{Path: cfg.GDB, Timeout: time.Duration(cfg.Timeout), Memory: cfg.MaxMemory.Bytes, MaxThreads: cfg.MaxThreads,
-				DebuginfodURLs: cfg.DebuginfodURLs, DebuginfodCache: filepath.Join(work, "debuginfod"), DebuginfodMaxBytes: cfg.MaxCoreBytes.Bytes}
+				DebuginfodURLs: cfg.DebuginfodURLs, DebuginfodCache: filepath.Join(work, "debuginfod"), DebuginfodMaxBytes: cfg.MaxCoreBytes.Bytes,
+				UID: cfg.RunAsUser, GID: cfg.RunAsGroup}
 			if g.DebuginfodURLs == "" {
 				g.DebuginfodURLs = os.Getenv("DEBUGINFOD_URLS")
 			}
@@ -61,7 +70,7 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 		} else {
 			stored.Title = Describe(stored.SignalName, unwound.Frames, clues)
 			stored.Backtrace = unwound.Frames
-			a = bundle.Analysis{Unwinder: "gdb", Threads: unwound.Threads, Script: unwound.Script}
+			a = bundle.Analysis{Unwinder: "gdb", Threads: unwound.Threads, Script: unwound.Script, Warnings: unwound.Warnings, Attempts: a.Attempts}
 			if len(a.Script) == 0 {
 				a.Script = Script(clues)
 			}
@@ -74,6 +83,30 @@ func Complete(ctx context.Context, cfg config.Analysis, st store.Store, m *bundl
 		return m, uerr
 	}
 	return out, err
+}
+
+// maxAttempts is how many times the full unwind of one bundle is started
+// before it is given up: each start is recorded first, so an analysis that
+// kills the agent (the node's OOM killer, a bug) cannot crash-loop it
+// through the pending bundles it resumes at every start.
+const maxAttempts = 3
+
+// countAttempt records one more start of a bundle's full unwind and
+// returns how many there were.
+func countAttempt(ctx context.Context, u store.Updater, id string) (int, error) {
+	var n int
+	err := u.Update(ctx, id, func(stored *bundle.Metadata) error {
+		if stored.Analysis == nil {
+			stored.Analysis = &bundle.Analysis{}
+		}
+		stored.Analysis.Attempts++
+		n = stored.Analysis.Attempts
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("record the analysis attempt: %w", err)
+	}
+	return n, nil
 }
 
 // statusThreads reads the Threads: line of /proc/PID/status.

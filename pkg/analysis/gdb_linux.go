@@ -36,6 +36,9 @@ type GDB struct {
 	DebuginfodURLs     string
 	DebuginfodCache    string
 	DebuginfodMaxBytes int64
+	// UID and GID are the unprivileged user gdb runs as, when the agent
+	// runs as root: gdb parses the crashed container's ELF, DWARF and core.
+	UID, GID uint32
 }
 
 // ErrNoGDB means gdb is not installed: the frame-pointer walk stands.
@@ -50,6 +53,9 @@ type Unwound struct {
 	// Script is the interpreted program's stack (Python's, from the
 	// interpreter's gdb helpers when they are installed).
 	Script []bundle.Frame
+	// Warnings says which frames are unnamed because their file could not
+	// be read within the analysis limits.
+	Warnings []string
 }
 
 // Unwind runs gdb in batch mode on a bundle materialized in dir (dir/core,
@@ -65,6 +71,15 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 	if exe == "" {
 		return Unwound{}, errors.New("no executable in the bundle")
 	}
+	// gdb reads the bundle as its own group, through a directory handed
+	// to it open (fd 3): the spool above stays root's alone.
+	root, err := handOver(dir, g.GID)
+	if err != nil {
+		return Unwound{}, err
+	}
+	defer root.Close()
+	files := []*os.File{root}
+	const fd = "/proc/self/fd/3"
 	ctx, cancel := context.WithTimeout(ctx, g.Timeout)
 	defer cancel()
 	debuginfod := "off"
@@ -72,7 +87,7 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 		debuginfod = "on"
 	}
 	args := []string{"-nx", "-batch", "-q",
-		"-iex", "set sysroot " + filepath.Join(dir, bundle.SysrootDir),
+		"-iex", "set sysroot " + filepath.Join(fd, bundle.SysrootDir),
 		"-iex", "set debuginfod enabled " + debuginfod,
 		"-iex", "set auto-load no",
 		"-ex", "set pagination off", "-ex", "set print frame-arguments none", "-ex", "set width 0",
@@ -86,7 +101,7 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 		args = append(args, "-ex", "echo @@threads\\n", "-ex", "thread apply all -q p/x $pc",
 			"-ex", "echo @@all\\n", "-ex", "thread apply all bt 64")
 	}
-	args = append(args, filepath.Join(dir, exe), filepath.Join(dir, "core"))
+	args = append(args, filepath.Join(fd, exe), filepath.Join(fd, "core"))
 	cmd := exec.CommandContext(ctx, path, args...)
 	if prlimit, err := exec.LookPath("prlimit"); err == nil {
 		// Bound what gdb may take. SCHED_IDLE and the idle I/O class keep
@@ -98,13 +113,26 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 	}
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "LC_ALL=C"}
 	if g.DebuginfodURLs != "" {
+		// The cache is gdb's user's, handed over as fd 4 like the bundle.
+		cache, err := cacheFor(g.DebuginfodCache, g.UID, g.GID)
+		if err != nil {
+			return Unwound{}, err
+		}
+		defer cache.Close()
+		files = append(files, cache)
 		// libdebuginfod's own bounds: a download's time and size.
-		cmd.Env = append(cmd.Env, "DEBUGINFOD_URLS="+g.DebuginfodURLs, "DEBUGINFOD_CACHE_PATH="+g.DebuginfodCache,
+		cmd.Env = append(cmd.Env, "DEBUGINFOD_URLS="+g.DebuginfodURLs, "DEBUGINFOD_CACHE_PATH=/proc/self/fd/4",
 			fmt.Sprintf("DEBUGINFOD_MAXTIME=%d", max(int(g.Timeout.Seconds())/2, 1)),
 			fmt.Sprintf("DEBUGINFOD_MAXSIZE=%d", g.DebuginfodMaxBytes))
 	}
 	cmd.WaitDelay = time.Second
-	out, err := cmd.Output()
+	cmd.ExtraFiles = files
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err = startUnprivileged(cmd, g.UID, g.GID); err == nil {
+		err = cmd.Wait()
+	}
+	out := stdout.Bytes()
 	if ctx.Err() != nil {
 		return Unwound{}, fmt.Errorf("gdb took longer than %v", g.Timeout)
 	}
@@ -113,13 +141,14 @@ func (g GDB) Unwind(ctx context.Context, dir string, m *bundle.Metadata, threads
 	}
 	maps, _ := os.ReadFile(filepath.Join(dir, bundle.ProcDir, "maps"))
 	sym := NewSymbolizer(ParseMaps(maps), func(mp Mapping) (io.ReaderAt, io.Closer, error) {
-		f, err := os.Open(filepath.Join(dir, bundle.SysrootDir, mp.Path))
+		f, err := os.Open(filepath.Join(dir, bundle.SysrootDir, filepath.Clean("/"+mp.Path)))
 		return f, f, err
 	})
 	u := parseGDB(out, sym)
 	if len(u.Frames) == 0 {
 		return Unwound{}, errors.New("gdb printed no frames")
 	}
+	u.Warnings = sym.Warnings()
 	return u, nil
 }
 
@@ -160,6 +189,14 @@ func parseGDB(out []byte, sym *Symbolizer) Unwound {
 	var crashed, script []bundle.Frame
 	var threads []bundle.Thread
 	var pcs []uint64 // each thread's pc, in the order gdb walks them
+	// Each frame gdb printed, with the thread it belongs to (-1: the
+	// crashed one), named in one pass once all are read.
+	type place struct {
+		thread int
+		gdb    bundle.Frame
+	}
+	var places []place
+	var look []Lookup
 	section, pc, prev := "", uint64(0), uint64(0)
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -199,6 +236,14 @@ func parseGDB(out []byte, sym *Symbolizer) Unwound {
 		if m == nil {
 			continue
 		}
+		p := place{thread: -1}
+		switch {
+		case section == "@@crashed":
+		case section == "@@all" && len(threads) > 0:
+			p.thread = len(threads) - 1
+		default:
+			continue
+		}
 		n, _ := strconv.Atoi(m[1])
 		addr := pc
 		switch {
@@ -210,22 +255,26 @@ func parseGDB(out []byte, sym *Symbolizer) Unwound {
 			addr = prev
 		}
 		prev = addr
-		f := sym.Frame(addr, n > 0)
 		if m[3] != "??" {
-			f.Function = m[3]
+			p.gdb.Function = m[3]
 		}
 		if m[4] != "" {
-			f.File = m[4]
-			f.Line, _ = strconv.Atoi(m[5])
+			p.gdb.File = m[4]
+			p.gdb.Line, _ = strconv.Atoi(m[5])
 		}
-		switch section {
-		case "@@crashed":
+		places = append(places, p)
+		look = append(look, Lookup{Addr: addr, Ret: n > 0})
+	}
+	for i, f := range sym.Frames(look) {
+		p := places[i]
+		if p.gdb.Function != "" {
+			f.Function = p.gdb.Function
+		}
+		f.File, f.Line = p.gdb.File, p.gdb.Line
+		if p.thread < 0 {
 			crashed = append(crashed, f)
-		case "@@all":
-			if len(threads) > 0 {
-				t := &threads[len(threads)-1]
-				t.Frames = append(t.Frames, f)
-			}
+		} else {
+			threads[p.thread].Frames = append(threads[p.thread].Frames, f)
 		}
 	}
 	return Unwound{Frames: crashed, Threads: threads, Script: script}

@@ -18,6 +18,9 @@ type Result struct {
 	ExeID string
 	// Reason says why there are no frames, when there are none.
 	Reason string
+	// Warnings says which frames are unnamed because their file could not
+	// be read within the analysis limits.
+	Warnings []string
 }
 
 // Live analyses a crashed process the kernel still holds (it is dumping its
@@ -50,13 +53,21 @@ func Live(pid int, signal string, regs Regs, regsErr error) Result {
 				f, err := os.Open(filepath.Join(proc, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End)))
 				return f, f, err
 			})
-			for i, pc := range WalkFrames(regs, mem) {
+			pcs := WalkFrames(regs, mem)
+			look := make([]Lookup, len(pcs))
+			for i, pc := range pcs {
+				look[i] = Lookup{Addr: pc, Ret: i > 0}
+			}
+			r.Frames = sym.Frames(look)
+			for i := 1; i < len(pcs); i++ {
 				// Go's signal handler makes the faulting pc the return
 				// address of a call to runtime.sigpanic: it is the fault
 				// itself, not a call's return.
-				ret := i > 0 && r.Frames[i-1].Function != "runtime.sigpanic"
-				r.Frames = append(r.Frames, sym.Frame(pc, ret))
+				if r.Frames[i-1].Function == "runtime.sigpanic" {
+					r.Frames[i] = sym.Frames([]Lookup{{Addr: pcs[i]}})[0]
+				}
 			}
+			r.Warnings = sym.Warnings()
 			mem.Close()
 		}
 	} else {

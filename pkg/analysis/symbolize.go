@@ -10,10 +10,11 @@ import (
 	"bufio"
 	"bytes"
 	"debug/elf"
-	"debug/gosym"
+	"errors"
+	"fmt"
 	"io"
 	"path"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -57,11 +58,14 @@ func ParseMaps(data []byte) []Mapping {
 // process lives, the bundle's copy afterwards.
 type Opener func(m Mapping) (io.ReaderAt, io.Closer, error)
 
-// Symbolizer names addresses of one process.
+// Symbolizer names addresses of one process. The files it reads are the
+// crashed container's: each is read within the caps of elfread.go, and a
+// file it cannot read leaves its frames unnamed and says why in Warnings.
 type Symbolizer struct {
-	maps    []Mapping
-	open    Opener
-	modules map[string]*module
+	maps     []Mapping
+	open     Opener
+	modules  map[string]*module
+	warnings []string
 }
 
 // NewSymbolizer prepares a symbolizer over a process's file mappings.
@@ -69,120 +73,179 @@ func NewSymbolizer(maps []Mapping, open Opener) *Symbolizer {
 	return &Symbolizer{maps: maps, open: open, modules: map[string]*module{}}
 }
 
-// module is what symbolizing needs of one ELF file.
+// maxWarnings bounds the warnings one symbolizer records.
+const maxWarnings = 8
+
+// module is what symbolizing has learnt of one ELF file.
 type module struct {
 	buildID string
 	loads   []elf.ProgHeader
-	funcs   []elf.Symbol // sorted by Value
-	// gosym names the functions of a Go binary from the runtime's own pc
-	// table, which survives stripping and is exact where ELF symbols of an
-	// externally linked (cgo) binary are not.
-	gosym *gosym.Table
+	// names holds the function of each virtual address looked up so far
+	// ("" for none).
+	names map[uint64]string
+	// failed is set once the file proved unreadable; warned once its
+	// reason is recorded.
+	failed, warned bool
 }
 
-// maxSymbols bounds the symbols read from one file, so that a huge binary
-// cannot make every crash of a storm expensive.
-const maxSymbols = 2_000_000
+// Lookup is one address to name. Return addresses (every frame but the
+// first) point after their call: Ret says so, and the call itself is
+// looked up.
+type Lookup struct {
+	Addr uint64
+	Ret  bool
+}
 
-func (s *Symbolizer) module(m Mapping) *module {
+// Frames names addresses, reading each mapped file's symbols once for all
+// of them.
+func (s *Symbolizer) Frames(look []Lookup) []bundle.Frame {
+	out := make([]bundle.Frame, len(look))
+	type todo struct {
+		m      Mapping
+		frames []int
+	}
+	pending := map[string]*todo{}
+	for i, l := range look {
+		a := l.Addr
+		if l.Ret && a > 0 {
+			a--
+		}
+		m, ok := s.mapping(a)
+		if !ok {
+			out[i] = bundle.Frame{Offset: l.Addr}
+			continue
+		}
+		fileOff := a - m.Start + m.Offset
+		out[i] = bundle.Frame{Module: path.Base(m.Path), Offset: fileOff}
+		mod := s.module(m)
+		if mod == nil {
+			continue
+		}
+		out[i].BuildID = mod.buildID
+		for _, p := range mod.loads {
+			if fileOff >= p.Off && fileOff < p.Off+p.Filesz {
+				out[i].Offset = fileOff - p.Off + p.Vaddr
+				break
+			}
+		}
+		if name, ok := mod.names[out[i].Offset]; ok || mod.failed {
+			out[i].Function = name
+			continue
+		}
+		t := pending[m.Path]
+		if t == nil {
+			t = &todo{m: m}
+			pending[m.Path] = t
+		}
+		t.frames = append(t.frames, i)
+	}
+	for p, t := range pending {
+		mod := s.modules[p]
+		var want []uint64
+		for _, i := range t.frames {
+			want = append(want, out[i].Offset)
+		}
+		s.resolve(t.m, mod, want)
+		for _, i := range t.frames {
+			out[i].Function = mod.names[out[i].Offset]
+		}
+	}
+	return out
+}
+
+func (s *Symbolizer) mapping(addr uint64) (Mapping, bool) {
+	for _, m := range s.maps {
+		if addr >= m.Start && addr < m.End {
+			return m, true
+		}
+	}
+	return Mapping{}, false
+}
+
+// Warnings says which files' frames are unnamed, and why.
+func (s *Symbolizer) Warnings() []string { return s.warnings }
+
+func (s *Symbolizer) warn(m Mapping, err error) {
+	if len(s.warnings) < maxWarnings {
+		s.warnings = append(s.warnings, fmt.Sprintf("symbols of %s: %v: its frames are unnamed", m.Path, err))
+	}
+}
+
+// guard turns a panic while reading m (a malformed file the readers'
+// checks missed) into a warning: it must never kill the helper.
+func (s *Symbolizer) guard(m Mapping, failed func()) {
+	if r := recover(); r != nil {
+		failed()
+		s.warn(m, fmt.Errorf("malformed file: %v", r))
+	}
+}
+
+// module reads a file's headers: build-id and segments.
+func (s *Symbolizer) module(m Mapping) (mod *module) {
 	if mod, ok := s.modules[m.Path]; ok {
 		return mod
 	}
 	s.modules[m.Path] = nil
-	r, c, err := s.open(m)
+	defer s.guard(m, func() { mod = nil })
+	f, c, err := s.openELF(m)
 	if err != nil {
+		if !errors.Is(err, errNotELF) {
+			s.warn(m, err)
+		}
 		return nil
 	}
 	defer c.Close()
-	f, err := elf.NewFile(r)
-	if err != nil {
-		return nil
-	}
-	mod := &module{buildID: buildIDOf(f)}
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_LOAD {
-			mod.loads = append(mod.loads, p.ProgHeader)
-		}
-	}
-	syms, err := f.Symbols()
-	if err != nil || len(syms) == 0 {
-		syms, _ = f.DynamicSymbols()
-	}
-	if len(syms) <= maxSymbols {
-		for _, sym := range syms {
-			if elf.ST_TYPE(sym.Info) == elf.STT_FUNC && sym.Value != 0 {
-				mod.funcs = append(mod.funcs, sym)
-			}
-		}
-	}
-	sort.Slice(mod.funcs, func(i, j int) bool { return mod.funcs[i].Value < mod.funcs[j].Value })
-	mod.gosym = goTable(f)
+	mod = &module{buildID: f.buildID(), loads: f.loads, names: map[uint64]string{}}
 	s.modules[m.Path] = mod
 	return mod
 }
 
-// Frame names one address. Return addresses (every frame but the first)
-// point after their call: pass them as found, with ret true, and the call
-// itself is looked up.
-func (s *Symbolizer) Frame(addr uint64, ret bool) bundle.Frame {
-	look := addr
-	if ret && look > 0 {
-		look--
+func (s *Symbolizer) openELF(m Mapping) (*elfFile, io.Closer, error) {
+	r, c, err := s.open(m)
+	if err != nil {
+		return nil, nil, err
 	}
-	for _, m := range s.maps {
-		if look < m.Start || look >= m.End {
-			continue
-		}
-		fr := bundle.Frame{Module: path.Base(m.Path), Offset: look - m.Start + m.Offset}
-		mod := s.module(m)
-		if mod == nil {
-			return fr
-		}
-		fr.BuildID = mod.buildID
-		fileOff := look - m.Start + m.Offset
-		for _, p := range mod.loads {
-			if fileOff >= p.Off && fileOff < p.Off+p.Filesz {
-				fr.Offset = fileOff - p.Off + p.Vaddr
-				break
+	f, err := readELF(r)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return f, c, nil
+}
+
+// resolve names want (virtual addresses of mod): from a Go binary's pc
+// table, then in one pass over its ELF symbols for the rest.
+func (s *Symbolizer) resolve(m Mapping, mod *module, want []uint64) {
+	defer s.guard(m, func() { mod.failed = true })
+	f, c, err := s.openELF(m)
+	if err != nil {
+		mod.failed = true
+		s.warn(m, err)
+		return
+	}
+	defer c.Close()
+	var rest []uint64
+	gt := f.goTable()
+	for _, v := range want {
+		if gt != nil {
+			if name := gt.name(v); name != "" {
+				mod.names[v] = name
+				continue
 			}
 		}
-		fr.Function = mod.lookup(fr.Offset)
-		return fr
+		rest = append(rest, v)
 	}
-	return bundle.Frame{Offset: addr}
-}
-
-// goTable reads a Go binary's pc table, nil for other binaries.
-func goTable(f *elf.File) *gosym.Table {
-	pcln, text := f.Section(".gopclntab"), f.Section(".text")
-	if pcln == nil || text == nil || pcln.Size > 256<<20 {
-		return nil
+	if len(rest) == 0 {
+		return
 	}
-	data, err := pcln.Data()
-	if err != nil {
-		return nil
+	slices.Sort(rest)
+	rest = slices.Compact(rest)
+	names, err := f.lookupSymbols(rest)
+	if err != nil && !mod.warned {
+		mod.warned = true
+		s.warn(m, err)
 	}
-	t, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
-	if err != nil {
-		return nil
+	for i, v := range rest {
+		mod.names[v] = names[i]
 	}
-	return t
-}
-
-// lookup returns the function covering vaddr.
-func (m *module) lookup(vaddr uint64) string {
-	if m.gosym != nil {
-		if fn := m.gosym.PCToFunc(vaddr); fn != nil && fn.Name != "" {
-			return fn.Name
-		}
-	}
-	i := sort.Search(len(m.funcs), func(i int) bool { return m.funcs[i].Value > vaddr }) - 1
-	if i < 0 {
-		return ""
-	}
-	sym := m.funcs[i]
-	if sym.Size != 0 && vaddr >= sym.Value+sym.Size {
-		return ""
-	}
-	return sym.Name
 }

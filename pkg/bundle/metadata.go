@@ -119,9 +119,29 @@ type Metadata struct {
 	// collecting this crash cost the node.
 	Collector Collector `json:"collector"`
 
+	// Upload is the outbox's record of failed attempts to upload this
+	// bundle to the object store; nil until one failed.
+	Upload *Upload `json:"upload,omitempty"`
+
 	// Warnings lists what the helper could not capture and why. A bundle with
 	// warnings is still complete in the sense that nothing more could be kept.
 	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Upload counts a bundle's failed uploads, so that one the object store
+// refuses for good is set aside (Quarantined) instead of blocking every
+// later bundle of its node, and says why.
+type Upload struct {
+	// Failures counts every failed attempt; Permanent those the store
+	// refused for reasons of the bundle itself, which no retry can change.
+	Failures  int    `json:"failures"`
+	Permanent int    `json:"permanent"`
+	LastError string `json:"last_error,omitempty"`
+	// Quarantined is set after upload.quarantine_after permanent
+	// failures: the uploader passes over the bundle, which stays in the
+	// outbox until retention removes it or `corecatch upload
+	// --retry-quarantined` tries it again.
+	Quarantined bool `json:"quarantined,omitempty"`
 }
 
 // Container is the crasher's container.
@@ -140,6 +160,18 @@ type Pod struct {
 	// Labels are the pod's own labels (kubelet's io.kubernetes.* ones
 	// left out), which alerts are routed by.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Annotations are the pod's corecatch.io/ annotations, which chose what
+	// was done with its crash (config.AnnotationCollect, ...).
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// Scope is what config.Pods.Policy decides by: the pod's namespace and
+// annotations; empty for a process in no pod (p nil).
+func (p *Pod) Scope() (namespace string, annotations map[string]string) {
+	if p == nil {
+		return "", nil
+	}
+	return p.Namespace, p.Annotations
 }
 
 // Workload is what owns the pod: kind Deployment, StatefulSet, DaemonSet,
@@ -227,6 +259,10 @@ const (
 	// allowance of full cores (collect.max_cores_per_minute) or ran its
 	// allowance of concurrent collections.
 	ReasonRateLimit = "rate_limit"
+	// ReasonPodPolicy marks a core drained because the pod's annotation or
+	// its namespace's default (config.Pods) said corecatch.io/collect:
+	// false; metadata and the backtrace are kept.
+	ReasonPodPolicy = "pod_policy"
 )
 
 // Frame is one frame of a backtrace. Module and Offset (the module's
@@ -285,6 +321,14 @@ type Analysis struct {
 	// hs_err log; the JavaScript stack (module "javascript") Node.js
 	// printed to the log the bundle holds.
 	Script []Frame `json:"script,omitempty"`
+	// Warnings says which frames are unnamed because a file the crashed
+	// container controls could not be read within the analysis limits
+	// (a symbol table too large, a section that inflates too far).
+	Warnings []string `json:"warnings,omitempty"`
+	// Attempts counts the agent's starts of the full unwind, recorded
+	// before each: a bundle whose analysis never ends (the agent died in
+	// it) is given up after a few, not retried at every start.
+	Attempts int `json:"attempts,omitempty"`
 }
 
 // Dedup links a crash to the stored core of the same bug: Of is that
@@ -305,8 +349,12 @@ type File struct {
 	Path    string `json:"path"`
 	PathRaw []byte `json:"path_raw,omitempty"`
 	Size    int64  `json:"size"`
-	BuildID string `json:"build_id,omitempty"`
-	SHA256  string `json:"sha256,omitempty"`
+	// DataBytes is what the captured copy holds outside holes: the part
+	// charged to collect.max_files_total_bytes (a sparse file's holes stay
+	// holes in the bundle and cost nothing).
+	DataBytes int64  `json:"data_bytes,omitempty"`
+	BuildID   string `json:"build_id,omitempty"`
+	SHA256    string `json:"sha256,omitempty"`
 	// Role is "exe" for the executable and "mapped" for other mappings.
 	Role string `json:"role"`
 	// Deleted is true when the file had been unlinked before the crash; the
@@ -382,6 +430,12 @@ type Collector struct {
 	// DiskWriteBytes is what the helper caused to be written to storage
 	// (/proc/self/io write_bytes) up to the bundle's publication.
 	DiskWriteBytes int64 `json:"disk_write_bytes"`
+	// Missing names what the helper had not read when
+	// collect.capture_timeout ended the capture (a /proc text, a mapped
+	// file, the frame-pointer walk): a read of the crasher's files or
+	// memory that never returned, such as on a FUSE filesystem whose
+	// server does not answer.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // Text returns a valid UTF-8 rendering of raw bytes and, when the bytes are

@@ -53,6 +53,9 @@ func runCollect(cfgPath string, explicit bool, args []string) error {
 		log.Error("config unreadable, using defaults", zap.Error(err))
 		cfg = config.Default()
 	}
+	if err := collector.LimitMemory(cfg.Collect.MemoryLimit.Bytes); err != nil {
+		log.Warn("helper memory unbounded", zap.Error(err))
+	}
 	st, err := openStore(cfg)
 	if err != nil {
 		log.Error("store unusable, using the default store", zap.Error(err))

@@ -23,6 +23,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/identity"
+	"github.com/corecatch/corecatch/pkg/kube"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
@@ -253,7 +254,16 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		log.Warn("repaired: a previous agent left corecatch installed; its saved sysctls will be restored at exit", zap.String("found", res.PreviousPattern))
 	}
 	log.Info("installed", zap.String("core_pattern", res.Pattern), zap.String("previous", res.PreviousPattern), zap.String("store", st.String()))
+	// In a pod whose DaemonSet lives on (a rolling update), the next agent
+	// takes over: the helper stays installed for the crashes in between.
+	handOver := func() (bool, string) { return false, "" }
 	defer func() {
+		if ok, why := handOver(); ok {
+			log.Info("left corecatch installed for the next agent", zap.String("why", why))
+			return
+		} else if why != "" {
+			log.Info("restoring the node", zap.String("why", why))
+		}
 		if res, err := uninstall(cfg); err != nil {
 			log.Error("restore core_pattern", zap.Error(err))
 		} else {
@@ -288,6 +298,17 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		return err
 	}
 	go nt.Run(ctx)
+	podEvents := func(*bundle.Metadata) {}
+	if ev, err := kube.New(kube.Options{Node: cfg.Node, Log: log, Result: met.Notification}); err != nil {
+		log.Info("pod events off", zap.Error(err))
+	} else {
+		met.Sink(kube.Sink, kube.Results)
+		podEvents = ev.Crash
+		go ev.Run(ctx)
+		handOver = func() (bool, string) {
+			return ev.DaemonSetLivesOn(context.Background(), os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"))
+		}
+	}
 	var ready atomic.Bool
 	srv := serveHTTP(listen, newMux(met, ready.Load), log)
 	defer srv.Close()
@@ -323,8 +344,10 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		go compactIndex(ctx, s3, met, log)
 	}
 	up := newUploader(cfg, st, log, upload.Options{
-		OnUpload:  func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
-		OnBacklog: met.UploadBacklog,
+		OnUpload:      func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
+		OnBacklog:     met.UploadBacklog,
+		OnQuarantine:  met.BundleQuarantined,
+		OnQuarantined: met.UploadQuarantined,
 	})
 	if up != nil {
 		log.Info("uploading bundles from the outbox", zap.String("outbox", local.String()), zap.String("store", st.String()),
@@ -340,14 +363,13 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	return agent.New(agent.Options{
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: local, Uploader: up,
 		OnBundle:   met.Bundle,
-		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m) },
+		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m); podEvents(m) },
 		OnSignal: func(ev observer.Event) {
 			// The process is still there at its fatal signal: its cgroup
 			// names its container; the runtime, asked meanwhile, the rest.
 			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
 			go func() {
-				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-					identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
+				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
 				met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)
 			}()
 		},

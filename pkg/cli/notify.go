@@ -78,7 +78,7 @@ func (f *notifyFlags) apply(cfg *config.Config) {
 // outcomes in met.
 func newNotifier(cfg *config.Config, st store.Store, met *metrics.Metrics, log *zap.Logger) (*notify.Notifier, error) {
 	n, err := notify.New(cfg.Notify, cfg.Spool, notify.Options{Log: log, Version: Version, Result: met.Notification,
-		Download: downloadURL(cfg, st)})
+		Download: downloadURL(cfg, st), Pods: cfg.Pods})
 	if err != nil {
 		return nil, err
 	}

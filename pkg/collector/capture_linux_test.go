@@ -1,7 +1,10 @@
 package collector
 
 import (
+	"errors"
+	"os"
 	"testing"
+	"time"
 )
 
 func TestNSPID(t *testing.T) {
@@ -16,5 +19,52 @@ func TestNSPID(t *testing.T) {
 		if got := nsPID([]byte(tc.text)); got != tc.want {
 			t.Errorf("nsPID(%q) = %d, want %d", tc.text, got, tc.want)
 		}
+	}
+}
+
+func TestMountTypes(t *testing.T) {
+	info := "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n" +
+		"97 22 0:52 / /mnt/f rw,nosuid shared:50 - fuse.sshfs host:/ rw,user_id=0\n" +
+		"98 22 0:53 / /mnt/n rw - nfs4 srv:/x rw\n" +
+		"bogus line\n"
+	got := mountTypes([]byte(info))
+	want := map[int]string{22: "ext4", 97: "fuse.sshfs", 98: "nfs4"}
+	if len(got) != len(want) {
+		t.Fatalf("mountTypes = %v, want %v", got, want)
+	}
+	for id, fs := range want {
+		if got[id] != fs {
+			t.Errorf("mount %d: %q, want %q", id, got[id], fs)
+		}
+	}
+	for fs, network := range map[string]bool{"fuse": true, "fuseblk": true, "fuse.sshfs": true, "nfs4": true, "cifs": true, "9p": true, "ceph": true,
+		"ext4": false, "overlay": false, "tmpfs": false, "fusectl": false} {
+		if isNetworkFS(fs) != network {
+			t.Errorf("isNetworkFS(%q) = %v, want %v", fs, !network, network)
+		}
+	}
+}
+
+// TestStallReader: bytes the writer sends are read; once nothing comes for
+// the stall bound the reader gives up, and stays given up.
+func TestStallReader(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	sr := &stallReader{f: r, stall: 50 * time.Millisecond}
+	w.Write([]byte("core"))
+	buf := make([]byte, 16)
+	if n, err := sr.Read(buf); err != nil || string(buf[:n]) != "core" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	if _, err := sr.Read(buf); !errors.Is(err, errStalled) {
+		t.Fatalf("Read of a silent pipe = %v, want errStalled", err)
+	}
+	w.Write([]byte("late"))
+	if _, err := sr.Read(buf); !errors.Is(err, errStalled) {
+		t.Errorf("Read after the stall = %v, want errStalled still", err)
 	}
 }

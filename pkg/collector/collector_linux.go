@@ -12,7 +12,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -185,10 +184,18 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	})
 	// Where it crashed, from the core's first bytes and the live process,
 	// before a byte of the core is kept: a known bug's core is not.
-	head, regs, regsErr := readHead(o.Core)
-	quick := analysis.Live(req.PID, m.SignalName, regs, regsErr)
+	// Every read of the pipe gives up after collect.capture_timeout
+	// without a byte: the kernel's dump can block on the crasher's files.
+	pipe := &stallReader{f: o.Core, stall: time.Duration(cfg.Collect.CaptureTimeout)}
+	head, regs, regsErr := readHead(pipe)
+	// The walk, and later the capture, each read the crasher's memory
+	// and files for at most collect.capture_timeout.
+	quick, walked := liveWalk(req.PID, m.SignalName, regs, regsErr, time.Duration(cfg.Collect.CaptureTimeout))
+	if !walked {
+		m.Collector.Missing = append(m.Collector.Missing, "the frame-pointer walk")
+	}
 	m.Backtrace, m.Title, m.Signature = quick.Frames, quick.Title, quick.Signature
-	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason}
+	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason, Warnings: quick.Warnings}
 	wg.Wait()
 	// Whose crash it is: the process's cgroup (or the one the agent froze
 	// it in) names its container, the runtime the rest. Cached per
@@ -198,12 +205,17 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if agentResp != nil && agentResp.Freeze != nil && agentResp.Freeze.Cgroup != "" {
 		m.Cgroup = agentResp.Freeze.Cgroup
 	}
-	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-		identity.Cache{Dir: filepath.Join(cfg.Spool, identity.CacheDir), TTL: identity.CacheTTL})
+	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
 	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
 	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
 
 	keep, light := limit != 0, false
+	if pol := cfg.Pods.Policy(m.Pod.Scope()); keep && !pol.Collect {
+		// The pod said no core (secrets in its memory): metadata and the
+		// backtrace only.
+		keep, light, cs = false, true, newCoreStream(0, bundle.ReasonPodPolicy, zstdLevel(cfg.Collect.Compression))
+		m.Warnings = append(m.Warnings, "core not kept: "+pol.Why)
+	}
 	if keep {
 		reason := stormReason(ctx, cfg, o.Claimer, m, quick.ExeID)
 		if reason == "" {
@@ -218,19 +230,11 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			keep, light, cs = false, true, newCoreStream(0, reason, zstdLevel(cfg.Collect.Compression))
 		}
 	}
-	cap := &capture{
-		proc:         fmt.Sprintf("/proc/%d", req.PID),
-		w:            w,
-		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
-		withEnviron:  cfg.Collect.CaptureEnviron,
-		light:        light,
-		logTail:      cfg.Identity.LogTail.Bytes,
-	}
-	wg.Go(cap.run)
 	retention := RetentionFor(o.Retention, local)
-	if local != nil && keep {
-		// Retention before writing, and the room the core may take. The
-		// kernel waits on the pipe meanwhile: this only stats the store.
+	if local != nil && !light {
+		// Retention before writing, and the room the core and the
+		// captured files may take. The kernel waits on the pipe
+		// meanwhile: this only stats the store.
 		sp, err := local.Space(ctx, retention)
 		if err == nil {
 			_, err = sp.Vacuum(ctx)
@@ -240,6 +244,19 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			o.Log.Warn("retention before writing", zap.Error(err))
 		}
 	}
+	cap := &capture{
+		proc:         fmt.Sprintf("/proc/%d", req.PID),
+		w:            w,
+		maxFileBytes: cfg.Collect.MaxFileBytes.Bytes,
+		budget:       cfg.Collect.MaxFilesTotalBytes.Bytes,
+		charge:       cs.charge,
+		withEnviron:  cfg.Collect.CaptureEnviron,
+		readNetwork:  cfg.Collect.ReadNetworkFiles,
+		timeout:      time.Duration(cfg.Collect.CaptureTimeout),
+		light:        light,
+		logTail:      cfg.Identity.LogTail.Bytes,
+	}
+	cap.start()
 
 	var coreFile io.WriteCloser
 	if keep {
@@ -250,11 +267,11 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 	var readErr error
 	if keep {
-		readErr = cs.run(io.MultiReader(bytes.NewReader(head), o.Core), coreFile)
+		readErr = cs.run(io.MultiReader(bytes.NewReader(head), pipe), coreFile)
 	} else {
-		readErr = cs.drain(head, o.Core)
+		readErr = cs.drain(head, pipe)
 	}
-	wg.Wait()
+	cap.wait()
 	// Everything that needs the crashed process is done: let the kernel
 	// release it (it waits for the pipe's last reader, not for our exit).
 	o.Core.Close()
@@ -268,8 +285,8 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		}
 	}
 
-	if len(cs.freed) > 0 {
-		o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", cs.freed))
+	if freed := cs.freedIDs(); len(freed) > 0 {
+		o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", freed))
 	}
 	core, err := cs.finish()
 	if err != nil {
@@ -297,6 +314,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 	m.Files = cap.files
 	m.Warnings = append(m.Warnings, cap.warnings...)
+	m.Collector.Missing = append(m.Collector.Missing, cap.missing...)
 	if agentResp != nil {
 		if ev := agentResp.Event; ev != nil {
 			ev.LatencyMS = float64(start.Sub(ev.Time).Microseconds()) / 1000
@@ -309,7 +327,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if err != nil {
 		m.Warnings = append(m.Warnings, fmt.Sprintf("container log: %v", err))
 	} else if len(tail) > 0 {
-		if err := cap.put(bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
+		if err := put(w.Create, bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
 			m.Warnings = append(m.Warnings, fmt.Sprintf("store container log: %v", err))
 		}
 	}
@@ -330,6 +348,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		MaxRSSBytes:     rss,
 		CPUSeconds:      cpu,
 		DiskWriteBytes:  diskWrites(),
+		Missing:         m.Collector.Missing,
 	}
 	// The agent runs gdb on a stored core once it is published (gdb lives
 	// in the agent's image, not necessarily on the host the helper runs

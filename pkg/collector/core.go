@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -30,6 +32,7 @@ const quotaMargin = 1 << 20
 // and the oldest bundles it may delete to take more.
 type space interface {
 	Room() int64
+	MaxRoom() int64
 	FreeOldest(ctx context.Context) (string, error)
 }
 
@@ -44,6 +47,14 @@ type coreStream struct {
 	// older bundles deleted to make room for this core.
 	space space
 	freed []string
+	// files is what the bundle's captured files have charged to the same
+	// room (charge). roomMu serialises makeRoom between the core and the
+	// capture, and guards freed.
+	files  atomic.Int64
+	roomMu sync.Mutex
+	// encoding is set while a core is compressed into the store: the
+	// encoder's block in flight (quotaMargin) is then counted as taken.
+	encoding atomic.Bool
 	// level is the zstd effort.
 	level zstd.EncoderLevel
 
@@ -94,6 +105,7 @@ func (s *coreStream) run(in io.Reader, out io.Writer) error {
 			return fmt.Errorf("start zstd: %w", err)
 		}
 		s.enc = enc
+		s.encoding.Store(true)
 	}
 	// A reader goroutine keeps draining the pipe while the chunk before is
 	// compressed: the kernel, which blocks whenever the pipe is full, keeps
@@ -145,7 +157,7 @@ func (s *coreStream) run(in io.Reader, out io.Writer) error {
 // keep compresses p, or the part of it within the limit, and reports
 // whether later chunks should still be kept.
 func (s *coreStream) keep(p []byte) bool {
-	if !s.makeRoom() {
+	if !s.makeRoom(0) {
 		s.truncate(bundle.ReasonQuota)
 		return false
 	}
@@ -164,14 +176,26 @@ func (s *coreStream) keep(p []byte) bool {
 	return true
 }
 
-// makeRoom reports whether the store has room for another chunk, deleting
-// the oldest bundles while it has not: a new crash is worth more than the
-// oldest one kept.
-func (s *coreStream) makeRoom() bool {
+// makeRoom reports whether the store has room for another chunk of the
+// core and extra more bytes, deleting the oldest bundles while it has not:
+// a new crash is worth more than the oldest one kept. That is retention's
+// own rule (see store.Space): what is counted is what the bundle has
+// written, so nothing reserved in advance, and no hole of a sparse file,
+// deletes a bundle.
+func (s *coreStream) makeRoom(extra int64) bool {
 	if s.space == nil {
 		return true
 	}
-	for room := s.space.Room(); room >= 0 && s.out.n.Load()+quotaMargin > room; room = s.space.Room() {
+	s.roomMu.Lock()
+	defer s.roomMu.Unlock()
+	need := s.out.n.Load() + s.files.Load() + extra
+	if s.encoding.Load() {
+		need += quotaMargin
+	}
+	if most := s.space.MaxRoom(); most >= 0 && need > most {
+		return false // deleting every older bundle would not be enough
+	}
+	for room := s.space.Room(); room >= 0 && need > room; room = s.space.Room() {
 		id, err := s.space.FreeOldest(context.Background())
 		if err != nil || id == "" {
 			return false
@@ -179,6 +203,24 @@ func (s *coreStream) makeRoom() bool {
 		s.freed = append(s.freed, id)
 	}
 	return true
+}
+
+// charge takes n bytes of the store's room for a captured file (its data
+// bytes) and reports whether they fit, room made as for the core. The core
+// stream, which may run at the same time, counts them as taken.
+func (s *coreStream) charge(n int64) bool {
+	if !s.makeRoom(n) {
+		return false
+	}
+	s.files.Add(n)
+	return true
+}
+
+// freedIDs returns the bundles deleted to make room for this one.
+func (s *coreStream) freedIDs() []string {
+	s.roomMu.Lock()
+	defer s.roomMu.Unlock()
+	return slices.Clone(s.freed)
 }
 
 func writeReason(err error) string {

@@ -8,12 +8,15 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/store"
 )
 
 // syntheticCore returns a whole ELF core of about size bytes: headers, then
@@ -208,4 +211,54 @@ func TestWriteReason(t *testing.T) {
 type fixedRoom int64
 
 func (r fixedRoom) Room() int64                                { return int64(r) }
+func (r fixedRoom) MaxRoom() int64                             { return int64(r) }
 func (r fixedRoom) FreeOldest(context.Context) (string, error) { return "", nil }
+
+// TestChargeMakesRoomAsRetention: a captured file takes the room
+// retention leaves, then the oldest bundles' (the ones retention deletes
+// first once the new bundle is published), and fails only when even that is
+// not enough; the core counts what the files took.
+func TestChargeMakesRoomAsRetention(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewFile(t.TempDir())
+	var ids []string
+	for i := range 2 {
+		id := bundle.NewID(time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC), []byte("old"))
+		w, err := st.Put(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := w.Create(bundle.CoreFile)
+		f.Write(bytes.Repeat([]byte{1}, 1<<20))
+		f.Close()
+		if err := w.Commit(ctx, &bundle.Metadata{Schema: bundle.Schema, ID: id}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	u, _ := st.Usage(ctx)
+	sp, err := st.Space(ctx, store.Retention{MaxUse: u.Bytes + 4<<20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newCoreStream(-1, bundle.ReasonMaxCoreBytes, zstd.SpeedFastest)
+	s.space = sp
+	s.encoding.Store(true) // a core is compressed meanwhile: its margin counts
+	if !s.charge(2<<20) || len(s.freedIDs()) != 0 {
+		t.Errorf("a 2 MiB file in 4 MiB of room: freed %v", s.freedIDs())
+	}
+	// 2 MiB more, with the margin, pass the room: the oldest bundle goes,
+	// the newer one stays.
+	if !s.charge(2<<20) || !slices.Equal(s.freedIDs(), ids[:1]) {
+		t.Errorf("charge freed %v; want the oldest, %s", s.freedIDs(), ids[0])
+	}
+	if s.charge(1<<30) || !slices.Equal(s.freedIDs(), ids[:1]) {
+		t.Errorf("1 GiB fitted in a store bounded at a few MiB, or deleted bundles in vain (freed %v)", s.freedIDs())
+	}
+	// The core counts the files: with 4 MiB of files charged, 4 MiB of
+	// core cannot fit even with the newer bundle gone, so it stays.
+	s.out.n.Store(4 << 20)
+	if s.makeRoom(0) || len(s.freedIDs()) != 1 {
+		t.Errorf("the core found room beside 4 MiB of files; freed %v", s.freedIDs())
+	}
+}

@@ -40,15 +40,17 @@ func (c *capture) resolveAliases() {
 		c.warn("read the loader's link map: %v", err)
 		return
 	}
-	for _, e := range names {
-		i := sort.Search(len(c.mappings), func(i int) bool { return c.mappings[i].end > e.ld })
-		if i == len(c.mappings) || c.mappings[i].start > e.ld {
-			continue // the vdso, or a mapping that is not a regular file
+	c.update(func() {
+		for _, e := range names {
+			i := sort.Search(len(c.mappings), func(i int) bool { return c.mappings[i].end > e.ld })
+			if i == len(c.mappings) || c.mappings[i].start > e.ld {
+				continue // the vdso, or a mapping that is not a regular file
+			}
+			if e.name != "" && e.name[0] == '/' {
+				c.files[c.mappings[i].file].AddAlias(e.name)
+			}
 		}
-		if e.name != "" && e.name[0] == '/' {
-			c.files[c.mappings[i].file].AddAlias(e.name)
-		}
-	}
+	})
 }
 
 type linkEntry struct {

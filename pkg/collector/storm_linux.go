@@ -238,16 +238,20 @@ func takeSlot(spool string, n int) (*os.File, bool) {
 // drain reads the rest of a core that is not kept, at pipe speed: splice
 // moves the kernel's pages to /dev/null without copying them through the
 // helper. head is what was read of it already.
-func (s *coreStream) drain(head []byte, in *os.File) error {
+func (s *coreStream) drain(head []byte, in *stallReader) error {
 	s.layout.feed(head)
 	s.core.RawBytes += int64(len(head))
 	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err == nil {
 		defer null.Close()
 		for {
-			n, err := unix.Splice(int(in.Fd()), nil, int(null.Fd()), nil, chunk, unix.SPLICE_F_MOVE)
+			n, err := unix.Splice(int(in.f.Fd()), nil, int(null.Fd()), nil, chunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			if err == unix.EAGAIN {
-				awaitInput(in)
+				// Nothing yet: wait for the kernel instead of
+				// spinning, and not for ever.
+				if err := in.wait(); err != nil {
+					return fmt.Errorf("drain the core: %w", err)
+				}
 				continue
 			}
 			if err == unix.EINTR {
@@ -278,7 +282,7 @@ func (s *coreStream) drain(head []byte, in *os.File) error {
 // readHead reads the first bytes of the core, as many as the crashing
 // thread's registers need (the ELF header, the program headers and the
 // first note), and returns them with the registers.
-func readHead(in *os.File) ([]byte, analysis.Regs, error) {
+func readHead(in *stallReader) ([]byte, analysis.Regs, error) {
 	var head []byte
 	for {
 		regs, need, err := analysis.HeadRegs(head)
@@ -292,18 +296,15 @@ func readHead(in *os.File) ([]byte, analysis.Regs, error) {
 		n, err := in.Read(buf)
 		head = append(head, buf[:n]...)
 		if errors.Is(err, syscall.EAGAIN) {
-			awaitInput(in)
+			// A non-blocking pipe with nothing yet (os.File wraps the
+			// errno: errors.Is): wait for it, within the bound.
+			if err := in.wait(); err != nil {
+				return head, regs, fmt.Errorf("read the core's head: %w", err)
+			}
 			continue
 		}
 		if err != nil && !errors.Is(err, syscall.EINTR) {
 			return head, regs, fmt.Errorf("read the core's head: %w", err)
 		}
 	}
-}
-
-// awaitInput waits up to 100 ms for a non-blocking pipe that had nothing
-// yet to have something, instead of spinning on EAGAIN. (os.File wraps
-// the errno in a *PathError: callers test it with errors.Is.)
-func awaitInput(in *os.File) {
-	unix.Poll([]unix.PollFd{{Fd: int32(in.Fd()), Events: unix.POLLIN}}, 100)
 }

@@ -29,7 +29,7 @@ func TestReadHeadNonBlocking(t *testing.T) {
 		w.Write(core[:64<<10])
 		w.Close()
 	}()
-	head, _, err := readHead(r)
+	head, _, err := readHead(&stallReader{f: r})
 	if errors.Is(err, syscall.EAGAIN) {
 		t.Fatalf("readHead gave up on EAGAIN: %v", err)
 	}

@@ -51,6 +51,7 @@ type Config struct {
 	Observer  Observer  `json:"observer"`
 	Freeze    Freeze    `json:"freeze"`
 	Identity  Identity  `json:"identity"`
+	Pods      Pods      `json:"pods"`
 	Notify    Notify    `json:"notify"`
 	Analysis  Analysis  `json:"analysis"`
 	Dedup     Dedup     `json:"dedup"`
@@ -88,6 +89,13 @@ type Analysis struct {
 	// debug info of stripped executables and libraries from, by build-id,
 	// within the timeout and at most max_core_bytes a file.
 	DebuginfodURLs string `json:"debuginfod_urls"`
+	// RunAsUser and RunAsGroup are the unprivileged uid and gid gdb runs
+	// as (without capabilities, with no_new_privs): it parses files the
+	// crashed container wrote, from a copy of the bundle only that group
+	// can read. A uid and gid of their own are better than nobody's,
+	// which other daemons may share.
+	RunAsUser  uint32 `json:"run_as_user"`
+	RunAsGroup uint32 `json:"run_as_group"`
 }
 
 // Dedup keeps one core per bug: later crashes with the same signature in
@@ -268,6 +276,10 @@ type Upload struct {
 	// MaxBackoff is the longest the agent waits between two attempts
 	// while the bucket cannot be reached.
 	MaxBackoff Duration `json:"max_backoff"`
+	// QuarantineAfter is how many times the bucket may refuse one bundle
+	// for good (a key it never accepts, an unreadable file) before the
+	// bundle is set aside, so that it stops delaying later bundles.
+	QuarantineAfter int `json:"quarantine_after"`
 }
 
 // Identity configures how the helper learns whose crash it is.
@@ -280,6 +292,80 @@ type Identity struct {
 	LogTail Size `json:"log_tail"`
 	// Timeout bounds the CRI calls of one crash.
 	Timeout Duration `json:"timeout"`
+}
+
+// Annotations a pod sets to choose what corecatch does with its crashes
+// ("true" or "false"); they override Pods' namespace defaults. kubelet
+// passes a pod's annotations to its CRI sandbox, where the helper reads
+// them: the crash path never asks the API server.
+const (
+	// AnnotationCollect "false" keeps metadata, the backtrace and the
+	// Event, not the core (secrets in memory).
+	AnnotationCollect = "corecatch.io/collect"
+	// AnnotationFreeze "false" never freezes the pod's containers.
+	AnnotationFreeze = "corecatch.io/freeze"
+	// AnnotationNotify "false" sends no Feishu card and no Alertmanager
+	// alert for the pod's crashes.
+	AnnotationNotify = "corecatch.io/notify"
+)
+
+// Pods sets per-namespace defaults of what is done with a pod's crashes.
+type Pods struct {
+	// Namespaces are matched by glob (path.Match), first match first;
+	// unset fields stay on.
+	Namespaces []PodDefaults `json:"namespaces"`
+}
+
+// PodDefaults are the defaults of the namespaces a glob matches.
+type PodDefaults struct {
+	Namespace string `json:"namespace"`
+	Collect   *bool  `json:"collect,omitempty"`
+	Freeze    *bool  `json:"freeze,omitempty"`
+	Notify    *bool  `json:"notify,omitempty"`
+}
+
+// PodPolicy is what is done with one pod's crash; Why names what turned
+// something off.
+type PodPolicy struct {
+	Collect, Freeze, Notify bool
+	Why                     string
+}
+
+// Policy returns the policy of a crash in a pod of namespace with those
+// annotations: everything on, then the first matching namespace's
+// defaults, then the pod's annotations. A process in no pod (namespace "")
+// gets everything.
+func (p Pods) Policy(namespace string, annotations map[string]string) PodPolicy {
+	pol := PodPolicy{Collect: true, Freeze: true, Notify: true}
+	if namespace == "" {
+		return pol
+	}
+	var def PodDefaults
+	for _, n := range p.Namespaces {
+		if ok, _ := path.Match(n.Namespace, namespace); ok {
+			def = n
+			break
+		}
+	}
+	var why []string
+	for _, f := range []struct {
+		on  *bool
+		def *bool
+		key string
+	}{{&pol.Collect, def.Collect, AnnotationCollect}, {&pol.Freeze, def.Freeze, AnnotationFreeze}, {&pol.Notify, def.Notify, AnnotationNotify}} {
+		src := ""
+		if f.def != nil {
+			*f.on, src = *f.def, fmt.Sprintf("pods.namespaces %q", def.Namespace)
+		}
+		if v, err := strconv.ParseBool(annotations[f.key]); err == nil {
+			*f.on, src = v, "annotation"
+		}
+		if !*f.on {
+			why = append(why, src+" "+f.key+": false")
+		}
+	}
+	pol.Why = strings.Join(why, ", ")
+	return pol
 }
 
 // Freeze configures how the agent keeps a crashing container still while
@@ -319,10 +405,28 @@ type Collect struct {
 	// MaxFileBytes is the largest mapped file the helper copies into a
 	// bundle; larger ones are listed with a reason instead.
 	MaxFileBytes Size `json:"max_file_bytes"`
+	// MaxFilesTotalBytes is the budget of one bundle's captured files
+	// (executable, libraries, data files) together, data bytes only: a
+	// container that maps many large files cannot make a bundle that pushes
+	// other bundles out of the store. Files past it are listed with a
+	// reason; 0 keeps none.
+	MaxFilesTotalBytes Size `json:"max_files_total_bytes"`
 	// HonorRlimit caps each core at the crasher's RLIMIT_CORE.
 	HonorRlimit bool `json:"honor_rlimit"`
 	// CaptureEnviron stores /proc/PID/environ, which often holds secrets.
 	CaptureEnviron bool `json:"capture_environ"`
+	// CaptureTimeout bounds what the helper reads from the crashed process
+	// (its files, memory and /proc texts) while the kernel holds it: a
+	// read that never returns (a FUSE server that does not answer) costs
+	// this much in each of the two phases that read the process (the
+	// frame-pointer walk, then the capture of files), and the bundle says
+	// what is missing, instead of holding the crasher and a collection
+	// slot for ever.
+	CaptureTimeout Duration `json:"capture_timeout"`
+	// ReadNetworkFiles copies mapped files on FUSE and network filesystems
+	// (NFS, CIFS/SMB, 9p, Ceph, ...) too; off, they are listed as skipped,
+	// because their server can stall every read.
+	ReadNetworkFiles bool `json:"read_network_files"`
 	// Compression is the zstd level: fastest, default or better.
 	Compression string `json:"compression"`
 	// MaxCoresPerMinute caps whole cores stored per minute on this node
@@ -330,6 +434,10 @@ type Collect struct {
 	// Crashes beyond keep metadata and a backtrace, their cores drained.
 	MaxCoresPerMinute int `json:"max_cores_per_minute"`
 	MaxConcurrent     int `json:"max_concurrent"`
+	// MemoryLimit bounds each helper: the Go runtime's soft limit, and
+	// RLIMIT_AS at the limit plus what the runtime reserves. A crash
+	// costs a helper at most 64 MiB (make bench); 0 leaves it unbounded.
+	MemoryLimit Size `json:"memory_limit"`
 }
 
 // Retention bounds a local store (see store.Retention); an S3 store gets
@@ -348,10 +456,13 @@ func Default() *Config {
 		Spool:  "/var/lib/corecatch/spool",
 		Socket: "/run/corecatch/agent.sock",
 		Collect: Collect{
-			MaxFileBytes:      Size{Bytes: 1 << 30},
-			Compression:       "fastest",
-			MaxCoresPerMinute: 30,
-			MaxConcurrent:     4,
+			MaxFileBytes:       Size{Bytes: 1 << 30},
+			MaxFilesTotalBytes: Size{Bytes: 256 << 20},
+			CaptureTimeout:     Duration(30 * time.Second),
+			Compression:        "fastest",
+			MaxCoresPerMinute:  30,
+			MaxConcurrent:      4,
+			MemoryLimit:        Size{Bytes: 256 << 20},
 		},
 		Retention: Retention{
 			MaxAge:   Duration(14 * 24 * time.Hour),
@@ -363,15 +474,17 @@ func Default() *Config {
 		Observer: Observer{CoreSignals: []string{}, FatalSignals: []string{}, MissingAfter: Duration(time.Minute)},
 		Freeze:   Freeze{Enabled: true, Max: Duration(30 * time.Second), Allow: []string{}, Deny: []string{}},
 		Identity: Identity{LogTail: Size{Bytes: 64 << 10}, Timeout: Duration(2 * time.Second)},
+		Pods:     Pods{Namespaces: []PodDefaults{}},
 		Notify: Notify{Aggregate: Duration(5 * time.Minute), QueueMax: 1000, Mute: []Match{}, Feishu: []Feishu{},
 			Alertmanager: Alertmanager{Duration: Duration(15 * time.Minute), Severity: "warning"},
 			LinkExpiry:   Duration(12 * time.Hour), QueueMaxBytes: Size{Bytes: 16 << 20}, ItemMaxBytes: Size{Bytes: 64 << 10},
 			Bridge: Bridge{ButtonHosts: []string{}, MaxBodyBytes: Size{Bytes: 1 << 20}}},
 		Analysis: Analysis{GDB: "gdb", MaxCoreBytes: Size{Bytes: 512 << 20}, Timeout: Duration(30 * time.Second),
-			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64},
-		Dedup:   Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
-		Host:    Host{ProcSysKernel: "/proc/sys/kernel"},
-		Upload:  Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute)},
+			MaxMemory: Size{Bytes: 2 << 30}, MaxThreads: 64, RunAsUser: 65534, RunAsGroup: 65534},
+		Dedup: Dedup{Window: Duration(10 * time.Minute), Namespaces: []NamespaceWindow{}},
+		Host:  Host{ProcSysKernel: "/proc/sys/kernel"},
+		Upload: Upload{SpoolMaxUse: Size{Percent: 10}, SpoolKeepFree: Size{Percent: 15}, MaxBackoff: Duration(time.Minute),
+			QuarantineAfter: 3},
 		Metrics: Metrics{MaxExeLabels: 100},
 	}
 }
@@ -424,11 +537,20 @@ func (c *Config) Validate() error {
 	if c.Host.BinMount != "" && c.Host.BinDir == "" {
 		return errors.New("host.bin_mount is set without host.bin_dir: set bin_dir to the host path that bin_mount mounts")
 	}
+	if c.Upload.QuarantineAfter < 1 {
+		return fmt.Errorf("upload.quarantine_after %d: use at least 1", c.Upload.QuarantineAfter)
+	}
 	if c.Upload.MaxBackoff < Duration(time.Second) {
 		return fmt.Errorf("upload.max_backoff %s: use at least 1s", c.Upload.MaxBackoff)
 	}
-	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 {
-		return errors.New("collect.max_core_bytes and collect.max_file_bytes take sizes, not percentages")
+	if c.Collect.MaxCoreBytes.Percent != 0 || c.Collect.MaxFileBytes.Percent != 0 || c.Collect.MaxFilesTotalBytes.Percent != 0 || c.Collect.MemoryLimit.Percent != 0 {
+		return errors.New("collect.max_core_bytes, collect.max_file_bytes, collect.max_files_total_bytes and collect.memory_limit take sizes, not percentages")
+	}
+	if l := c.Collect.MemoryLimit.Bytes; l != 0 && l < 64<<20 {
+		return fmt.Errorf("collect.memory_limit %s: a crash costs the helper up to 64MiB; use at least that, or 0 for no limit", c.Collect.MemoryLimit)
+	}
+	if c.Analysis.RunAsUser == 0 {
+		return errors.New("analysis.run_as_user 0 would run gdb as root on the crashed container's files: use an unprivileged uid (65534, nobody, by default)")
 	}
 	for _, exprs := range [][]string{c.Freeze.Allow, c.Freeze.Deny} {
 		for _, e := range exprs {
@@ -437,11 +559,19 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if c.Collect.CaptureTimeout < Duration(time.Second) {
+		return fmt.Errorf("collect.capture_timeout %s: use at least 1s (a healthy capture takes well under a second, a stalled one is cut here)", c.Collect.CaptureTimeout)
+	}
 	if c.Metrics.MaxExeLabels < 1 {
 		return fmt.Errorf("metrics.max_exe_labels %d: allow at least 1 executable name", c.Metrics.MaxExeLabels)
 	}
 	if c.Collect.MaxConcurrent < 1 || c.Collect.MaxCoresPerMinute < 0 {
 		return errors.New("collect.max_concurrent must be at least 1 and collect.max_cores_per_minute at least 0 (0: no cap)")
+	}
+	for _, n := range c.Pods.Namespaces {
+		if _, err := path.Match(n.Namespace, ""); err != nil || n.Namespace == "" {
+			return fmt.Errorf("pods.namespaces %q: want a namespace glob (%v)", n.Namespace, err)
+		}
 	}
 	for _, n := range c.Dedup.Namespaces {
 		if _, err := path.Match(n.Namespace, ""); err != nil {

@@ -279,3 +279,43 @@ func TestSizeOf(t *testing.T) {
 		}
 	}
 }
+
+// TestPodPolicy: a pod's annotations override its namespace's defaults,
+// the first matching namespace glob applies, unset keys stay on, and a
+// process in no pod gets everything.
+func TestPodPolicy(t *testing.T) {
+	off := false
+	on := true
+	p := Pods{Namespaces: []PodDefaults{
+		{Namespace: "secure-*", Collect: &off},
+		{Namespace: "secure-ops", Notify: &off}, // shadowed by the first
+		{Namespace: "kube-system", Freeze: &off, Notify: &off},
+		{Namespace: "quiet", Notify: &off, Collect: &on},
+	}}
+	for _, tc := range []struct {
+		ns          string
+		ann         map[string]string
+		want        PodPolicy
+		description string
+	}{
+		{"", map[string]string{AnnotationCollect: "false"}, PodPolicy{Collect: true, Freeze: true, Notify: true}, "no pod"},
+		{"default", nil, PodPolicy{Collect: true, Freeze: true, Notify: true}, "no defaults, no annotations"},
+		{"default", map[string]string{AnnotationCollect: "false", AnnotationNotify: "bogus"},
+			PodPolicy{Freeze: true, Notify: true, Why: "annotation corecatch.io/collect: false"}, "annotation; an unparsable one ignored"},
+		{"secure-ops", nil, PodPolicy{Freeze: true, Notify: true, Why: `pods.namespaces "secure-*" corecatch.io/collect: false`}, "first match"},
+		{"secure-ops", map[string]string{AnnotationCollect: "true"}, PodPolicy{Collect: true, Freeze: true, Notify: true}, "annotation over namespace"},
+		{"kube-system", map[string]string{AnnotationNotify: "true"},
+			PodPolicy{Collect: true, Notify: true, Why: `pods.namespaces "kube-system" corecatch.io/freeze: false`}, "mixed"},
+		{"quiet", map[string]string{AnnotationFreeze: "false"},
+			PodPolicy{Collect: true, Why: `annotation corecatch.io/freeze: false, pods.namespaces "quiet" corecatch.io/notify: false`}, "both sources"},
+	} {
+		if got := p.Policy(tc.ns, tc.ann); got != tc.want {
+			t.Errorf("%s: Policy(%q, %v) = %+v, want %+v", tc.description, tc.ns, tc.ann, got, tc.want)
+		}
+	}
+	c := Default()
+	c.Pods.Namespaces = []PodDefaults{{Namespace: "["}}
+	if err := c.Validate(); err == nil {
+		t.Error("a bad namespace glob in pods.namespaces validates")
+	}
+}

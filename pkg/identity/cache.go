@@ -27,6 +27,11 @@ const (
 	CacheDir = "identity"
 )
 
+// SpoolCache is the cache helpers and the agent share under a spool.
+func SpoolCache(spool string) Cache {
+	return Cache{Dir: filepath.Join(spool, CacheDir), TTL: CacheTTL}
+}
+
 // cacheable ids are safe file names.
 var cacheable = regexp.MustCompile(`^[0-9A-Za-z._-]{1,128}$`)
 

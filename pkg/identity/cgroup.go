@@ -37,11 +37,13 @@ type Cgroup struct {
 // outer container's, and Cgroup.Nested says where below it it was.
 var (
 	// kubelet's cgroupfs driver: /kubepods[/<qos>]/pod<uid>/<id> (CRI-O
-	// names it crio-<id>).
-	kubeCgroupfs = regexp.MustCompile(`^/kubepods(?:/(?:besteffort|burstable|guaranteed))?/pod([0-9a-f-]{36})/(crio-)?([0-9a-f]{64})(/.*)?$`)
+	// names it crio-<id>). A pod's uid is a UUID, or for a static pod
+	// (kubelet's manifests directory) the 32 hex digits of its manifest's
+	// hash.
+	kubeCgroupfs = regexp.MustCompile(`^/kubepods(?:/(?:besteffort|burstable|guaranteed))?/pod([0-9a-f-]{36}|[0-9a-f]{32})/(crio-)?([0-9a-f]{64})(/.*)?$`)
 	// kubelet's systemd driver: .../kubepods[-<qos>]-pod<uid with _>.slice/<runtime>-<id>.scope,
 	// with crun's /container leaf on cgroup v2.
-	kubeSystemd = regexp.MustCompile(`^/kubepods\.slice(?:/kubepods-(?:besteffort|burstable|guaranteed)\.slice)?/kubepods(?:-(?:besteffort|burstable|guaranteed))?-pod([0-9a-f_]{36})\.slice/(cri-containerd|crio|docker)-([0-9a-f]{64})\.scope(/.*)?$`)
+	kubeSystemd = regexp.MustCompile(`^/kubepods\.slice(?:/kubepods-(?:besteffort|burstable|guaranteed)\.slice)?/kubepods(?:-(?:besteffort|burstable|guaranteed))?-pod([0-9a-f_]{36}|[0-9a-f]{32})\.slice/(cri-containerd|crio|docker)-([0-9a-f]{64})\.scope(/.*)?$`)
 	// docker's cgroupfs and systemd drivers.
 	docker     = regexp.MustCompile(`^/docker/([0-9a-f]{64})(/.*)?$`)
 	dockerUnit = regexp.MustCompile(`^/system\.slice/docker-([0-9a-f]{64})\.scope(/.*)?$`)

@@ -11,6 +11,9 @@ func TestParseCgroup(t *testing.T) {
 	id := strings.Repeat("0123456789abcdef", 4)
 	uid := "8f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8"
 	uidU := strings.ReplaceAll(uid, "-", "_")
+	// A static pod's uid: kubelet hashes its manifest (no dashes, so the
+	// systemd driver spells it the same).
+	static := "6d5f8e0c2b1a49387f6e5d4c3b2a1908"
 	for _, tc := range []struct {
 		name, path string
 		want       Cgroup
@@ -26,6 +29,11 @@ func TestParseCgroup(t *testing.T) {
 			Cgroup{Runtime: "docker", ContainerID: id, PodUID: uid}},
 		{"cgroupfs driver, burstable", "/kubepods/burstable/pod" + uid + "/" + id, Cgroup{ContainerID: id, PodUID: uid}},
 		{"cgroupfs driver, guaranteed", "/kubepods/pod" + uid + "/" + id, Cgroup{ContainerID: id, PodUID: uid}},
+		{"cgroupfs driver, static pod", "/kubepods/burstable/pod" + static + "/" + id, Cgroup{ContainerID: id, PodUID: static}},
+		{"systemd driver, static pod",
+			"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + static + ".slice/cri-containerd-" + id + ".scope",
+			Cgroup{Runtime: "containerd", ContainerID: id, PodUID: static}},
+		{"a uid of neither shape is no pod", "/kubepods/burstable/pod" + static[:31] + "/" + id, Cgroup{}},
 		{"plain containerd", "/default/myapp", Cgroup{Runtime: "containerd", Namespace: "default", ContainerID: "myapp"}},
 		{"containerd k8s.io namespace", "/k8s.io/" + id, Cgroup{Runtime: "containerd", Namespace: "k8s.io", ContainerID: id}},
 		{"docker cgroupfs", "/docker/" + id, Cgroup{Runtime: "docker", ContainerID: id}},

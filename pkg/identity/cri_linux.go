@@ -31,6 +31,8 @@ const (
 	labelPodName      = "io.kubernetes.pod.name"
 	labelPodNamespace = "io.kubernetes.pod.namespace"
 	labelPodUID       = "io.kubernetes.pod.uid"
+	// annotationPrefix is corecatch's own pod annotations' (config.Pods).
+	annotationPrefix = "corecatch.io/"
 )
 
 // Identity is everything known about a crashed process's container.
@@ -177,13 +179,22 @@ func (id *Identity) fromCRI(ctx context.Context, endpoint, podUID string) error 
 		return nil
 	}
 	id.Pod = pod
-	// The pod's own labels say which controller made it.
+	// The pod's own labels say which controller made it; its corecatch.io/
+	// annotations what to do with its crash.
 	podLabels := map[string]string{}
 	list, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{Id: id.Container.ID}})
 	if err == nil && len(list.GetContainers()) == 1 {
 		sb, err := rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: list.GetContainers()[0].GetPodSandboxId()})
 		if err == nil {
 			podLabels = sb.GetStatus().GetLabels()
+			for k, v := range sb.GetStatus().GetAnnotations() {
+				if strings.HasPrefix(k, annotationPrefix) {
+					if pod.Annotations == nil {
+						pod.Annotations = map[string]string{}
+					}
+					pod.Annotations[k] = v
+				}
+			}
 		}
 	}
 	id.Workload, id.Reason = Workload(pod.Name, podLabels)

@@ -19,7 +19,7 @@ import (
 // DropReasons are the values of corecatch_cores_dropped_total's reason
 // label. Each exists at 0 from the start, so that an alert on increase()
 // sees the first drop.
-var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "error"}
+var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "pod_policy", "error"}
 
 // DefaultMaxExeLabels is how many distinct executable names the exe label
 // takes in one agent's life, by default, before the rest count as
@@ -52,6 +52,8 @@ type Metrics struct {
 	lastCrash      prometheus.Gauge
 	storeOps       *prometheus.CounterVec
 	uploadBacklog  prometheus.Gauge
+	quarantined    prometheus.Counter
+	quarantinedNow prometheus.Gauge
 	notifications  *prometheus.CounterVec
 	dedupCluster   prometheus.Gauge
 }
@@ -109,6 +111,14 @@ func New(version string, ebpfLost func() float64) *Metrics {
 		Name: "corecatch_upload_backlog_bytes",
 		Help: "Bytes of bundles waiting in the spool for upload to the object store; 0 with a local store.",
 	})
+	m.quarantined = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "corecatch_bundles_quarantined_total",
+		Help: "Bundles set aside in the outbox after upload.quarantine_after permanent upload failures (the object store refuses them for good); later bundles upload regardless.",
+	})
+	m.quarantinedNow = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "corecatch_upload_quarantined_bundles",
+		Help: "Bundles waiting set aside in the outbox, never uploaded: see their metadata's upload.last_error.",
+	})
 	m.notifications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_notifications_total",
 		Help: "Notification attempts by sink (feishu/NAME, alertmanager) and result: ok, error (retried), rejected, dropped (queue full, or over its byte bounds), muted.",
@@ -124,7 +134,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.crashes, m.fatalSignals, m.coresStored, m.coresDropped, m.coreBytes,
-		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.notifications, m.dedupCluster, info,
+		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.quarantined, m.quarantinedNow, m.notifications, m.dedupCluster, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		register(c)
 	}
@@ -235,6 +245,8 @@ func dropReason(c bundle.Core) string {
 		return "dedup"
 	case bundle.ReasonRateLimit:
 		return "rate_limit"
+	case bundle.ReasonPodPolicy:
+		return "pod_policy"
 	}
 	return "error"
 }
@@ -250,6 +262,12 @@ func (m *Metrics) StoreOp(op string, err error) {
 
 // UploadBacklog sets the bytes of bundles waiting in the outbox.
 func (m *Metrics) UploadBacklog(bytes int64) { m.uploadBacklog.Set(float64(bytes)) }
+
+// BundleQuarantined counts one bundle set aside in the outbox.
+func (m *Metrics) BundleQuarantined(*bundle.Metadata) { m.quarantined.Inc() }
+
+// UploadQuarantined sets how many bundles wait set aside in the outbox.
+func (m *Metrics) UploadQuarantined(n int) { m.quarantinedNow.Set(float64(n)) }
 
 // Signal counts one fatal signal the observer saw, of kind core or fatal,
 // in a container of pod (either may be nil).
@@ -284,12 +302,18 @@ func (m *Metrics) Notification(sink, result string) {
 // notifications wait in each sink's queue, read by pending at each scrape.
 func (m *Metrics) Notifier(sinks, results []string, pending func() map[string]int) {
 	for _, s := range sinks {
-		for _, r := range results {
-			m.notifications.WithLabelValues(s, r)
-		}
+		m.Sink(s, results)
 	}
 	m.Registry.MustRegister(&pendingCollector{pending: pending, desc: prometheus.NewDesc("corecatch_notifications_pending",
 		"Notifications waiting in a sink's queue in the spool: the service is down, refusing, or rate-limiting.", []string{"sink"}, nil)})
+}
+
+// Sink creates the notification counters of one more sink at 0 (the Pod
+// Events, which queue in memory, not in the spool).
+func (m *Metrics) Sink(sink string, results []string) {
+	for _, r := range results {
+		m.notifications.WithLabelValues(sink, r)
+	}
 }
 
 // pendingCollector reads the notification queues' lengths at scrape time.

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -185,6 +186,9 @@ type Options struct {
 	Result func(sink, result string)
 	// Download returns a download URL for a bundle, "" when there is none.
 	Download func(ctx context.Context, id string) string
+	// Pods mutes the crashes of pods whose namespace default or
+	// corecatch.io/notify annotation says so.
+	Pods config.Pods
 }
 
 // Notifier fans crashes and Alertmanager groups out to the sinks.
@@ -273,13 +277,11 @@ func (n *Notifier) Crash(ctx context.Context, m *bundle.Metadata) {
 		return
 	}
 	c := FromBundle(m)
-	for _, mu := range n.cfg.Mute {
-		if c.matches(mu) {
-			for _, s := range n.sinks {
-				n.o.Result(s.name(), ResultMuted)
-			}
-			return
+	if slices.ContainsFunc(n.cfg.Mute, c.matches) || !n.o.Pods.Policy(m.Pod.Scope()).Notify {
+		for _, s := range n.sinks {
+			n.o.Result(s.name(), ResultMuted)
 		}
+		return
 	}
 	// A deduplicated crash's core is its bug's first.
 	if c.DedupOf != "" {

@@ -64,10 +64,11 @@ func crash(i int, exe, signal string) *bundle.Metadata {
 }
 
 // start runs a notifier on spool until the test ends or stop is called.
-func start(t *testing.T, cfg config.Notify, spool string, r *results) (n *Notifier, stop func()) {
+func start(t *testing.T, cfg config.Notify, spool string, r *results, pods ...config.PodDefaults) (n *Notifier, stop func()) {
 	t.Helper()
 	n, err := New(cfg, spool, Options{Version: "test", Result: r.add,
-		Download: func(_ context.Context, id string) string { return "https://bundles.example.com/" + id }})
+		Download: func(_ context.Context, id string) string { return "https://bundles.example.com/" + id },
+		Pods:     config.Pods{Namespaces: pods}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +296,8 @@ func TestBadSecretKeepsCards(t *testing.T) {
 }
 
 // TestRoutesAndMute sends crashes to the bots whose routes match, and
-// none for muted ones.
+// none for muted ones: by notify.mute, by the pod's corecatch.io/notify
+// annotation, or by its namespace's default.
 func TestRoutesAndMute(t *testing.T) {
 	f, err := fakefeishu.Start(fakefeishu.Bot{Token: "pay"}, fakefeishu.Bot{Token: "all"})
 	if err != nil {
@@ -309,12 +311,19 @@ func TestRoutesAndMute(t *testing.T) {
 	}
 	cfg.Mute = []config.Match{{Exe: "flaky*", Signal: "SIGABRT"}}
 	r := &results{}
-	n, _ := start(t, cfg, t.TempDir(), r)
+	off := false
+	n, _ := start(t, cfg, t.TempDir(), r, config.PodDefaults{Namespace: "sandbox-*", Notify: &off})
 	n.Crash(context.Background(), crash(1, "checkout", "SIGSEGV"))
 	other := crash(2, "search", "SIGSEGV")
 	other.Pod.Labels = map[string]string{"team": "search"}
 	n.Crash(context.Background(), other)
 	n.Crash(context.Background(), crash(3, "flaky-test", "SIGABRT"))
+	quiet := crash(4, "quiet", "SIGSEGV")
+	quiet.Pod.Annotations = map[string]string{config.AnnotationNotify: "false"}
+	n.Crash(context.Background(), quiet)
+	sandboxed := crash(5, "toy", "SIGSEGV")
+	sandboxed.Pod.Namespace = "sandbox-7"
+	n.Crash(context.Background(), sandboxed)
 	waitFor(t, 5*time.Second, "three cards", func() bool { return len(f.Accepted()) == 3 })
 	time.Sleep(300 * time.Millisecond)
 	by := map[string][]string{}
@@ -324,7 +333,7 @@ func TestRoutesAndMute(t *testing.T) {
 	if len(by["pay"]) != 1 || !strings.Contains(by["pay"][0], "checkout") || len(by["all"]) != 2 {
 		t.Errorf("cards by bot %v, want checkout to pay, checkout and search to all", by)
 	}
-	if r.get("feishu/pay muted") != 1 {
+	if r.get("feishu/pay muted") != 3 {
 		t.Errorf("muted not counted: %v", r.n)
 	}
 }

@@ -81,9 +81,20 @@ func (s *File) Put(ctx context.Context, id string) (Writer, error) {
 	return &fileWriter{store: s, tmp: tmp, final: filepath.Join(s.root, filepath.FromSlash(final)), lock: lock}, nil
 }
 
-// CleanStale removes temporary bundles left by helpers that died halfway. A
-// helper that is still writing holds its bundle's lock, so it is never
-// disturbed.
+// staleAfter is how old a temporary bundle must be before CleanStale may
+// remove it, whatever its lock says: a helper sets up, locks and publishes
+// its bundle well within it, so no step of a live helper's can be mistaken
+// for a dead one's. A bundle being set up (stagingPrefix: not locked yet)
+// always waits this minute; tests shorten it for the others, which their
+// lock protects on its own.
+var staleAfter = time.Minute
+
+const stagingAfter = time.Minute
+
+// CleanStale removes temporary bundles left by helpers that died halfway:
+// those older than staleAfter whose lock nobody holds. A helper that is
+// still writing holds its bundle's lock until its bundle is renamed into
+// place (Commit), so it is never disturbed.
 func (s *File) CleanStale() error {
 	dir := filepath.Join(s.root, tmpDir)
 	entries, err := os.ReadDir(dir)
@@ -96,12 +107,12 @@ func (s *File) CleanStale() error {
 	var errs []error
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
+		age := staleAfter
 		if strings.HasPrefix(e.Name(), stagingPrefix) {
-			// Being set up by a live helper, unless it has been there
-			// far longer than that takes.
-			if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < time.Minute {
-				continue
-			}
+			age = stagingAfter
+		}
+		if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < age {
+			continue // gone meanwhile, or young: a live helper's
 		}
 		lock, err := os.OpenFile(filepath.Join(p, lockFile), os.O_RDWR, 0)
 		if err == nil {
@@ -346,7 +357,19 @@ func (s *File) Usage(ctx context.Context) (Usage, error) {
 // is kept before older ones, as systemd-coredump does. Helpers of
 // simultaneous crashes share the store, so every deletion happens under the
 // store's retention lock on a fresh look at the store.
+//
+// The rule a new bundle follows, so that it never pushes out a bundle
+// retention would keep: it may take Room, and beyond it only the room of
+// the oldest bundles, which are exactly the ones retention deletes first
+// once the new bundle is published (Vacuum after Commit). Nothing is
+// reserved in advance: what a bundle charges is what it has written (its
+// compressed core, its captured files' data bytes, never their holes), so
+// an estimate never deletes a bundle that the published bundle would have
+// left room for. The captured files' total is bounded besides, by
+// collect.max_files_total_bytes. A Space is safe for concurrent use: the
+// core stream and the capture of files share one.
 type Space struct {
+	mu     sync.Mutex
 	store  *File
 	r      Retention
 	keep   string
@@ -389,6 +412,8 @@ func (sp *Space) refresh(ctx context.Context) error {
 // locked runs fn under the store's retention lock, on a fresh look at the
 // store.
 func (sp *Space) locked(ctx context.Context, fn func() error) error {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
 	if err := os.MkdirAll(sp.store.root, 0o700); err != nil {
 		return err
 	}
@@ -409,12 +434,32 @@ func (sp *Space) locked(ctx context.Context, fn func() error) error {
 // Room returns how many bytes the new bundle may take in all, or -1 when
 // no bound applies.
 func (sp *Space) Room() int64 {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
 	room := int64(-1)
 	if sp.r.MaxUse > 0 {
 		room = max(sp.r.MaxUse-sp.bytes, 0)
 	}
 	if sp.free >= 0 && sp.r.KeepFree > 0 {
 		if free := max(sp.free-sp.r.KeepFree, 0); room < 0 || free < room {
+			room = free
+		}
+	}
+	return room
+}
+
+// MaxRoom is Room once every older bundle is deleted: the most the new
+// bundle can ever take, or -1 when no bound applies. A bundle that would
+// not fit even then deletes nothing for its next bytes.
+func (sp *Space) MaxRoom() int64 {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	room := int64(-1)
+	if sp.r.MaxUse > 0 {
+		room = sp.r.MaxUse
+	}
+	if sp.free >= 0 && sp.r.KeepFree > 0 {
+		if free := max(sp.free+sp.bytes-sp.r.KeepFree, 0); room < 0 || free < room {
 			room = free
 		}
 	}
@@ -526,6 +571,10 @@ func (w *fileWriter) Create(name string) (io.WriteCloser, error) {
 	return f, nil
 }
 
+// KeepsHoles reports that the files Create returns can seek past holes and
+// be truncated to their length, so a sparse file's copy stays sparse.
+func (w *fileWriter) KeepsHoles() bool { return true }
+
 // Commit writes metadata.json, fsyncs every file and directory of the
 // bundle, and renames it into place: a crash at any point leaves either no
 // bundle or a whole one.
@@ -571,11 +620,16 @@ func (w *fileWriter) Commit(ctx context.Context, m *bundle.Metadata) error {
 	if err := os.MkdirAll(filepath.Dir(w.final), 0o700); err != nil {
 		return fmt.Errorf("publish bundle: %w", err)
 	}
-	os.Remove(filepath.Join(w.tmp, lockFile))
+	// Rename while the lock is held, and only then drop it: until the
+	// rename a concurrent CleanStale finds the lock taken, and after it
+	// nothing is left under .tmp to clean. (Unlinking the lock first let a
+	// cleaner take the bundle for a dead helper's and delete it as it was
+	// published.)
 	if err := os.Rename(w.tmp, w.final); err != nil {
 		return fmt.Errorf("publish bundle %s: %w", w.final, err)
 	}
 	w.done = true
+	os.Remove(filepath.Join(w.final, lockFile))
 	w.lock.Close()
 	// Make the rename itself durable.
 	return syncPath(filepath.Dir(w.final))

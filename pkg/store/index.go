@@ -65,9 +65,6 @@ const (
 	// entry: the writes in flight, and the writers that died between the
 	// metadata and the entry.
 	fallbackWindow = 2 * time.Hour
-	// maxKeyBytes is S3's limit on a key; an entry whose fields do not fit
-	// keeps them in its body.
-	maxKeyBytes = 1024
 	// maxSegmentBytes bounds what a reader takes of one segment, packed
 	// or unpacked (about 200,000 crashes in one hour).
 	maxSegmentBytes = 64 << 20
@@ -218,8 +215,8 @@ func decodeEntry(line string) (entry, error) {
 func hourOf(t time.Time) string { return t.UTC().Format(hourLayout) }
 
 // entryKey is where an entry written in hour lives; an entry whose
-// fields make the key too long keeps only its id, version and flags in
-// the key, and the rest in its body.
+// fields make the key longer than maxKeyBytes keeps only its id, version
+// and flags in the key, and the rest in its body.
 func (s *S3) entryKey(hour string, e entry) string {
 	key := s.root() + entryDir + hour + "/" + e.encode()
 	if len(key) <= maxKeyBytes {

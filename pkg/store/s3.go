@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -148,8 +149,39 @@ func (s *S3) root() string {
 	return s.prefix + "/"
 }
 
-// key returns the object key of one file of a bundle.
-func (s *S3) key(id, name string) string { return s.root() + id + "/" + name }
+// maxKeyBytes is S3's (and OBS's) longest object key.
+const maxKeyBytes = 1024
+
+// longDir holds, within a bundle's keys, the files whose names cannot be
+// keys as they are. No other file of a bundle is named under it.
+const longDir = "long/"
+
+// key returns the object key of one file of a bundle. Names come from the
+// crasher (its mapped paths): one that would make a key longer than S3
+// allows, or that holds control characters (which S3's XML listings cannot
+// carry, breaking ls for the whole bucket), becomes
+// long/<sha256 of the name>-<its base name, cut>: bounded, and the same for
+// every reader, since Open maps the name the same way. Metadata keeps the
+// real path (files[].stored), and pull puts the file back there.
+func (s *S3) key(id, name string) string {
+	k := s.root() + id + "/" + name
+	if len(k) <= maxKeyBytes && !strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return k
+	}
+	sum := sha256.Sum256([]byte(name))
+	base := []rune(strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '_'
+		}
+		return r
+	}, path.Base(name)))
+	return s.root() + id + "/" + longDir + hex.EncodeToString(sum[:16]) + "-" + string(base[:min(len(base), 48)])
+}
+
+// ErrRejected marks what the object store refused for reasons of the
+// bundle itself (a key or an object it never accepts): unlike a network or
+// credentials error, a retry cannot help.
+var ErrRejected = errors.New("refused by the object store for good")
 
 // checkName validates a bundle id and a file name before they make a key.
 func checkName(id, name string) error {
@@ -171,6 +203,8 @@ func (s *S3) wrap(what string, err error) error {
 	switch minio.ToErrorResponse(err).Code {
 	case minio.NoSuchBucket:
 		return fmt.Errorf("%s in %s: %w (create the bucket, or fix the store URL)", what, s, err)
+	case "KeyTooLongError", "InvalidArgument", "EntityTooLarge", "InvalidObjectName", "MetadataTooLarge":
+		return fmt.Errorf("%s in %s: %w: %w", what, s, ErrRejected, err)
 	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch":
 		return fmt.Errorf("%s in %s: %w (check the credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, s3.credentials_file, s3.sts)", what, s, err)
 	}

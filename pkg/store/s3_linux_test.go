@@ -302,3 +302,42 @@ func TestETagHash(t *testing.T) {
 		t.Errorf("direct streaming parts of %d bytes cannot hold a 500 GB core", DirectPartSize)
 	}
 }
+
+// TestS3KeysAreBounded uploads files named as a hostile crasher can name
+// them (a path past S3's 1024-byte keys, control characters): each lands
+// under a bounded key in long/, reads back through its real name, and the
+// names that fit keep their keys.
+func TestS3KeysAreBounded(t *testing.T) {
+	s3, srv := newS3(t, "cores/node-a")
+	local := newStore(t)
+	long := "sysroot"
+	for i := range 6 {
+		long += "/" + strings.Repeat(string(rune('a'+i)), 200)
+	}
+	odd := "sysroot/lib/evil\n\x1b[31m.so"
+	m := write(t, local, day0, map[string][]byte{long: []byte("long"), odd: []byte("odd"), "sysroot/usr/lib/libc.so.6": []byte("libc")})
+	dir, _ := local.BundleDir(m.ID)
+	if err := s3.Upload(ctx, dir, m.ID); err != nil {
+		t.Fatalf("upload a bundle with a %d-byte name: %v", len(long), err)
+	}
+	for name, want := range map[string]string{long: "long", odd: "odd", "sysroot/usr/lib/libc.so.6": "libc"} {
+		if got := readAll(t, s3, m.ID, name); string(got) != want {
+			t.Errorf("%.40q: %q back, want %q", name, got, want)
+		}
+	}
+	var inLong int
+	for _, k := range srv.Keys(t, "cores/node-a/") {
+		if len(k) > maxKeyBytes || strings.ContainsAny(k, "\n\x1b") {
+			t.Errorf("unsafe key %.80q (%d bytes)", k, len(k))
+		}
+		if strings.HasPrefix(k, "cores/node-a/"+m.ID+"/"+longDir) {
+			inLong++
+		}
+	}
+	if inLong != 2 {
+		t.Errorf("%d keys under %s; want the long and the odd name's", inLong, longDir)
+	}
+	if got := s3.key(m.ID, "sysroot/usr/lib/libc.so.6"); got != "cores/node-a/"+m.ID+"/sysroot/usr/lib/libc.so.6" {
+		t.Errorf("a name that fits became %q", got)
+	}
+}

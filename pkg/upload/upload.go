@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"time"
 
 	"go.uber.org/zap"
@@ -48,12 +49,41 @@ type Options struct {
 	// OnBacklog is called with the bytes waiting in the outbox after
 	// each change.
 	OnBacklog func(bytes int64)
+	// QuarantineAfter is how many permanent failures (see Permanent) set
+	// a bundle aside (upload.quarantine_after; at least 1).
+	// RetryQuarantined tries bundles set aside again, as if they had never
+	// failed.
+	QuarantineAfter  int
+	RetryQuarantined bool
+	// OnQuarantine is called when a bundle is set aside, and OnQuarantined
+	// with how many wait set aside in the outbox after each whole pass.
+	OnQuarantine  func(m *bundle.Metadata)
+	OnQuarantined func(n int)
 }
+
+// Permanent reports whether an upload failed for reasons of the bundle
+// itself, which no retry changes: the object store refused it for good
+// (store.ErrRejected: a key or object it never accepts), or a file of the
+// local copy cannot be read. Anything else (the network, the service,
+// credentials) is the store's and affects every bundle alike.
+func Permanent(err error) bool {
+	var pe *fs.PathError
+	return errors.Is(err, store.ErrRejected) || errors.Is(err, errUnreadable) || errors.As(err, &pe)
+}
+
+// errUnreadable marks a bundle of the outbox whose metadata cannot be read.
+var errUnreadable = errors.New("unreadable bundle")
+
+// errQuarantined is what one returns for a bundle set aside.
+var errQuarantined = errors.New("quarantined")
 
 // Uploader empties the outbox into the remote store.
 type Uploader struct {
 	o    Options
 	kick chan struct{}
+	// quarantined holds the bundles set aside for unreadable metadata,
+	// which cannot record it themselves (Drain runs in one goroutine).
+	quarantined map[string]bool
 }
 
 // New prepares an uploader; Run or Drain do the work.
@@ -64,6 +94,13 @@ func New(o Options) *Uploader {
 	if o.OnBacklog == nil {
 		o.OnBacklog = func(int64) {}
 	}
+	if o.OnQuarantine == nil {
+		o.OnQuarantine = func(*bundle.Metadata) {}
+	}
+	if o.OnQuarantined == nil {
+		o.OnQuarantined = func(int) {}
+	}
+	o.QuarantineAfter = max(o.QuarantineAfter, 1)
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = time.Second
 	}
@@ -85,22 +122,38 @@ func (u *Uploader) Kick() {
 	}
 }
 
-// Drain uploads every bundle in the outbox, oldest first, and stops at the
-// first failure (the remote store is likely down: the next bundle would
-// fail too). It returns how many it uploaded.
+// Drain uploads every bundle in the outbox, oldest first. It stops at the
+// first failure that is the remote store's (it is likely down: the next
+// bundle would fail too); a bundle that fails for reasons of its own
+// (Permanent) is counted in its metadata and passed over, so later
+// bundles upload regardless, and after QuarantineAfter such failures it
+// is set aside. It returns how many it uploaded, and the failures.
 func (u *Uploader) Drain(ctx context.Context) (int, error) {
 	ids, err := u.o.Outbox.IDs()
 	if err != nil {
 		return 0, fmt.Errorf("read the outbox %s: %w", u.o.Outbox.Root(), err)
 	}
 	defer u.backlog(ctx)
-	for i, id := range ids {
-		if err := u.one(ctx, id); err != nil {
-			return i, err
+	uploaded, quarantined := 0, 0
+	var errs []error
+	for _, id := range ids {
+		err := u.one(ctx, id)
+		switch {
+		case err == nil:
+			uploaded++
+			u.backlog(ctx)
+		case errors.Is(err, errQuarantined):
+			quarantined++
+		case Permanent(err):
+			errs = append(errs, err)
+		default:
+			// A pass cut short has not seen every bundle set aside: the
+			// count waits for a whole pass.
+			return uploaded, errors.Join(append(errs, err)...)
 		}
-		u.backlog(ctx)
 	}
-	return len(ids), nil
+	u.o.OnQuarantined(quarantined)
+	return uploaded, errors.Join(errs...)
 }
 
 // one uploads a bundle and deletes its local copy.
@@ -110,7 +163,20 @@ func (u *Uploader) one(ctx context.Context, id string) error {
 		return nil // deleted by the outbox's quota meanwhile
 	}
 	if err != nil {
-		return err
+		// Nothing to count the failure in: a bundle whose metadata
+		// cannot be read is set aside at once.
+		if u.quarantined == nil {
+			u.quarantined = map[string]bool{}
+		}
+		if !u.quarantined[id] {
+			u.quarantined[id] = true
+			u.o.Log.Warn("bundle set aside: its metadata cannot be read", zap.String("id", id), zap.Error(err))
+			u.o.OnQuarantine(&bundle.Metadata{ID: id})
+		}
+		return fmt.Errorf("%w: %w: %w", errQuarantined, errUnreadable, err)
+	}
+	if m.Upload != nil && m.Upload.Quarantined && !u.o.RetryQuarantined {
+		return errQuarantined
 	}
 	if m.Analysis != nil && m.Analysis.Pending {
 		return nil // the agent amends it once gdb is done, then kicks again
@@ -126,11 +192,43 @@ func (u *Uploader) one(ctx context.Context, id string) error {
 	}
 	u.o.OnUpload(m, err)
 	if err != nil {
-		return fmt.Errorf("upload bundle %s to %s: %w", id, u.o.Remote, err)
+		err = fmt.Errorf("upload bundle %s to %s: %w", id, u.o.Remote, err)
+		return u.failed(ctx, id, err)
 	}
 	u.o.Log.Info("bundle uploaded", zap.String("id", id), zap.String("store", u.o.Remote.String()),
 		zap.Int64("core_bytes", m.Core.StoredBytes), zap.Duration("took", time.Since(start)))
 	return nil
+}
+
+// failed counts a failed upload in the bundle's metadata (so that the count
+// survives restarts), sets the bundle aside after QuarantineAfter permanent
+// failures, and returns err.
+func (u *Uploader) failed(ctx context.Context, id string, err error) error {
+	var set *bundle.Metadata
+	uerr := u.o.Outbox.Update(ctx, id, func(m *bundle.Metadata) error {
+		if m.Upload == nil || (u.o.RetryQuarantined && m.Upload.Quarantined) {
+			m.Upload = &bundle.Upload{}
+		}
+		m.Upload.Failures++
+		m.Upload.LastError = err.Error()
+		if Permanent(err) {
+			m.Upload.Permanent++
+			if m.Upload.Permanent >= u.o.QuarantineAfter && !m.Upload.Quarantined {
+				m.Upload.Quarantined, set = true, m
+			}
+		}
+		return nil
+	})
+	if uerr != nil && !errors.Is(uerr, store.ErrNotFound) {
+		u.o.Log.Warn("count a failed upload", zap.String("id", id), zap.Error(uerr))
+	}
+	if set != nil {
+		u.o.Log.Warn("bundle set aside after permanent upload failures; later bundles upload regardless",
+			zap.String("id", id), zap.Int("failures", set.Upload.Permanent), zap.Error(err))
+		u.o.OnQuarantine(set)
+		return fmt.Errorf("%w: %w", errQuarantined, err)
+	}
+	return err
 }
 
 // backlog reports what waits in the outbox.

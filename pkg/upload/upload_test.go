@@ -3,7 +3,9 @@ package upload
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -106,5 +108,65 @@ func TestRunRetriesUntilTheRemoteIsBack(t *testing.T) {
 	}
 	if len(backlog) == 0 || backlog[len(backlog)-1] != 0 || backlog[0] == 0 {
 		t.Errorf("backlog reports %v: want bytes first, 0 last", backlog)
+	}
+}
+
+// rejectingRemote refuses one bundle for good, as S3 refuses a key over
+// 1024 bytes, and takes the others.
+type rejectingRemote struct {
+	fakeRemote
+	bad string
+}
+
+func (r *rejectingRemote) Upload(ctx context.Context, dir, id string) error {
+	if id == r.bad {
+		return fmt.Errorf("upload %s: %w: KeyTooLongError", id, store.ErrRejected)
+	}
+	return r.fakeRemote.Upload(ctx, dir, id)
+}
+
+// TestPermanentFailureDoesNotBlock: a bundle the remote refuses for good is
+// counted in its metadata and passed over, later bundles upload in the same
+// pass, and after QuarantineAfter refusals it is set aside and no longer
+// tried (nor does it make the pass fail) until RetryQuarantined.
+func TestPermanentFailureDoesNotBlock(t *testing.T) {
+	ctx := context.Background()
+	outbox := store.NewFile(filepath.Join(t.TempDir(), OutboxDir))
+	day := time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC)
+	bad := spool(t, outbox, day)
+	remote := &rejectingRemote{bad: bad}
+	var set []string
+	var waiting int
+	u := New(Options{Outbox: outbox, Remote: remote, Log: zap.NewNop(), QuarantineAfter: 2,
+		OnQuarantine:  func(m *bundle.Metadata) { set = append(set, m.ID) },
+		OnQuarantined: func(n int) { waiting = n }})
+	for pass := 1; pass <= 3; pass++ {
+		later := spool(t, outbox, day.Add(time.Duration(pass)*time.Hour))
+		n, err := u.Drain(ctx)
+		if n != 1 || remote.got[len(remote.got)-1] != later {
+			t.Fatalf("pass %d: uploaded %d (%q); want the later bundle %s", pass, n, remote.got, later)
+		}
+		m, gerr := outbox.Get(ctx, bad)
+		if gerr != nil {
+			t.Fatal(gerr)
+		}
+		switch pass {
+		case 1:
+			if !Permanent(err) || m.Upload == nil || m.Upload.Permanent != 1 || m.Upload.Quarantined || !strings.Contains(m.Upload.LastError, "KeyTooLongError") {
+				t.Errorf("pass 1: err %v, upload record %+v; want one permanent failure counted", err, m.Upload)
+			}
+		case 2, 3:
+			if err != nil || !m.Upload.Quarantined || m.Upload.Permanent != 2 || len(set) != 1 || waiting != 1 {
+				t.Errorf("pass %d: err %v, record %+v, set aside %q, %d waiting; want it set aside once, after 2 refusals", pass, err, m.Upload, set, waiting)
+			}
+		}
+	}
+	// Retried on request: refused again, counted afresh.
+	retry := New(Options{Outbox: outbox, Remote: remote, Log: zap.NewNop(), QuarantineAfter: 2, RetryQuarantined: true})
+	if _, err := retry.Drain(ctx); !Permanent(err) {
+		t.Errorf("retry: %v, want the refusal", err)
+	}
+	if m, _ := outbox.Get(ctx, bad); m.Upload.Quarantined || m.Upload.Permanent != 1 {
+		t.Errorf("after a retry: %+v; want one fresh refusal, not set aside", m.Upload)
 	}
 }

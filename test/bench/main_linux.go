@@ -42,7 +42,7 @@ func main() {
 	size := flag.Int("size", 1024, "MiB the crasher maps (bigcrash.c argument)")
 	runs := flag.Int("runs", 3, "crashes per helper; the median is reported")
 	shared := flag.String("shared", filepath.Join(harness.RepoRoot(), "..", "shared"), "the shared/ directory with bench/bigcrash.c and bench/seed_helper.sh")
-	only := flag.String("only", "", "run one part: collect, observer, freeze, storm, upload, pull or list")
+	only := flag.String("only", "", "run one part: collect, observer, freeze, storm, upload, pull, hostile or list")
 	uploadSize := flag.Int("upload-size", 2048, "MiB of the bundle whose upload is measured")
 	pullSize := flag.Int("pull-size", 2048, "MiB of the core.zst whose pull is measured")
 	crashes := flag.Int("freeze-crashes", 50, "crashes whose freeze latency is measured")
@@ -101,6 +101,11 @@ func run(size, runs int, shared, only string, storm, burst, crashes, uploadSize,
 	if only == "" || only == "storm" {
 		if err := benchStorm(dir, bin, 300, 10*time.Second, 16); err != nil {
 			return fmt.Errorf("storm: %w", err)
+		}
+	}
+	if only == "" || only == "hostile" {
+		if err := benchHostile(dir, bin); err != nil {
+			return fmt.Errorf("hostile: %w", err)
 		}
 	}
 	if only == "" || only == "upload" {

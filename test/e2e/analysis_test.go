@@ -174,3 +174,70 @@ func TestDedupTwoBugs(t *testing.T) {
 		}
 	}
 }
+
+// TestGDBUnprivileged: the agent's gdb, which parses the crashed
+// container's files, runs as nobody, with no capabilities left to use or
+// regain and no_new_privs, reading the bundle it was handed, and still
+// unwinds the crash right. The agent runs with the chart's capabilities
+// only, as in its pod. A wrapper in gdb's place records the status of the
+// process gdb then becomes.
+func TestGDBUnprivileged(t *testing.T) {
+	dir, err := os.MkdirTemp("", "ccgdbpriv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// The wrapper runs as nobody: it must be able to write its record.
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	gdb, err := exec.LookPath("gdb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := filepath.Join(dir, "status")
+	wrapper := filepath.Join(dir, "gdb")
+	script := fmt.Sprintf("#!/bin/sh\ncat /proc/self/status > %s\nexec %s \"$@\"\n", record, gdb)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := harness.DecodeManifests(harness.RenderChart(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bounding := "-all"
+	for _, c := range m.DaemonSet().Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add {
+		bounding += ",+" + strings.ToLower(string(c))
+	}
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccgdbpriv-%d.sock", os.Getpid()))
+	n := harness.Install(t, "socket: "+socket+"\nanalysis:\n  gdb: "+wrapper+"\n")
+	t.Cleanup(func() { os.Remove(socket) })
+	runAgent(t, exec.Command("setpriv", "--bounding-set="+bounding, "--inh-caps=-all", "--",
+		n.Bin, "--config", n.Config, "agent", "--listen", "127.0.0.1:0"), socket)
+	exe := buildSignals(t, n.Dir)
+	cmd := exec.Command(exe, "segv", "--threads")
+	n.Crash(cmd)
+	b := n.WaitAnalyzed(cmd.Process.Pid)
+	if b.Analysis == nil || b.Analysis.Unwinder != "gdb" || len(b.Backtrace) == 0 || b.Backtrace[0].Function != "crash_segv" ||
+		!strings.HasSuffix(b.Backtrace[0].File, "signals.c") || len(b.Analysis.Threads) != 4 {
+		t.Fatalf("analysis %+v, backtrace %+v: want gdb's, crash_segv in signals.c first, 4 threads", b.Analysis, b.Backtrace)
+	}
+	status, err := os.ReadFile(record)
+	if err != nil {
+		t.Fatalf("the gdb wrapper left no record: %v", err)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			got[k] = strings.Join(strings.Fields(v), " ")
+		}
+	}
+	zero := "0000000000000000"
+	for k, want := range map[string]string{"Uid": "65534 65534 65534 65534", "Gid": "65534 65534 65534 65534", "Groups": "",
+		"CapInh": zero, "CapPrm": zero, "CapEff": zero, "CapBnd": zero, "CapAmb": zero, "NoNewPrivs": "1"} {
+		if got[k] != want {
+			t.Errorf("gdb's %s: %q, want %q", k, got[k], want)
+		}
+	}
+	t.Logf("%s: %d threads; the agent with %s, gdb as uid 65534 without capabilities, no_new_privs", b.Title, len(b.Analysis.Threads), bounding)
+}

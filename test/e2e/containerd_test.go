@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -87,7 +85,7 @@ func startContainerd(t *testing.T, config string) *containerd {
 			data, _ := os.ReadFile(a)
 			os.Remove(strings.TrimPrefix(strings.TrimSpace(string(data)), "unix://"))
 		}
-		unmountUnder(dir)
+		harness.UnmountUnder(dir)
 		os.RemoveAll(dir)
 		for _, p := range created {
 			rmdirs(p) // only empty directories: never what others still use
@@ -265,30 +263,6 @@ func pidsWithArgs(flag, value string) []int {
 		}
 	}
 	return pids
-}
-
-// unmountUnder detaches every mount at or below dir, deepest first: the
-// rootfs and shm mounts of containers that were never deleted.
-func unmountUnder(dir string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	var points []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if fields := strings.Fields(sc.Text()); len(fields) > 4 {
-			// Mount points are octal-escaped; a temporary directory's need not.
-			if p := fields[4]; p == dir || strings.HasPrefix(p, dir+"/") {
-				points = append(points, p)
-			}
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(points)))
-	for _, p := range points {
-		unix.Unmount(p, unix.MNT_DETACH)
-	}
 }
 
 // busyboxRoot makes a root filesystem of static busybox (/bin/sh,

@@ -1,18 +1,13 @@
 package e2e
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,6 +19,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/test/harness"
 )
 
@@ -130,66 +126,13 @@ func (c *cri) ready() error {
 // (k8s.io) with ctr.
 func (c *cri) importImage(t *testing.T, rootfs, ref string, entrypoint ...string) {
 	t.Helper()
-	var layer bytes.Buffer
-	lw := tar.NewWriter(&layer)
-	if err := lw.AddFS(os.DirFS(rootfs)); err != nil {
-		t.Fatalf("tar %s: %v", rootfs, err)
-	}
-	if err := lw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	var archive bytes.Buffer
-	aw := tar.NewWriter(&archive)
-	blob := func(mediaType string, data []byte) map[string]any {
-		digest := fmt.Sprintf("sha256:%x", sha256.Sum256(data))
-		tarFile(t, aw, "blobs/sha256/"+strings.TrimPrefix(digest, "sha256:"), data)
-		return map[string]any{"mediaType": mediaType, "digest": digest, "size": len(data)}
-	}
-	layerDesc := blob("application/vnd.oci.image.layer.v1.tar", layer.Bytes())
-	config := blob("application/vnd.oci.image.config.v1+json", jsonBytes(t, map[string]any{
-		"architecture": runtime.GOARCH, "os": "linux",
-		"config": map[string]any{"Entrypoint": entrypoint},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []any{layerDesc["digest"]}},
-	}))
-	manifest := blob("application/vnd.oci.image.manifest.v1+json", jsonBytes(t, map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-		"config": config, "layers": []any{layerDesc},
-	}))
-	// containerd names the image by this annotation, whole.
-	manifest["annotations"] = map[string]string{"io.containerd.image.name": ref}
-	tarFile(t, aw, "index.json", jsonBytes(t, map[string]any{"schemaVersion": 2, "manifests": []any{manifest}}))
-	tarFile(t, aw, "oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`))
-	if err := aw.Close(); err != nil {
-		t.Fatal(err)
-	}
 	file := rootfs + ".oci.tar"
-	if err := os.WriteFile(file, archive.Bytes(), 0o644); err != nil {
+	if err := harness.WriteOCIArchive(file, rootfs, ref, entrypoint, nil); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := c.try("-n", "k8s.io", "images", "import", file); err != nil {
 		t.Fatalf("ctr images import %s: %v\n%s", file, err, out)
 	}
-}
-
-// tarFile writes one regular file into a tar archive.
-func tarFile(t *testing.T, w *tar.Writer, name string, data []byte) {
-	t.Helper()
-	if err := w.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(data); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// jsonBytes marshals a piece of the image archive.
-func jsonBytes(t *testing.T, v any) []byte {
-	t.Helper()
-	data, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 // criPod is a pod of one container, "app", made through the CRI as kubelet
@@ -198,6 +141,7 @@ func jsonBytes(t *testing.T, v any) []byte {
 type criPod struct {
 	name, namespace, uid string
 	labels               map[string]string // the pod's own labels
+	annotations          map[string]string // its corecatch.io/ annotations
 	sandbox, container   string
 	cgroup               string // the container's cgroup path
 	log                  string // the container's log on the host
@@ -205,21 +149,35 @@ type criPod struct {
 	pid                  int    // the container's shell, then the crasher
 }
 
-// runPod runs a pod with the given labels (besides kubelet's own) through
-// the CRI, with its cgroup under /kubepods/burstable and the host's
-// network, waits until its container runs and has said hello, and returns
+// runPod runs a pod with the given labels (besides kubelet's own) and
+// annotations (kubelet passes a pod's to its sandbox) through the CRI,
+// with its cgroup under /kubepods/burstable and the host's network, waits until its container runs and has said hello, and returns
 // it. The test's cleanup stops and removes it through the CRI, restarting
 // containerd if the test stopped it, and removes its cgroups.
-func (c *cri) runPod(t *testing.T, dir, name, namespace string, labels map[string]string) *criPod {
+func (c *cri) runPod(t *testing.T, dir, name, namespace string, labels, annotations map[string]string) *criPod {
 	t.Helper()
-	return c.runPodExec(t, dir, name, namespace, labels, "/lim_mem 1 fill")
+	return c.runPodWith(t, dir, name, namespace, labels, annotations, "/lim_mem 1 fill")
 }
 
 // runPodExec is runPod whose container execs program (a shell command
 // line) once released, with the given mounts besides its trigger.
 func (c *cri) runPodExec(t *testing.T, dir, name, namespace string, labels map[string]string, program string, mounts ...*runtimeapi.Mount) *criPod {
 	t.Helper()
+	return c.runPodWith(t, dir, name, namespace, labels, nil, program, mounts...)
+}
+
+// runPodWith is runPodExec with the pod's annotations.
+func (c *cri) runPodWith(t *testing.T, dir, name, namespace string, labels, annotations map[string]string, program string, mounts ...*runtimeapi.Mount) *criPod {
+	t.Helper()
 	p := &criPod{name: name, namespace: namespace, uid: newUID(t), labels: labels}
+	for k, v := range annotations {
+		if strings.HasPrefix(k, "corecatch.io/") {
+			if p.annotations == nil {
+				p.annotations = map[string]string{}
+			}
+			p.annotations[k] = v
+		}
+	}
 	dir = filepath.Join(dir, namespace+"_"+name+"_"+p.uid) // kubelet's /var/log/pods/<ns>_<name>_<uid>
 	trigger := filepath.Join(dir, "trigger")
 	if err := os.MkdirAll(trigger, 0o755); err != nil {
@@ -279,6 +237,7 @@ func (c *cri) runPodExec(t *testing.T, dir, name, namespace string, labels map[s
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: p.uid},
 		LogDirectory: dir,
 		Labels:       sandboxLabels,
+		Annotations:  annotations,
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
 			CgroupParent:    parent,
 			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: namespaces},
@@ -374,7 +333,7 @@ func criNode(t *testing.T) (*harness.Node, *cri) {
 // checkPod checks the pod section of a bundle against the pod.
 func checkPod(t *testing.T, m *bundle.Metadata, p *criPod) {
 	t.Helper()
-	want := bundle.Pod{Name: p.name, Namespace: p.namespace, UID: p.uid, Labels: p.labels}
+	want := bundle.Pod{Name: p.name, Namespace: p.namespace, UID: p.uid, Labels: p.labels, Annotations: p.annotations}
 	if len(want.Labels) == 0 {
 		want.Labels = nil
 	}
@@ -390,7 +349,7 @@ func checkPod(t *testing.T, m *bundle.Metadata, p *criPod) {
 func TestIdentityCRI(t *testing.T) {
 	n, c := criNode(t)
 	p := c.runPod(t, n.Dir, "checkout-5d8f7c9b4d-x7k2p", "shop",
-		map[string]string{"app": "checkout", "pod-template-hash": "5d8f7c9b4d"})
+		map[string]string{"app": "checkout", "pod-template-hash": "5d8f7c9b4d"}, nil)
 	m := p.crash(t, n)
 
 	if m.IdentitySource != bundle.IdentityCRI {
@@ -418,8 +377,8 @@ func TestIdentitySameNameTwoNamespaces(t *testing.T) {
 	n, c := criNode(t)
 	labels := map[string]string{"app": "api", "pod-template-hash": "7c9d8b6f5c"}
 	pods := []*criPod{
-		c.runPod(t, n.Dir, "api-7c9d8b6f5c-q2w4z", "team-a", labels),
-		c.runPod(t, n.Dir, "api-7c9d8b6f5c-q2w4z", "team-b", labels),
+		c.runPod(t, n.Dir, "api-7c9d8b6f5c-q2w4z", "team-a", labels, nil),
+		c.runPod(t, n.Dir, "api-7c9d8b6f5c-q2w4z", "team-b", labels, nil),
 	}
 	for _, p := range pods {
 		m := p.crash(t, n)
@@ -436,7 +395,7 @@ func TestIdentitySameNameTwoNamespaces(t *testing.T) {
 func TestIdentityRuntimeGone(t *testing.T) {
 	n, c := criNode(t)
 	p := c.runPod(t, n.Dir, "worker-6b8d9c7f4b-m5n8r", "batch",
-		map[string]string{"app": "worker", "pod-template-hash": "6b8d9c7f4b"})
+		map[string]string{"app": "worker", "pod-template-hash": "6b8d9c7f4b"}, nil)
 	c.stop()
 	if err := syscall.Kill(p.pid, 0); err != nil {
 		t.Fatalf("the container's shell %d did not outlive containerd: %v", p.pid, err)
@@ -451,5 +410,49 @@ func TestIdentityRuntimeGone(t *testing.T) {
 	}
 	if m.Pod == nil || m.Pod.UID != p.uid {
 		t.Errorf("pod %+v, want uid %s", m.Pod, p.uid)
+	}
+}
+
+// TestPodAnnotations crashes pods that chose through annotations (and a
+// namespace through pods.namespaces) what corecatch does, with the agent
+// running: corecatch.io/collect "false" keeps metadata and the backtrace
+// but no core, also by its namespace's default, which an annotation
+// overrides; corecatch.io/freeze "false" leaves the container running
+// while its core streams.
+func TestPodAnnotations(t *testing.T) {
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccann-%d.sock", os.Getpid()))
+	n := harness.Install(t, "socket: "+socket+"\n")
+	t.Cleanup(func() { os.Remove(socket) })
+	c := startCRI(t, n.Dir)
+	limReconfigure(t, n, "socket: "+socket+"\nidentity:\n  cri_endpoint: unix://"+c.addr+
+		"\npods:\n  namespaces:\n  - namespace: \"vault-*\"\n    collect: false\n")
+	startAgent(t, n, socket)
+	labels := map[string]string{"app": "keys", "pod-template-hash": "6f7d9c8b5d"}
+	for _, tc := range []struct {
+		namespace   string
+		annotations map[string]string
+		core        bool // kept
+		frozen      bool
+	}{
+		{"payments", map[string]string{config.AnnotationCollect: "false", "other.io/x": "y"}, false, true},
+		{"vault-eu", nil, false, true},
+		{"vault-us", map[string]string{config.AnnotationCollect: "true"}, true, true},
+		{"cache", map[string]string{config.AnnotationFreeze: "false"}, true, false},
+	} {
+		p := c.runPod(t, n.Dir, "keys-6f7d9c8b5d-z9x8c", tc.namespace, labels, tc.annotations)
+		m := p.crash(t, n)
+		checkPod(t, m, p)
+		_, err := os.Stat(filepath.Join(n.BundleDir(m.ID), bundle.CoreFile))
+		if kept := err == nil; kept != tc.core || (tc.core != (m.Core.TruncateReason != bundle.ReasonPodPolicy)) {
+			t.Errorf("%s %v: core kept %v (truncate_reason %q), want %v", tc.namespace, tc.annotations, kept, m.Core.TruncateReason, tc.core)
+		}
+		if m.Title == "" || len(m.Backtrace) == 0 {
+			t.Errorf("%s: no title or backtrace (%q, %d frames): the metadata must stay whole without the core", tc.namespace, m.Title, len(m.Backtrace))
+		}
+		if m.Freeze == nil || m.Freeze.Frozen != tc.frozen {
+			t.Errorf("%s %v: freeze %+v, want frozen %v", tc.namespace, tc.annotations, m.Freeze, tc.frozen)
+		} else if !tc.frozen && !strings.Contains(m.Freeze.Reason, config.AnnotationFreeze) {
+			t.Errorf("%s: freeze reason %q does not name the annotation", tc.namespace, m.Freeze.Reason)
+		}
 	}
 }

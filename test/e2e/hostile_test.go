@@ -15,6 +15,7 @@ import (
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/test/harness"
+	"github.com/corecatch/corecatch/test/hostile"
 )
 
 // TestHostileDeletedExe crashes a process whose executable was deleted
@@ -227,5 +228,40 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.WriteFile(to, data, 0o755); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHostileSymbolTables crashes a program whose own executable carries a
+// symbol table crafted to exhaust whoever reads it (a 16 KiB zstd table
+// that inflates to 512 MiB, a 1 MiB zlib one that inflates to 1 GiB, one
+// whose every name is 512 KiB long): the helper still stores the whole
+// core, the crashing frame is unnamed, and analysis.warnings says why.
+func TestHostileSymbolTables(t *testing.T) {
+	// One build-id and signature for the three: keep every core.
+	n := harness.Install(t, "dedup:\n  window: \"0\"\n")
+	signals, err := os.ReadFile(buildSignals(t, n.Dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, kind := range map[string]hostile.Symbols{"zstd-bomb": hostile.ZstdBomb, "zlib-bomb": hostile.ZlibBomb, "long-names": hostile.LongNames} {
+		data, err := hostile.WithSymbols(signals, kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exe := filepath.Join(n.Dir, name)
+		if err := os.WriteFile(exe, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		m := collectCrash(t, n, exec.Command(exe, "segv"), nil)
+		checkWholeCore(t, m)
+		if len(m.Backtrace) == 0 || m.Backtrace[0].Module != name || m.Backtrace[0].Function != "" || m.Backtrace[0].BuildID == "" {
+			t.Errorf("%s: backtrace %+v, want frame 0 unnamed in %s, with its build-id", name, m.Backtrace, name)
+		}
+		if m.Analysis == nil || len(m.Analysis.Warnings) == 0 || !strings.Contains(m.Analysis.Warnings[0], "symbols of "+exe) ||
+			!strings.Contains(m.Analysis.Warnings[0], "over the analysis limits") {
+			t.Errorf("%s: analysis %+v, want a warning that %s is over the analysis limits", name, m.Analysis, exe)
+		}
+		t.Logf("%s (%d bytes): %q; helper peak RSS %.1f MiB; %q", name, len(data), m.Title,
+			float64(m.Collector.MaxRSSBytes)/(1<<20), m.Analysis.Warnings)
 	}
 }

@@ -611,8 +611,8 @@ func limIndex(list []string, s string) int {
 }
 
 // TestLimitHelperKilled: a helper SIGKILLed mid-stream publishes nothing and
-// leaves its temporary bundle, which the next helper removes before
-// publishing its own.
+// leaves its temporary bundle, which the next helper removes, once it is
+// over a minute old, before publishing its own.
 func TestLimitHelperKilled(t *testing.T) {
 	n := harness.Install(t, noDedup)
 	exe := limMem(t, n)
@@ -648,6 +648,12 @@ func TestLimitHelperKilled(t *testing.T) {
 	}
 	if m := limBundleOf(n, pid); m != nil {
 		t.Fatalf("the killed helper's crash was published: %+v", m)
+	}
+	// Helpers clean only entries over a minute old (a younger one may be
+	// a live helper's between two steps): age it as a minute would.
+	old := time.Now().Add(-2 * time.Minute)
+	if err := os.Chtimes(filepath.Join(n.Store, ".tmp", stale[0]), old, old); err != nil {
+		t.Fatal(err)
 	}
 
 	cmd := exec.Command(exe, "0", "fill")
@@ -759,3 +765,79 @@ func TestLimitManyCrashes(t *testing.T) {
 // noDedup keeps every core: these tests crash one program again and again
 // and look at each core.
 const noDedup = "dedup:\n  window: \"0\"\n"
+
+// TestLimitFilesBudget crashes a process that maps eight sparse 128 MiB
+// files, as a container could to fill the node's store: the bundle keeps
+// their holes, charges only their data to collect.max_files_total_bytes,
+// lists the files past it with the reason, and the older bundles that
+// retention keeps survive it.
+func TestLimitFilesBudget(t *testing.T) {
+	const (
+		budget  = 8 * limMiB
+		dataKiB = 3 << 10 // each sparse file's data
+	)
+	n := harness.Install(t, noDedup+"retention:\n  max_use: 48MiB\n  keep_free: \"0\"\ncollect:\n  max_files_total_bytes: 8MiB\n")
+	mapper := harness.CC(t, n.Dir, "mapper", []string{"mapper.c"})
+	var older []string
+	for range 2 {
+		cmd := exec.Command(mapper, "sparse", n.Dir, "0", "1", "0")
+		n.Crash(cmd)
+		older = append(older, n.WaitBundle(cmd.Process.Pid).ID)
+	}
+	files := filepath.Join(n.Dir, "files")
+	if err := os.Mkdir(files, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(mapper, "sparse", files, "8", "128", strconv.Itoa(dataKiB))
+	n.Crash(cmd)
+	m := n.WaitBundle(cmd.Process.Pid)
+	checkWholeCore(t, m)
+
+	dir := n.BundleDir(m.ID)
+	var kept, skipped int
+	var data int64
+	for _, f := range m.Files {
+		data += f.DataBytes
+		if filepath.Dir(f.Path) != files {
+			continue
+		}
+		switch {
+		case f.Stored != "":
+			kept++
+			var st syscall.Stat_t
+			if err := syscall.Stat(filepath.Join(dir, f.Stored), &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Size != 128*limMiB || st.Blocks*512 > dataKiB<<10+limMiB || f.DataBytes != dataKiB<<10 {
+				t.Errorf("%s: stored %d bytes taking %d on disk, data_bytes %d; want 128 MiB, sparse, %d data bytes", f.Path, st.Size, st.Blocks*512, f.DataBytes, dataKiB<<10)
+			}
+			if sum := sha256File(t, f.Path); f.SHA256 != sum || sha256File(t, filepath.Join(dir, f.Stored)) != sum {
+				t.Errorf("%s: sha256 %s, the copy's or the file's differs (%s)", f.Path, f.SHA256, sum)
+			}
+		case strings.Contains(f.Skipped, "collect.max_files_total_bytes"):
+			skipped++
+		default:
+			t.Errorf("%s neither stored nor skipped for the budget: %+v", f.Path, f)
+		}
+	}
+	if kept < 1 || skipped < 1 || kept+skipped != 8 {
+		t.Errorf("sparse files: %d kept, %d skipped for the budget; want at least one of each, 8 in all", kept, skipped)
+	}
+	if data > budget {
+		t.Errorf("captured files hold %d data bytes, over the budget of %d", data, budget)
+	}
+	used := limDiskBytes(t, dir)
+	t.Logf("8 sparse 128 MiB files: %d kept, %d skipped; %d data bytes captured; the bundle takes %d bytes on disk", kept, skipped, data, used)
+	if used > budget+m.Core.StoredBytes+limMiB {
+		t.Errorf("the bundle takes %d bytes on disk; want at most the budget %d + the core %d + 1 MiB", used, budget, m.Core.StoredBytes)
+	}
+	have := map[string]bool{}
+	for _, b := range n.Bundles() {
+		have[b.ID] = true
+	}
+	for _, id := range older {
+		if !have[id] {
+			t.Errorf("older bundle %s was deleted to make room for a bundle of sparse files", id)
+		}
+	}
+}

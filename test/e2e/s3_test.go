@@ -318,3 +318,79 @@ func getBundle(n *harness.Node, id string) (*bundle.Metadata, error) {
 	}
 	return nil, fmt.Errorf("bundle %s not listed", id)
 }
+
+// TestS3HostileOutbox: the outbox holds, oldest first, a bundle whose
+// metadata is damaged and a real crash that mapped a file by a path so long
+// that its key, as it was, would pass S3's 1024 bytes; a normal crash comes
+// after. Neither blocks the others: the long path is uploaded under a
+// bounded key and pulled back to its real path, the damaged bundle is set
+// aside (the agent's gauge says so), and the later crash arrives too.
+func TestS3HostileOutbox(t *testing.T) {
+	n, srv, socket := s3Node(t, "  quarantine_after: 2\n")
+	outbox := filepath.Join(n.Spool, upload.OutboxDir)
+	damaged := bundle.NewID(time.Now().Add(-time.Hour), []byte("damaged"))
+	rel, _ := bundle.Dir(damaged)
+	if err := os.MkdirAll(filepath.Join(outbox, rel), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(outbox, rel, bundle.MetadataFile), []byte(`{"schema": 1, "id": `), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	long := n.Dir
+	for i := range 5 {
+		long = filepath.Join(long, strings.Repeat(string(rune('a'+i)), 200))
+	}
+	if err := os.MkdirAll(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lib := filepath.Join(long, "data.bin")
+	if err := os.WriteFile(lib, []byte(strings.Repeat("corecatch long path\n", 1000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mapper := harness.CC(t, n.Dir, "mapper", []string{"mapper.c"})
+	first := exec.Command(mapper, "map", lib)
+	n.Crash(first)
+	second := exec.Command(buildSignals(t, n.Dir), "segv")
+	n.Crash(second)
+
+	addr := freeAddr(t)
+	a := startAgentListen(t, n, socket, addr)
+	a.waitLineWithin(t, 60*time.Second, "bundle set aside", damaged)
+	m1, m2 := n.WaitBundle(first.Process.Pid), n.WaitBundle(second.Process.Pid)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(outboxIDs(t, n)) > 1 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if left := outboxIDs(t, n); !slices.Equal(left, []string{damaged}) {
+		t.Errorf("outbox holds %q; want only the damaged bundle %s", left, damaged)
+	}
+	var longKeys int
+	for _, k := range srv.Keys(t, s3Prefix+"/") {
+		if len(k) > 1024 {
+			t.Errorf("key of %d bytes: %.80s...", len(k), k)
+		}
+		if strings.HasPrefix(k, s3Prefix+"/"+m1.ID+"/long/") {
+			longKeys++
+		}
+	}
+	if longKeys != 1 {
+		t.Errorf("%d keys of %s under long/; want the long-named file's", longKeys, m1.ID)
+	}
+	f := fileWhere(m1, func(f *bundle.File) bool { return f.Path == lib })
+	if f == nil || f.Stored == "" {
+		t.Fatalf("the long-named file is not in %s's metadata as captured: %+v", m1.ID, f)
+	}
+	pulled := n.Pull(m1.ID)
+	if got, want := sha256File(t, filepath.Join(pulled, bundle.SysrootDir, lib)), sha256File(t, lib); got != want {
+		t.Errorf("pulled %s has sha256 %s, want %s", lib, got, want)
+	}
+	if m2.Core.StoredBytes == 0 {
+		t.Errorf("the later crash's bundle has no core: %+v", m2.Core)
+	}
+	body := httpGet(t, "http://"+addr+"/metrics")
+	for _, want := range []string{"corecatch_upload_quarantined_bundles 1", "corecatch_bundles_quarantined_total 1"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
