@@ -13,7 +13,7 @@ BIN       := bin/corecatch
 # The runtimes whose crash titles are tested: a JDK, Node.js, Debian's
 # Python with its gdb helpers and debug info (python3.11-dbg); debuginfod
 # (server and debuginfod-find) for the build-id tests. rustc comes from
-# rustup ($HOME/.cargo/bin), not from a Debian package.
+# rustup ($HOME/.cargo/bin) where the machine has it, else Debian's rustc.
 # etcd-server backs the real single-node cluster's kube-apiserver; elfutils is
 # in corecatch's image (built from the host's Debian packages, as the
 # Dockerfile's apt-get line lists them). fuse3 (fusermount3) mounts the
@@ -66,11 +66,13 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@[ -x $(VGW_BIN) ] || { echo "building versitygw into $(dir $(VGW_BIN))"; GOBIN=$(dir $(VGW_BIN)) $(GO) install $(VERSITYGW); }
+	@command -v rustc >/dev/null || [ -x $(HOME)/.cargo/bin/rustc ] || [ -x /root/.cargo/bin/rustc ] || \
+		{ echo "installing rustc (no rustup toolchain here)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc; }
 
 # test runs every test, the privileged end-to-end ones included (as root),
 # after checking that the committed BPF objects are what the sources give.
 test: deps build lint cross check-generated check-chart kube $(HELM)
-	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -count=1 -timeout 50m ./...
 
 bench: deps build
 	$(GO) run ./test/bench

@@ -126,3 +126,26 @@ func TestSysrootName(t *testing.T) {
 		}
 	}
 }
+
+// TestValidIDMatchesPattern checks the hand-written id check against the
+// pattern it implements, on ids and near misses.
+func TestValidIDMatchesPattern(t *testing.T) {
+	pattern := regexp.MustCompile(`^(\d{8})-(\d{6})-([A-Za-z0-9_.-]{1,15})-([0-9a-f]{6})$`)
+	good := NewID(time.Now(), []byte("some-name.x"))
+	cases := []string{good, "", "x", "20240227-100000-a-abcdef", "20240227-100000--abcdef", "20240227-100000-a-b-c-abcdef",
+		"20240227-100000-0123456789abcdef-abcdef", "20240227-100000-0123456789abcde-abcdef", "20240227-100000-a-ABCDEF",
+		"2024022a-100000-a-abcdef", "20240227_100000-a-abcdef", "20240227-100000-a/b-abcdef", "20240227-100000-a-abcde",
+		"20240227-100000-a-abcdeff", "20240227-1000000-a-abcdef", "20240227-100000-\xff-abcdef", "20240227-100000-a -abcdef"}
+	for i := range len(good) {
+		for _, c := range []byte{'-', '0', 'a', 'F', '/', '.', 0} {
+			b := []byte(good)
+			b[i] = c
+			cases = append(cases, string(b))
+		}
+	}
+	for _, id := range cases {
+		if got, want := ValidID(id) == nil, pattern.MatchString(id); got != want {
+			t.Errorf("ValidID(%q) = %v, the pattern says %v", id, got, want)
+		}
+	}
+}

@@ -6,6 +6,8 @@ package bundle
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"strconv"
 	"time"
 	"unicode/utf8"
 )
@@ -460,6 +462,35 @@ func Decode(data []byte) (*Metadata, error) {
 		return nil, fmt.Errorf("%s has schema %d, newer than this corecatch understands (%d): upgrade corecatch", MetadataFile, m.Schema, Schema)
 	}
 	return &m, nil
+}
+
+// MaxMetadataBytes bounds what a reader takes of one metadata.json. A
+// bucket is shared by every node, so any one of them (or anyone who can
+// write to it) can put a metadata.json there: without a bound, one huge
+// object would make every reader allocate it. Real ones hold a few KiB to a
+// few hundred (every thread's backtrace of a 64-thread process).
+const MaxMetadataBytes = 4 << 20
+
+// ReadMetadata reads the metadata.json of the bundle stored under id from
+// r: at most MaxMetadataBytes, and only when it names that same bundle, so
+// that a listing never trusts an id (which decides paths, keys and the
+// listing's order) that its key does not back.
+func ReadMetadata(id string, r io.Reader) (*Metadata, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxMetadataBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxMetadataBytes {
+		return nil, fmt.Errorf("%s is larger than %s: not one corecatch wrote (delete the bundle)", MetadataFile, HumanBytes(MaxMetadataBytes))
+	}
+	m, err := Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	if m.ID != id {
+		return nil, fmt.Errorf("%s names bundle %s, not the bundle it is stored as: a misplaced or forged object (delete the bundle)", MetadataFile, strconv.Quote(m.ID))
+	}
+	return m, nil
 }
 
 // Encode renders metadata.json with stable indentation.

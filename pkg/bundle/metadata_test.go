@@ -87,3 +87,27 @@ func TestDecodeRejects(t *testing.T) {
 		}
 	}
 }
+
+// FuzzReadMetadata: whatever bytes a bucket's metadata.json holds,
+// ReadMetadata never panics, and what it accepts names the bundle it was
+// read for and renders back. `go test -fuzz FuzzReadMetadata` explores
+// further than the seeds.
+func FuzzReadMetadata(f *testing.F) {
+	id := "20240227-100000-crasher-a58c4c"
+	for _, seed := range []string{`{"schema":1,"id":"` + id + `"}`, `{"schema":1,"id":"x"}`, `null`, `[]`, `{"id":"` + id + `","core":{"raw_bytes":-1}}`,
+		`{"schema":1,"id":"` + id + `","files":[{"path":"\u0000"}],"dedup":{"of":"../x"}}`, "\xff\xfe", `{"schema":1e400}`} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := ReadMetadata(id, bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		if m.ID != id {
+			t.Fatalf("accepted metadata naming %q for %s", m.ID, id)
+		}
+		if _, err := Encode(m); err != nil {
+			t.Fatalf("accepted metadata does not encode: %v", err)
+		}
+	})
+}

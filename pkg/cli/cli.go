@@ -147,7 +147,8 @@ func Main(argv []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(context.Background()); err != nil {
-		fmt.Fprintf(stderr, "corecatch: %v\n", err)
+		// Errors name bundles, files and pods: their bytes are escaped.
+		fmt.Fprintf(stderr, "corecatch: %s\n", printableLines(err.Error()))
 		var ee exitError
 		if errors.As(err, &ee) {
 			return int(ee)
@@ -190,6 +191,7 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 
   sudo corecatch install        make every core dump land in the store
   corecatch ls                  list bundles, newest first
+  corecatch bugs                crashes grouped by bug
   corecatch debug ID            open one in gdb`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -206,7 +208,7 @@ bundles (core, executable, libraries, metadata) and opens them in gdb.
 	pf.StringVar(&g.node, "node", "", "this node's name in metadata (a pod's host name is not the node's: a DaemonSet passes spec.nodeName); overrides node")
 	root.AddCommand(
 		newCollect(g), newInstall(g), newUninstall(g), newAgent(g),
-		newLs(g), newShow(g), newPull(g), newDebug(g), newDebuginfod(g), newUpload(g),
+		newLs(g), newBugs(g), newShow(g), newPull(g), newDebug(g), newDebuginfod(g), newUpload(g),
 		newTrace(g), newConfigCmd(g), newFeishuBridge(g), newVersion(),
 	)
 	return root

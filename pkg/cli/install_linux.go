@@ -419,6 +419,9 @@ func runWorker(ctx context.Context, cfg *config.Config, mode, listen string, int
 			}
 		}()
 	}
+	if s3, ok := st.(*store.S3); ok {
+		go compactIndex(ctx, s3, met, log)
+	}
 	up := newUploader(cfg, st, log, upload.Options{
 		OnUpload:      func(_ *bundle.Metadata, err error) { met.StoreOp("upload", err) },
 		OnBacklog:     met.UploadBacklog,
@@ -564,6 +567,30 @@ func retention(cfg *config.Config, st store.Store, interval time.Duration) (func
 		}, func() time.Duration { return every/2 + rand.N(every) }
 	}
 	return nil, nil
+}
+
+// compactEvery is about how often each agent folds the settled hours of
+// an S3 store's index into segments; each wait is drawn between half and
+// one and a half of it, so that a cluster's agents spread out, and the
+// first agent to come by after an hour settled does the work for all.
+const compactEvery = 30 * time.Minute
+
+// compactIndex keeps an S3 store's index compact until ctx ends.
+func compactIndex(ctx context.Context, s *store.S3, met *metrics.Metrics, log *zap.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(compactEvery/2 + rand.N(compactEvery)):
+		}
+		n, err := s.CompactIndex(ctx, time.Now())
+		met.StoreOp("compact", err)
+		if err != nil {
+			log.Warn("compact the store's index", zap.Error(err))
+		} else if n > 0 {
+			log.Info("compacted the store's index", zap.Int("segments", n))
+		}
+	}
 }
 
 // clusterDedupProbe finds out whether deduplication can span the cluster

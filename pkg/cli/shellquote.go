@@ -3,8 +3,6 @@ package cli
 import (
 	"fmt"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"al.essio.dev/pkg/shellescape"
 )
@@ -18,21 +16,11 @@ func shellQuote(args ...string) string {
 	words := make([]string, len(args))
 	for i, a := range args {
 		words[i] = shellescape.Quote(a)
-		if !printableText(a) {
+		if printable(a) != a {
 			words[i] = ansiC(a)
 		}
 	}
 	return strings.Join(words, " ")
-}
-
-// printableText reports whether s is valid UTF-8 with printable runes only.
-func printableText(s string) bool {
-	for _, r := range s {
-		if r == utf8.RuneError || !unicode.IsPrint(r) {
-			return false
-		}
-	}
-	return true
 }
 
 // ansiC quotes s as bash's $'...', escaping every byte that is not

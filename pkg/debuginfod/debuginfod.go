@@ -8,6 +8,7 @@ package debuginfod
 import (
 	"context"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -102,7 +103,10 @@ func (s *Server) lookup(ctx context.Context, id string) (location, bool, error) 
 		return location{}, false, nil
 	}
 	list, err := s.Store.List(ctx)
-	if err != nil {
+	// Bundles that cannot be read (a hostile metadata.json) are skipped:
+	// they must not hide the others' files.
+	var skipped store.Skipped
+	if err != nil && !errors.As(err, &skipped) {
 		return location{}, false, fmt.Errorf("list %s: %w", s.Store, err)
 	}
 	index := map[string]location{}

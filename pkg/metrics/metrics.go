@@ -106,7 +106,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	m.storeOps = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "corecatch_store_operations_total",
-		Help: "Operations of the agent on the bundle store (put, delete, update, upload), by result.",
+		Help: "Operations of the agent on the bundle store (put, delete, update, upload, compact: of an S3 store's index), by result.",
 	}, []string{"op", "result"})
 	m.uploadBacklog = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "corecatch_upload_backlog_bytes",
@@ -158,7 +158,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	for _, k := range []string{"raw", "stored"} {
 		m.coreBytes.WithLabelValues(k)
 	}
-	for _, op := range []string{"put", "delete", "update", "upload"} {
+	for _, op := range []string{"put", "delete", "update", "upload", "compact"} {
 		for _, r := range []string{"ok", "error"} {
 			m.storeOps.WithLabelValues(op, r)
 		}

@@ -178,27 +178,15 @@ func (s *File) IDs() ([]string, error) {
 }
 
 // List returns the metadata of every complete bundle, newest first. A
-// bundle whose metadata cannot be read is reported in the error but does not
-// hide the others.
+// bundle whose metadata cannot be read twice is reported in a Skipped
+// error but does not hide the others.
 func (s *File) List(ctx context.Context) ([]*bundle.Metadata, error) {
 	ids, err := s.IDs()
 	if err != nil {
 		return nil, err
 	}
-	var out []*bundle.Metadata
-	var errs []error
-	for i := len(ids) - 1; i >= 0; i-- {
-		m, err := s.Get(ctx, ids[i])
-		if errors.Is(err, ErrNotFound) {
-			continue // deleted by retention since ids() looked
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		out = append(out, m)
-	}
-	return out, errors.Join(errs...)
+	slices.Reverse(ids)
+	return collect(ctx, ids, 4, s.Get)
 }
 
 // Get reads one bundle's metadata.json.
@@ -207,14 +195,15 @@ func (s *File) Get(ctx context.Context, id string) (*bundle.Metadata, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(filepath.Join(dir, bundle.MetadataFile))
+	f, err := os.Open(filepath.Join(dir, bundle.MetadataFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("bundle %s in %s: %w", id, s, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", id, err)
 	}
-	m, err := bundle.Decode(data)
+	defer f.Close()
+	m, err := bundle.ReadMetadata(id, f)
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", id, err)
 	}

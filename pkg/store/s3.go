@@ -213,23 +213,32 @@ func (s *S3) wrap(what string, err error) error {
 
 // Get reads one bundle's metadata.json.
 func (s *S3) Get(ctx context.Context, id string) (*bundle.Metadata, error) {
-	r, err := s.Open(ctx, id, bundle.MetadataFile)
+	m, _, err := s.getMeta(ctx, id)
+	return m, err
+}
+
+// getMeta reads one bundle's metadata.json and its ETag in a single GET.
+// (Open's object first asks for the object's ETag, then reads with
+// If-Match on it: a metadata.json the agent rewrote in between, as it does
+// to count a deduplicated crash or add gdb's backtrace, failed that read
+// with 412.)
+func (s *S3) getMeta(ctx context.Context, id string) (*bundle.Metadata, string, error) {
+	if err := checkName(id, bundle.MetadataFile); err != nil {
+		return nil, "", err
+	}
+	r, info, _, err := s.core.GetObject(ctx, s.bucket, s.key(id, bundle.MetadataFile), minio.GetObjectOptions{})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("bundle %s in %s: %w", id, s, ErrNotFound)
+		if notFound(err) {
+			return nil, "", fmt.Errorf("bundle %s in %s: %w", id, s, ErrNotFound)
 		}
-		return nil, err
+		return nil, "", s.wrap("read bundle "+id, err)
 	}
 	defer r.Close()
-	data, err := io.ReadAll(r)
+	m, err := bundle.ReadMetadata(id, r)
 	if err != nil {
-		return nil, s.wrap("read bundle "+id, err)
+		return nil, "", fmt.Errorf("bundle %s in %s: %w", id, s, err)
 	}
-	m, err := bundle.Decode(data)
-	if err != nil {
-		return nil, fmt.Errorf("bundle %s: %w", id, err)
-	}
-	return m, nil
+	return m, info.ETag, nil
 }
 
 // Open reads one file of a bundle; a missing file fails here, not on the
@@ -269,47 +278,21 @@ func (s *S3) ids(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// List returns the metadata of every complete bundle, newest first.
+// List returns the metadata of every complete bundle, newest first; a
+// bundle that cannot be read twice is reported in a Skipped error.
 func (s *S3) List(ctx context.Context) ([]*bundle.Metadata, error) {
 	ids, err := s.ids(ctx)
 	if err != nil {
 		return nil, err
 	}
-	metas := make([]*bundle.Metadata, len(ids))
-	errs := make([]error, len(ids))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(listWorkers, len(ids)) {
-		wg.Go(func() {
-			for i := range next {
-				metas[i], errs[i] = s.Get(ctx, ids[i])
-			}
-		})
-	}
-	for i := range ids {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	var out []*bundle.Metadata
-	var bad []error
-	for i, m := range metas {
-		switch {
-		case errors.Is(errs[i], ErrNotFound):
-			// Being uploaded, or deleted since the listing.
-		case errs[i] != nil:
-			bad = append(bad, errs[i])
-		default:
-			out = append(out, m)
-		}
-	}
+	out, err := collect(ctx, ids, listWorkers, s.Get)
 	sort.SliceStable(out, func(i, j int) bool {
 		if a, b := out[i].ID[:15], out[j].ID[:15]; a != b {
 			return a > b
 		}
 		return out[i].ID > out[j].ID
 	})
-	return out, errors.Join(bad...)
+	return out, err
 }
 
 // objects lists the keys of one bundle.
@@ -332,6 +315,10 @@ func (s *S3) Delete(ctx context.Context, id string) error {
 	}
 	if err := s.client.RemoveObject(ctx, s.bucket, s.key(id, bundle.MetadataFile), minio.RemoveObjectOptions{}); err != nil && !notFound(err) {
 		return s.wrap("delete bundle "+id, err)
+	}
+	now := time.Now()
+	if err := s.putEntry(ctx, entry{Summary: Summary{ID: id}, Version: now.UnixNano(), Deleted: true}, now); err != nil {
+		return err
 	}
 	objs, err := s.objects(ctx, id)
 	if err != nil {
@@ -381,8 +368,9 @@ func (s *S3) PresignGet(ctx context.Context, id, name string, expiry time.Durati
 	return u.String(), nil
 }
 
-// Sweep deletes every bundle older than maxAge, complete or not, and
-// multipart uploads abandoned and dedup claims made more than a day ago. Any number of nodes may
+// Sweep deletes every bundle older than maxAge, complete or not, the
+// index of the hours before, and multipart uploads abandoned and dedup
+// claims made more than a day ago. Any number of nodes may
 // sweep at once: deleting what another node deleted is not an error. It
 // returns the ids it deleted.
 func (s *S3) Sweep(ctx context.Context, maxAge time.Duration) ([]string, error) {
@@ -406,6 +394,8 @@ func (s *S3) Sweep(ctx context.Context, maxAge time.Duration) ([]string, error) 
 	}
 	errs = append(errs, s.removeIncomplete(ctx, s.root(), now.Add(-24*time.Hour)))
 	errs = append(errs, s.removeClaims(ctx, now.Add(-24*time.Hour)))
+	// An index hour holds writes of that hour, of crashes no later.
+	errs = append(errs, s.removeIndex(ctx, now.Add(-maxAge-time.Hour)))
 	return deleted, errors.Join(errs...)
 }
 
@@ -460,9 +450,15 @@ func (s *S3) Upload(ctx context.Context, dir, id string) error {
 	if err != nil {
 		return fmt.Errorf("read bundle %s: %w", id, err)
 	}
+	m, err := bundle.ReadMetadata(id, bytes.NewReader(meta))
+	if err != nil {
+		return fmt.Errorf("read bundle %s: %w", id, err)
+	}
 	metaKey := s.key(id, bundle.MetadataFile)
 	if info, err := s.client.StatObject(ctx, s.bucket, metaKey, minio.StatObjectOptions{}); err == nil && sameETag(info.ETag, md5Hex(meta)) {
-		return nil
+		// Uploaded before, perhaps by an agent that died before the
+		// index entry.
+		return s.Index(ctx, m, time.Now())
 	}
 	if err := s.removeIncomplete(ctx, s.key(id, ""), time.Now()); err != nil {
 		return err
@@ -484,7 +480,10 @@ func (s *S3) Upload(ctx context.Context, dir, id string) error {
 	if err != nil {
 		return err
 	}
-	return s.putVerified(ctx, metaKey, bytes.NewReader(meta), int64(len(meta)), md5Hex(meta), "application/json")
+	if err := s.putVerified(ctx, metaKey, bytes.NewReader(meta), int64(len(meta)), md5Hex(meta), "application/json"); err != nil {
+		return err
+	}
+	return s.Index(ctx, m, time.Now())
 }
 
 // uploadFile sends one local file, unless the bucket holds it already.
@@ -640,6 +639,10 @@ func (w *s3Writer) Commit(ctx context.Context, m *bundle.Metadata) error {
 	w.mu.Lock()
 	w.done = true
 	w.mu.Unlock()
+	// The bundle is published: a failed index entry must not make the
+	// helper abort it. Readers find it through their fallback meanwhile,
+	// and the agent's next Update of it writes the entry.
+	w.s.Index(ctx, m, time.Now())
 	return nil
 }
 

@@ -24,28 +24,13 @@ const updateTries = 8
 // compare-and-swap on its ETag (If-Match), so that nodes amending the same
 // bundle at once never lose each other's change.
 func (s *S3) Update(ctx context.Context, id string, fn func(*bundle.Metadata) error) error {
-	if err := checkName(id, bundle.MetadataFile); err != nil {
-		return err
-	}
 	key := s.key(id, bundle.MetadataFile)
 	for range updateTries {
-		obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+		m, etag, err := s.getMeta(ctx, id)
 		if err != nil {
-			return s.wrap("read "+key, err)
+			return err
 		}
-		data, err := io.ReadAll(obj)
-		info, serr := obj.Stat()
-		obj.Close()
-		if err != nil || serr != nil {
-			if notFound(err) || notFound(serr) {
-				return fmt.Errorf("bundle %s in %s: %w", id, s, ErrNotFound)
-			}
-			return s.wrap("read "+key, errors.Join(err, serr))
-		}
-		m, err := bundle.Decode(data)
-		if err != nil {
-			return fmt.Errorf("bundle %s: %w", id, err)
-		}
+		before := SummaryOf(m)
 		if err := fn(m); err != nil {
 			return err
 		}
@@ -54,9 +39,12 @@ func (s *S3) Update(ctx context.Context, id string, fn func(*bundle.Metadata) er
 			return err
 		}
 		opts := minio.PutObjectOptions{ContentType: "application/json", DisableMultipart: true}
-		opts.SetMatchETag(info.ETag)
+		opts.SetMatchETag(etag)
 		_, err = s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(out), int64(len(out)), opts)
 		if err == nil {
+			if after := SummaryOf(m); after != before {
+				return s.Index(ctx, m, time.Now())
+			}
 			return nil
 		}
 		if minio.ToErrorResponse(err).StatusCode != http.StatusPreconditionFailed {

@@ -91,7 +91,7 @@ func TestS3UploadIsVerifiedAndIdempotent(t *testing.T) {
 	if err != nil || u.Bundles != 1 || u.Bytes < int64(len(big)) {
 		t.Errorf("Usage = %+v, %v", u, err)
 	}
-	if keys := srv.Keys(t, "cores/node-a/"); len(keys) != 4 {
+	if keys := bundleKeys(t, srv, "cores/node-a/"); len(keys) != 4 {
 		t.Errorf("objects after two uploads: %q, want 4", keys)
 	}
 }
@@ -163,7 +163,7 @@ func TestS3Sweep(t *testing.T) {
 	if gone, err := s3.Sweep(ctx, 24*time.Hour); err != nil || len(gone) != 0 {
 		t.Errorf("second Sweep = %v, %v; want nothing", gone, err)
 	}
-	if keys := srv.Keys(t, ""); len(keys) != 2 || !strings.HasPrefix(keys[0], recent.ID+"/") {
+	if keys := bundleKeys(t, srv, ""); len(keys) != 2 || !strings.HasPrefix(keys[0], recent.ID+"/") {
 		t.Errorf("objects after the sweep: %q, want only %s's", keys, recent.ID)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
@@ -36,6 +37,68 @@ type Store interface {
 	Usage(ctx context.Context) (Usage, error)
 	// String returns the store's URL, for messages.
 	String() string
+}
+
+// Skipped is the error List returns beside the bundles it did list when
+// some could not be read even on a second try: one error per bundle, each
+// naming it. One bad bundle (a hostile metadata.json in a shared bucket, a
+// read that failed twice) never hides the others; callers warn and go on.
+type Skipped []error
+
+func (s Skipped) Error() string {
+	return fmt.Sprintf("%d bundles skipped: %v", len(s), errors.Join(s...))
+}
+
+// Unwrap returns each bundle's error.
+func (s Skipped) Unwrap() []error { return s }
+
+// collect reads the metadata of ids with get, workers at a time, and
+// returns it in the order of ids: bundles gone meanwhile (ErrNotFound) are
+// left out, one that fails is read once more, then skipped and reported in
+// a Skipped error.
+func collect(ctx context.Context, ids []string, workers int, get func(context.Context, string) (*bundle.Metadata, error)) ([]*bundle.Metadata, error) {
+	metas := make([]*bundle.Metadata, len(ids))
+	errs := make([]error, len(ids))
+	parallel(len(ids), workers, func(i int) {
+		metas[i], errs[i] = get(ctx, ids[i])
+		if errs[i] != nil && !errors.Is(errs[i], ErrNotFound) && ctx.Err() == nil {
+			metas[i], errs[i] = get(ctx, ids[i])
+		}
+	})
+	var out []*bundle.Metadata
+	var bad Skipped
+	for i, m := range metas {
+		switch {
+		case errors.Is(errs[i], ErrNotFound):
+			// Being written, or deleted since the ids were listed.
+		case errs[i] != nil:
+			bad = append(bad, errs[i])
+		default:
+			out = append(out, m)
+		}
+	}
+	if len(bad) > 0 {
+		return out, bad
+	}
+	return out, nil
+}
+
+// parallel runs fn(0) .. fn(n-1), workers at a time.
+func parallel(n, workers int, fn func(i int)) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(workers, n) {
+		wg.Go(func() {
+			for i := range next {
+				fn(i)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 }
 
 // Updater is a store whose published metadata can be amended: a deduplicated

@@ -42,7 +42,7 @@ func main() {
 	size := flag.Int("size", 1024, "MiB the crasher maps (bigcrash.c argument)")
 	runs := flag.Int("runs", 3, "crashes per helper; the median is reported")
 	shared := flag.String("shared", filepath.Join(harness.RepoRoot(), "..", "shared"), "the shared/ directory with bench/bigcrash.c and bench/seed_helper.sh")
-	only := flag.String("only", "", "run one part: collect, observer, freeze, storm, upload, pull or hostile")
+	only := flag.String("only", "", "run one part: collect, observer, freeze, storm, upload, pull, hostile or list")
 	uploadSize := flag.Int("upload-size", 2048, "MiB of the bundle whose upload is measured")
 	pullSize := flag.Int("pull-size", 2048, "MiB of the core.zst whose pull is measured")
 	crashes := flag.Int("freeze-crashes", 50, "crashes whose freeze latency is measured")
@@ -116,6 +116,11 @@ func run(size, runs int, shared, only string, storm, burst, crashes, uploadSize,
 	if only == "" || only == "pull" {
 		if err := benchPull(dir, bin, pullSize, runs); err != nil {
 			return fmt.Errorf("pull: %w", err)
+		}
+	}
+	if only == "" || only == "list" {
+		if err := benchList(dir, bin, *listBundles, 1000, *listScan); err != nil {
+			return fmt.Errorf("list: %w", err)
 		}
 	}
 	if only != "" && only != "collect" {
