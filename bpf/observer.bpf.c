@@ -256,7 +256,7 @@ int BPF_PROG(on_signal_generate, int sig, struct kernel_siginfo *info_arg, struc
 
 /*
  * The outcome: when the last thread of a reported process exits, its
- * exit_code says whether the kernel dumped a core (0x80). A core event
+ * exit_code, with the group's, says whether the kernel dumped a core (0x80). A core event
  * without it is "core expected but none arrived".
  */
 SEC("tp_btf/sched_process_exit")
@@ -284,6 +284,12 @@ int BPF_PROG(on_sched_process_exit, struct task_struct *task)
 	e->kind = KIND_EXIT;
 	e->reported_kind = reported_kind;
 	e->exit_code = BPF_CORE_READ(task, exit_code);
+	/* The last thread to exit need not be the one that dumped: the
+	 * dumper marks the core in the group's exit code (coredump_finish),
+	 * after its siblings took theirs without 0x80. */
+	int group = BPF_CORE_READ(task, signal, group_exit_code);
+	if ((group & 0x7f) == (e->exit_code & 0x7f))
+		e->exit_code |= group & 0x80;
 	e->signal = e->exit_code & 0x7f;
 	e->flags = (e->exit_code & 0x80) ? FLAG_CORE_DUMPED : 0;
 	e->si_code = 0;

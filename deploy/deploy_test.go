@@ -312,7 +312,7 @@ func checkDeployment(t *testing.T, m *harness.Manifests, withConfig bool) {
 		if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 			t.Errorf("capabilities %+v: drop ALL, then add what the agent needs", sc.Capabilities)
 		} else {
-			for _, want := range []corev1.Capability{"SYS_ADMIN", "BPF", "PERFMON", "SYS_PTRACE"} {
+			for _, want := range []corev1.Capability{"SYS_ADMIN", "BPF", "PERFMON", "SYS_PTRACE", "SYS_CHROOT", "SYS_NICE"} {
 				if !slices.Contains(sc.Capabilities.Add, want) {
 					t.Errorf("capability %s not added: %v", want, sc.Capabilities.Add)
 				}

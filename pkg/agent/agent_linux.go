@@ -9,6 +9,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/observer"
@@ -56,6 +58,16 @@ type Options struct {
 	// freeze.enabled, freezes a crasher's container while its core
 	// streams; nil when it could not be set up.
 	Freezer *freezer.Freezer
+	// Cores is the kernel's coredump socket, listening, with the socket
+	// intake: the agent collects each crash itself, into Store. Nil with
+	// the pipe intake.
+	Cores *net.UnixListener
+	// Retention bounds Store for the agent's own collections, Claimer
+	// makes their deduplication cluster-wide (nil: node-local), Version
+	// goes into their bundles.
+	Retention config.Retention
+	Claimer   collector.Claimer
+	Version   string
 }
 
 // Agent serves one node.
@@ -72,6 +84,16 @@ type Agent struct {
 	// lastCore is when the observer last saw a core-dumping signal (Unix
 	// nanoseconds): gdb waits for a quiet moment.
 	lastCore atomic.Int64
+	// uncounted holds, by the id of the bundle that keeps a bug's core,
+	// the duplicates refused while that bundle was still being written
+	// (a refusal before the dump is over long before the kept core is):
+	// they are counted into it when it is reported.
+	uncounted map[string]int
+	// held counts the crashes the agent collects at once (collect.backlog),
+	// from the coredump socket or handed over by the pipe helper; taking
+	// waits for the handed-over ones when the agent stops.
+	held   chan struct{}
+	taking sync.WaitGroup
 }
 
 // analyzeQuiet is how long after the last crash the analysis worker waits
@@ -82,6 +104,10 @@ const analyzeQuiet = time.Second
 // analyzeQueue bounds the bundles waiting for gdb; beyond it a bundle is
 // announced with its frame-pointer backtrace only.
 const analyzeQueue = 256
+
+// stopDrain is how long a stopping agent still accepts on the coredump
+// socket after core_pattern changed.
+const stopDrain = 200 * time.Millisecond
 
 // New prepares an agent.
 func New(o Options) *Agent {
@@ -100,13 +126,15 @@ func New(o Options) *Agent {
 	if o.OnStoreOp == nil {
 		o.OnStoreOp = func(string, error) {}
 	}
-	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}}
+	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}, uncounted: map[string]int{},
+		held: make(chan struct{}, o.Config.Collect.Backlog)}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
 		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, allowed: podFreeze(o.Config), byPID: map[int]*freezeState{}}
 	}
 	if o.Store != nil {
 		a.missing = &missing{store: o.Store, after: time.Duration(o.Config.Observer.MissingAfter), node: o.Config.Node,
-			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, published: func(m *bundle.Metadata) { a.o.OnBundle(m); a.announce(m) }, pending: map[int]*pendingCore{}}
+			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, published: func(m *bundle.Metadata) { a.o.OnBundle(m); a.announce(m) }, pending: map[int]*pendingCore{},
+			dir: filepath.Join(o.Config.Spool, MissingDir)}
 	}
 	return a
 }
@@ -128,6 +156,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { a.analyzeLoop(ctx) })
+	if a.missing != nil {
+		a.missing.resume()
+	}
 	a.ingestSpool()
 	a.resumeAnalysis(ctx)
 	ln, err := agentapi.Listen(a.o.Config.Socket)
@@ -144,11 +175,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	if ob := a.o.Observer; ob != nil {
 		wg.Go(func() { a.watch(ob) })
 	}
+	if a.o.Cores != nil {
+		wg.Go(func() { a.serveCores(ctx, a.o.Cores) })
+	}
 	if up := a.o.Uploader; up != nil {
 		wg.Go(func() { up.Run(ctx) })
 	}
 	<-ctx.Done()
+	if a.o.Cores != nil {
+		// The supervisor pointed core_pattern elsewhere before it told
+		// the worker to stop: the connections queued before are still
+		// taken, then the worker stops accepting.
+		a.o.Cores.SetDeadline(time.Now().Add(stopDrain))
+	}
 	ln.Close()
+	a.taking.Wait()
 	if a.o.Observer != nil {
 		a.o.Observer.Close()
 	}
@@ -191,7 +232,14 @@ func (a *Agent) bundle(m *bundle.Metadata, spooled bool) {
 		zap.Bool("truncated", m.Core.Truncated), zap.String("truncate_reason", m.Core.TruncateReason),
 		zap.Bool("from_spool", spooled), zap.String("debug", "corecatch debug "+m.ID))
 	if d := m.Dedup; d != nil && d.Of != "" {
-		a.countDedup(d)
+		a.countDedup(d, 1)
+	}
+	a.mu.Lock()
+	n := a.uncounted[m.ID]
+	delete(a.uncounted, m.ID)
+	a.mu.Unlock()
+	if n > 0 && m.Dedup != nil {
+		a.countDedup(&bundle.Dedup{Of: m.ID, Key: m.Dedup.Key, Until: m.Dedup.Until}, n)
 	}
 	a.o.OnBundle(m)
 	if m.Analysis != nil && m.Analysis.Pending && a.enqueue(m) {
@@ -285,12 +333,12 @@ func (a *Agent) resumeAnalysis(ctx context.Context) {
 // countDedup counts a deduplicated crash into the bundle that keeps its
 // bug's core: in the outbox while it waits for upload, else in the store
 // it went to (an S3 store, where other nodes may count at the same time).
-func (a *Agent) countDedup(d *bundle.Dedup) {
+func (a *Agent) countDedup(d *bundle.Dedup, n int) {
 	inc := func(first *bundle.Metadata) error {
 		if first.Dedup == nil {
 			first.Dedup = &bundle.Dedup{Count: 1, Key: d.Key, Until: d.Until}
 		}
-		first.Dedup.Count++
+		first.Dedup.Count += n
 		return nil
 	}
 	err := errors.New("the store cannot amend metadata")
@@ -302,6 +350,13 @@ func (a *Agent) countDedup(d *bundle.Dedup) {
 			err = u.Update(context.Background(), d.Of, inc)
 		}
 	}
+	if errors.Is(err, store.ErrNotFound) && time.Now().Before(d.Until) {
+		// Still being written, here or by a helper: counted at its report.
+		a.mu.Lock()
+		a.uncounted[d.Of] += n
+		a.mu.Unlock()
+		return
+	}
 	a.o.OnStoreOp("update", err)
 	if err != nil {
 		a.o.Log.Warn("count a deduplicated crash in its first bundle", zap.String("first", d.Of), zap.Error(err))
@@ -310,6 +365,9 @@ func (a *Agent) countDedup(d *bundle.Dedup) {
 
 // watch consumes the observer's events.
 func (a *Agent) watch(ob *observer.Observer) {
+	if err := observer.Urgent(); err != nil {
+		a.o.Log.Warn("the path from a fatal signal to the freeze runs at normal priority", zap.Error(err))
+	}
 	for ev := range ob.Events() {
 		if ev.Kind == observer.KindCore {
 			a.lastCore.Store(time.Now().UnixNano())
@@ -336,7 +394,18 @@ func (a *Agent) watch(ob *observer.Observer) {
 
 // handle answers one helper request.
 func (a *Agent) handle(req agentapi.Request) agentapi.Response {
+	if req.Core != nil && req.Op != "take" {
+		req.Core.Close()
+	}
 	switch req.Op {
+	case "take":
+		if req.Core == nil {
+			return agentapi.Response{Error: "take without the core's pipe"}
+		}
+		if err := a.take(req.Args, req.Core); err != nil {
+			return agentapi.Response{Error: err.Error()}
+		}
+		return agentapi.Response{}
 	case "event":
 		wait := min(time.Duration(req.WaitMS)*time.Millisecond, 2*time.Second)
 		deadline := time.Now().Add(wait)

@@ -94,6 +94,7 @@ func (z *freezes) start(ev observer.Event) {
 	z.byPID[ev.TGID] = st
 	z.mu.Unlock()
 	go func() {
+		observer.Urgent() // the watcher's warning says when it is not
 		defer close(st.done)
 		st.mu.Lock()
 		defer st.mu.Unlock()

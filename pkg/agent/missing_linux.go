@@ -1,8 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/gob"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +16,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/store"
+	"github.com/corecatch/corecatch/pkg/sysctl"
 )
 
 // missing makes sure no crash the observer saw is silently lost: a process
@@ -29,6 +35,11 @@ type missing struct {
 	// published counts and announces the bundle like any other.
 	published func(*bundle.Metadata)
 
+	// dir, when set, keeps each pending crash in a file of its own, so
+	// that a restarted agent still records the crashes its predecessor
+	// was waiting for.
+	dir string
+
 	mu      sync.Mutex
 	pending map[int]*pendingCore
 }
@@ -36,6 +47,70 @@ type missing struct {
 type pendingCore struct {
 	ev    observer.Event
 	timer *time.Timer
+}
+
+// MissingDir, under the spool, holds the crashes waiting for their bundle.
+const MissingDir = "missing"
+
+// persisted is a pending crash on disk: its core event, and its exit once
+// seen.
+type persisted struct {
+	Event   observer.Event
+	Exited  time.Time
+	Outcome string
+}
+
+func (x *missing) file(pid int) string { return filepath.Join(x.dir, strconv.Itoa(pid)+".gob") }
+
+// save writes a pending crash's file (under x.mu).
+func (x *missing) save(pid int, rec persisted) {
+	if x.dir == "" {
+		return
+	}
+	var buf bytes.Buffer
+	if err := gob.NewEncoder(&buf).Encode(rec); err == nil {
+		err = os.MkdirAll(x.dir, 0o700)
+		if err == nil {
+			err = sysctl.WriteAtomic(x.file(pid), 0o600, &buf)
+		}
+		if err != nil {
+			x.log.Warn("persist a crash waiting for its bundle", zap.Int("pid", pid), zap.Error(err))
+		}
+	}
+}
+
+// resume takes the crashes a previous agent was waiting for: each gets
+// what is left of its grace period from its exit (or from now, when the
+// exit was not seen).
+func (x *missing) resume() {
+	entries, _ := os.ReadDir(x.dir)
+	for _, e := range entries {
+		pid, err := strconv.Atoi(strings.TrimSuffix(e.Name(), ".gob"))
+		if err != nil || !strings.HasSuffix(e.Name(), ".gob") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(x.dir, e.Name()))
+		var rec persisted
+		if err == nil {
+			err = gob.NewDecoder(bytes.NewReader(data)).Decode(&rec)
+		}
+		if err != nil {
+			os.Remove(filepath.Join(x.dir, e.Name()))
+			continue
+		}
+		x.mu.Lock()
+		p := &pendingCore{ev: rec.Event}
+		x.pending[pid] = p
+		// This agent's observer never saw the crash, so no exit event
+		// will come: the grace period runs from the exit, or from now.
+		wait := x.after
+		if !rec.Exited.IsZero() {
+			wait = max(0, time.Until(rec.Exited.Add(x.after)))
+		}
+		outcome := rec.Outcome
+		p.timer = time.AfterFunc(wait, func() { x.record(pid, outcome) })
+		x.mu.Unlock()
+	}
 }
 
 // forgetAfter drops a core event whose exit was never seen (its exit event
@@ -49,12 +124,14 @@ func (x *missing) core(ev observer.Event) {
 	for pid, p := range x.pending {
 		if p.timer == nil && time.Since(p.ev.Time) > forgetAfter {
 			delete(x.pending, pid)
+			x.forget(pid)
 		}
 	}
 	if old := x.pending[ev.TGID]; old != nil && old.timer != nil {
 		old.timer.Stop()
 	}
 	x.pending[ev.TGID] = &pendingCore{ev: ev}
+	x.save(ev.TGID, persisted{Event: ev})
 }
 
 // exit starts the grace period once the process is gone.
@@ -67,6 +144,7 @@ func (x *missing) exit(ev observer.Event) {
 	}
 	outcome := ev.Outcome
 	p.timer = time.AfterFunc(x.after, func() { x.record(ev.TGID, outcome) })
+	x.save(ev.TGID, persisted{Event: p.ev, Exited: time.Now(), Outcome: outcome})
 }
 
 // reported cancels the wait: the bundle arrived.
@@ -78,6 +156,14 @@ func (x *missing) reported(pid int) {
 			p.timer.Stop()
 		}
 		delete(x.pending, pid)
+		x.forget(pid)
+	}
+}
+
+// forget removes a pending crash's file.
+func (x *missing) forget(pid int) {
+	if x.dir != "" {
+		os.Remove(x.file(pid))
 	}
 }
 
@@ -90,6 +176,7 @@ func (x *missing) record(pid int, outcome string) {
 	if p == nil {
 		return
 	}
+	defer x.forget(pid)
 	ev := p.ev
 	m := &bundle.Metadata{
 		Schema: bundle.Schema, ID: bundle.NewID(ev.Time, []byte(ev.Comm)), Time: ev.Time.Truncate(time.Second), Node: x.node,

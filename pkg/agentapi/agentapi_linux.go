@@ -7,9 +7,11 @@
 package agentapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,19 +19,27 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/coresock"
 )
 
 // Request is one call; each connection carries one request and one
 // response, as JSON.
 type Request struct {
 	// Op is "event" (wait up to WaitMS for the eBPF event of PID and the
-	// freeze of its container), "release" (the core of PID is in: thaw)
-	// or "report" (Bundle was published).
+	// freeze of its container), "release" (the core of PID is in: thaw),
+	// "report" (Bundle was published) or "take" (the agent collects the
+	// crash whose pattern arguments are Args from Core, the kernel's pipe
+	// passed with the request).
 	Op     string           `json:"op"`
 	PID    int              `json:"pid,omitempty"`
 	WaitMS int              `json:"wait_ms,omitempty"`
 	Bundle *bundle.Metadata `json:"bundle,omitempty"`
+	Args   []string         `json:"args,omitempty"`
+	// Core is the file passed with the request (SCM_RIGHTS), if any.
+	Core *os.File `json:"-"`
 }
 
 // Response answers a Request.
@@ -71,6 +81,70 @@ func call(socket string, req Request, timeout time.Duration) (*Response, error) 
 		return &resp, errors.New(resp.Error)
 	}
 	return &resp, nil
+}
+
+// Handoff gives the crash whose pattern arguments are args, and its core
+// pipe, to the agent, which collects it: the helper may exit at once (the
+// kernel holds the crasher while the agent reads the pipe). An error means
+// the agent did not take it within timeout: the helper collects alone.
+func Handoff(socket string, args []string, core *os.File, timeout time.Duration) error {
+	conn, err := net.DialTimeout("unix", socket, timeout)
+	if errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("%w at %s", ErrNoAgent, socket)
+	}
+	if err != nil {
+		return fmt.Errorf("reach the agent at %s: %w", socket, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	data, err := json.Marshal(Request{Op: "take", Args: args})
+	if err != nil {
+		return err
+	}
+	if _, _, err := conn.(*net.UnixConn).WriteMsgUnix(append(data, '\n'), unix.UnixRights(int(core.Fd())), nil); err != nil {
+		return fmt.Errorf("hand the core to the agent: %w", err)
+	}
+	var resp Response
+	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		return fmt.Errorf("read the agent's answer: %w", err)
+	}
+	if resp.Error != "" {
+		return errors.New(resp.Error)
+	}
+	return nil
+}
+
+// readRequest reads one request, and the file passed with it.
+func readRequest(conn net.Conn) (Request, error) {
+	var req Request
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return req, json.NewDecoder(conn).Decode(&req)
+	}
+	buf, oob := make([]byte, 64<<10), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return req, err
+	}
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, m := range msgs {
+			fds, _ := unix.ParseUnixRights(&m)
+			for _, fd := range fds {
+				if req.Core == nil {
+					req.Core = os.NewFile(uintptr(fd), "core")
+				} else {
+					unix.Close(fd)
+				}
+			}
+		}
+	}
+	if err := json.NewDecoder(io.MultiReader(bytes.NewReader(buf[:n]), conn)).Decode(&req); err != nil {
+		if req.Core != nil {
+			req.Core.Close()
+		}
+		return Request{}, err
+	}
+	return req, nil
 }
 
 // Lookup asks the agent for the eBPF event of pid, letting it wait up to
@@ -158,23 +232,7 @@ func Spooled(spool string) ([]*bundle.Metadata, func(id string) error, error) {
 // Listen opens the agent's socket, root only: the directory 0700 and the
 // socket 0600. A stale socket from an agent that died is replaced.
 func Listen(socket string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
-		return nil, fmt.Errorf("create the socket's directory: %w", err)
-	}
-	if conn, err := net.DialTimeout("unix", socket, 100*time.Millisecond); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("another agent is listening on %s: stop it first", socket)
-	}
-	os.Remove(socket)
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", socket, err)
-	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	return coresock.Listen(socket)
 }
 
 // Serve answers requests on ln with handle until ln is closed.
@@ -190,8 +248,8 @@ func Serve(ln net.Listener, handle func(Request) Response) error {
 		go func() {
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			var req Request
-			if err := json.NewDecoder(conn).Decode(&req); err != nil {
+			req, err := readRequest(conn)
+			if err != nil {
 				json.NewEncoder(conn).Encode(Response{Error: "bad request: " + err.Error()})
 				return
 			}

@@ -1,6 +1,7 @@
 package analysis
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -29,6 +30,24 @@ type Result struct {
 // which reach the exact files mapped even when they were deleted or
 // replaced. It needs no debugger and costs a few milliseconds.
 func Live(pid int, signal string, regs Regs, regsErr error) Result {
+	return live(pid, signal, func(mem io.ReaderAt) []uint64 { return WalkFrames(regs, mem) }, regsErr)
+}
+
+// LiveStack analyses a crashed process from the user stack the eBPF
+// observer took at its fatal signal (the kernel's own frame-pointer walk
+// from the same registers the core's first note holds): the coredump
+// socket intake decides on a crash before the kernel dumps a byte of it.
+func LiveStack(pid int, signal string, pcs []uint64) Result {
+	var err error
+	if len(pcs) == 0 {
+		err = errors.New("the eBPF event has no user stack")
+	}
+	return live(pid, signal, func(io.ReaderAt) []uint64 { return pcs }, err)
+}
+
+// live symbolises the frames walk gives, PC first, through the live
+// process's mappings.
+func live(pid int, signal string, walk func(mem io.ReaderAt) []uint64, walkErr error) Result {
 	proc := fmt.Sprintf("/proc/%d", pid)
 	var r Result
 	if exe, err := os.Open(filepath.Join(proc, "exe")); err == nil {
@@ -40,7 +59,7 @@ func Live(pid int, signal string, regs Regs, regsErr error) Result {
 			r.ExeID = filepath.Base(target)
 		}
 	}
-	if regsErr == nil {
+	if walkErr == nil {
 		maps, err := os.ReadFile(filepath.Join(proc, "maps"))
 		mem, err2 := os.Open(filepath.Join(proc, "mem"))
 		switch {
@@ -53,7 +72,7 @@ func Live(pid int, signal string, regs Regs, regsErr error) Result {
 				f, err := os.Open(filepath.Join(proc, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End)))
 				return f, f, err
 			})
-			pcs := WalkFrames(regs, mem)
+			pcs := walk(mem)
 			look := make([]Lookup, len(pcs))
 			for i, pc := range pcs {
 				look[i] = Lookup{Addr: pc, Ret: i > 0}
@@ -71,7 +90,7 @@ func Live(pid int, signal string, regs Regs, regsErr error) Result {
 			mem.Close()
 		}
 	} else {
-		r.Reason = fmt.Sprintf("no registers: %v", regsErr)
+		r.Reason = fmt.Sprintf("no registers: %v", walkErr)
 	}
 	r.Title = Title(signal, r.Frames)
 	r.Signature = Signature(r.ExeID, signal, r.Frames)

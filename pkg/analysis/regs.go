@@ -18,6 +18,9 @@ type Regs struct {
 	// FP is the frame pointer (rbp, x29); LR the link register (arm64).
 	FP uint64
 	LR uint64
+	// Signal is the signal that killed the thread (pr_info.si_signo):
+	// the coredump socket passes none, and its eBPF event may be lost.
+	Signal int
 }
 
 // prstatus layouts: where pr_reg starts in the note, and each register's
@@ -94,7 +97,9 @@ func HeadRegs(head []byte) (Regs, int, error) {
 		}
 		return bo.Uint64(regs[8*i:])
 	}
-	return Regs{Machine: mach, PC: reg(layout.pc), SP: reg(layout.sp), FP: reg(layout.fp), LR: reg(layout.lr)}, 0, nil
+	// elf_prstatus opens with the signal's siginfo: si_signo first.
+	signal := int(bo.Uint32(n[12+8:]))
+	return Regs{Machine: mach, PC: reg(layout.pc), SP: reg(layout.sp), FP: reg(layout.fp), LR: reg(layout.lr), Signal: signal}, 0, nil
 }
 
 // maxFrames bounds a frame-pointer walk.

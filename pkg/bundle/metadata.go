@@ -259,6 +259,9 @@ const (
 	// allowance of full cores (collect.max_cores_per_minute) or ran its
 	// allowance of concurrent collections.
 	ReasonRateLimit = "rate_limit"
+	// ReasonBusy marks a crash the agent refused before its dump because
+	// it held collect.backlog crashes already.
+	ReasonBusy = "busy"
 	// ReasonPodPolicy marks a core drained because the pod's annotation or
 	// its namespace's default (config.Pods) said corecatch.io/collect:
 	// false; metadata and the backtrace are kept.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/store"
@@ -39,6 +41,9 @@ kernel.core_pattern. It reads the core from stdin and the crashed process from
 	}
 }
 
+// handoffTimeout bounds the handoff of a crash to the agent.
+const handoffTimeout = 500 * time.Millisecond
+
 func runCollect(cfgPath string, explicit bool, args []string) error {
 	log := kmsgLogger()
 	defer log.Sync()
@@ -52,6 +57,14 @@ func runCollect(cfgPath string, explicit bool, args []string) error {
 		// A broken config must not lose the core: fall back to defaults.
 		log.Error("config unreadable, using defaults", zap.Error(err))
 		cfg = config.Default()
+	}
+	// The agent collects the crash when it runs: this process, started
+	// for every crash, hands over the pipe and exits. Without an answer in
+	// time it collects alone, as it always could.
+	if err := agentapi.Handoff(cfg.Socket, args, os.Stdin, handoffTimeout); err == nil {
+		return nil
+	} else if !errors.Is(err, agentapi.ErrNoAgent) {
+		log.Warn("the agent did not take the crash; collecting it here", zap.Error(err))
 	}
 	if err := collector.LimitMemory(cfg.Collect.MemoryLimit.Bytes); err != nil {
 		log.Warn("helper memory unbounded", zap.Error(err))

@@ -7,9 +7,11 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -22,6 +24,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/coresock"
 	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/kube"
 	"github.com/corecatch/corecatch/pkg/metrics"
@@ -54,19 +57,21 @@ install after changing the config. Running it again is safe.`,
 			if err != nil {
 				return err
 			}
-			res, err := install(cfg)
+			res, err := install(cfg, false)
 			if err != nil {
 				return err
 			}
 			printInstall(cmd.OutOrStdout(), res)
+			fmt.Fprintf(cmd.OutOrStdout(), "intake: pipe (the kernel runs the helper for each crash; the agent takes cores over %s when it runs)\n", cfg.CoredumpSocket)
 			return nil
 		},
 	}
 }
 
 // install snapshots cfg into the spool and points core_pattern at this
-// binary, or at its copy in host.bin_dir.
-func install(cfg *config.Config) (sysctl.Result, error) {
+// binary, or at its copy in host.bin_dir; with socket at the coredump
+// socket instead, where an agent listens.
+func install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 	if _, err := openStore(cfg); err != nil {
 		return sysctl.Result{}, err
 	}
@@ -107,7 +112,62 @@ func install(cfg *config.Config) (sysctl.Result, error) {
 	if err := os.WriteFile(snapshot, data, 0o600); err != nil {
 		return sysctl.Result{}, fmt.Errorf("write the helper's config: %w", err)
 	}
-	return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, pattern)
+	sockPattern := coresock.Pattern(cfg.CoredumpSocket)
+	if !socket {
+		return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, pattern, sockPattern)
+	}
+	if len(sockPattern) > sysctl.MaxPattern {
+		return sysctl.Result{}, fmt.Errorf("core_pattern %q is longer than the kernel's %d bytes: choose a shorter coredump_socket", sockPattern, sysctl.MaxPattern)
+	}
+	res, err := sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, sockPattern, pattern)
+	if err == nil {
+		return res, nil
+	}
+	// The kernel may take the pattern only from its initial mount
+	// namespace: try again from PID 1's, where the host's paths are the
+	// real ones (its /proc/sys/kernel; the spool and socket are hostPaths).
+	if herr := inHostMountNamespace(func() error {
+		res, err = sysctl.Install(sysctl.Proc, cfg.Spool, sockPattern, pattern)
+		return err
+	}); herr != nil {
+		return res, fmt.Errorf("%w; from the host's mount namespace: %w", err, herr)
+	}
+	return res, nil
+}
+
+// installIntake installs the intake cfg asks for: the coredump socket,
+// listening, where the kernel takes it (core_modes lists socket, and the
+// @@ pattern reads back as written), else the pipe helper, which is
+// installed first in any case. It returns the listener (nil for the pipe)
+// and what the first install found.
+func installIntake(cfg *config.Config, log *zap.Logger) (sysctl.Result, *net.UnixListener, error) {
+	res, err := install(cfg, false)
+	if err != nil || cfg.Intake != config.IntakeSocket {
+		return res, nil, err
+	}
+	if !sysctl.SocketSupported(cfg.Host.ProcSysKernel) {
+		log.Warn("intake: pipe; this kernel cannot send cores to a socket (kernel.core_modes lacks socket, Linux < 6.16)")
+		return res, nil, nil
+	}
+	ln, err := coresock.Listen(cfg.CoredumpSocket)
+	if err != nil {
+		log.Warn("intake: pipe; the coredump socket cannot listen", zap.Error(err))
+		return res, nil, nil
+	}
+	sres, err := install(cfg, true)
+	if err != nil {
+		// Since 6.16.8 the kernel takes a pattern it cannot use on
+		// write and refuses it on read: the pipe helper goes back.
+		ln.Close()
+		os.Remove(cfg.CoredumpSocket)
+		log.Warn("intake: pipe; the kernel refused the coredump socket's pattern (Linux < 6.17, or not written from the host's mount namespace)", zap.Error(err))
+		if _, err := install(cfg, false); err != nil {
+			return res, nil, err
+		}
+		return res, nil, nil
+	}
+	res.Pattern = sres.Pattern
+	return res, ln, nil
 }
 
 // uninstall restores the sysctls install replaced, then removes the helper
@@ -238,39 +298,60 @@ or $` + envWebhook + ` and $` + envSecret + ` (--feishu-webhook and
 	return cmd
 }
 
+// runAgent runs the agent's supervisor: it installs the intake, owns the
+// coredump socket and core_pattern, and runs the worker (runWorker, this
+// same command with agent.WorkerEnv set), restarting it whenever it dies.
 func runAgent(ctx context.Context, cfg *config.Config, listen string, interval time.Duration, log *zap.Logger) error {
+	if mode := os.Getenv(agent.WorkerEnv); mode != "" {
+		return runWorker(ctx, cfg, mode, listen, interval, log)
+	}
 	st, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
-	local, bounds := nodeStore(cfg, st)
-	res, err := install(cfg)
+	res, cores, err := installIntake(cfg, log)
 	if err != nil {
 		return err
+	}
+	mode := config.IntakePipe
+	var coresFile *os.File
+	if cores != nil {
+		mode = config.IntakeSocket
+		if coresFile, err = cores.File(); err != nil {
+			return fmt.Errorf("hand the coredump socket to the worker: %w", err)
+		}
 	}
 	if res.AlreadyInstalled {
 		// Killed before it could restore (SIGKILL, OOM, a node crash):
 		// the sysctls it saved stay the ones to restore.
 		log.Warn("repaired: a previous agent left corecatch installed; its saved sysctls will be restored at exit", zap.String("found", res.PreviousPattern))
 	}
-	log.Info("installed", zap.String("core_pattern", res.Pattern), zap.String("previous", res.PreviousPattern), zap.String("store", st.String()))
-	// In a pod whose DaemonSet lives on (a rolling update), the next agent
-	// takes over: the helper stays installed for the crashes in between.
-	handOver := func() (bool, string) { return false, "" }
-	defer func() {
-		if ok, why := handOver(); ok {
-			log.Info("left corecatch installed for the next agent", zap.String("why", why))
-			return
-		} else if why != "" {
-			log.Info("restoring the node", zap.String("why", why))
-		}
-		if res, err := uninstall(cfg); err != nil {
-			log.Error("restore core_pattern", zap.Error(err))
-		} else {
-			log.Info("restored", zap.String("core_pattern", res.Pattern))
-		}
-	}()
+	log.Info("installed", zap.String("intake", mode), zap.String("core_pattern", res.Pattern), zap.String("previous", res.PreviousPattern), zap.String("store", st.String()))
+	ctx, stop, sig := stopContext(ctx)
+	defer stop()
+	var left sync.Once
+	leave := func() { left.Do(func() { leaveNode(cfg, sig(), log) }) }
+	defer leave()
+	return agent.Supervise(ctx, os.Args[1:], mode, coresFile, log, sig, leave)
+}
 
+// runWorker serves the node under runAgent's supervisor: the observer,
+// the helper's socket, metrics and notifications, and, with the socket
+// intake, the crashes on the coredump socket it inherits.
+func runWorker(ctx context.Context, cfg *config.Config, mode, listen string, interval time.Duration, log *zap.Logger) error {
+	st, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	local, bounds := nodeStore(cfg, st)
+	var cores *net.UnixListener
+	if mode == config.IntakeSocket {
+		ln, err := net.FileListener(os.NewFile(agent.CoresFD, "coredump.sock"))
+		if err != nil {
+			return fmt.Errorf("the coredump socket from the supervisor: %w", err)
+		}
+		cores = ln.(*net.UnixListener)
+	}
 	ctx, stop := signalContext(ctx)
 	defer stop()
 	opts, err := observerOptions(cfg)
@@ -291,6 +372,7 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		lost = func() float64 { st := ob.Stats(); return float64(st.Lost + st.Dropped + st.Undecodable) }
 	}
 	met := metrics.New(Version, lost)
+	met.Intake(mode)
 	met.LimitExeLabels(cfg.Metrics.MaxExeLabels)
 	met.DedupClusterWide(clusterDedupProbe(ctx, cfg, st, log))
 	nt, err := newNotifier(cfg, st, met, log)
@@ -305,9 +387,6 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		met.Sink(kube.Sink, kube.Results)
 		podEvents = ev.Crash
 		go ev.Run(ctx)
-		handOver = func() (bool, string) {
-			return ev.DaemonSetLivesOn(context.Background(), os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"))
-		}
 	}
 	var ready atomic.Bool
 	srv := serveHTTP(listen, newMux(met, ready.Load), log)
@@ -360,8 +439,13 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 		log.Error("freezer unavailable; containers will not be frozen", zap.Error(err))
 		fz = nil
 	}
+	var claimer collector.Claimer
+	if s3, ok := st.(*store.S3); ok && clusterDedup(cfg) {
+		claimer = s3
+	}
 	return agent.New(agent.Options{
 		Config: cfg, Log: log, Observer: ob, Freezer: fz, Store: local, Uploader: up,
+		Cores: cores, Retention: bounds, Claimer: claimer, Version: Version,
 		OnBundle:   met.Bundle,
 		OnAnnounce: func(m *bundle.Metadata) { nt.Crash(ctx, m); podEvents(m) },
 		OnSignal: func(ev observer.Event) {
@@ -383,6 +467,42 @@ func runAgent(ctx context.Context, cfg *config.Config, listen string, interval t
 	}).Run(ctx)
 }
 
+// leaveNode is what a stopping agent does to the node. In a pod whose
+// DaemonSet lives on (a rolling update) the next agent takes over: the
+// pipe helper stays installed (core_pattern points back at it from the
+// coredump socket) and collects the crashes in between. Otherwise
+// (SIGINT, the DaemonSet deleted, no cluster) it restores what install
+// replaced.
+func leaveNode(cfg *config.Config, sig os.Signal, log *zap.Logger) {
+	if sig == syscall.SIGTERM {
+		if ok, why := daemonSetLivesOn(cfg, log); ok {
+			if res, err := install(cfg, false); err != nil {
+				log.Error("point core_pattern at the pipe helper", zap.Error(err))
+			} else {
+				log.Info("left corecatch installed for the next agent", zap.String("why", why), zap.String("core_pattern", res.Pattern))
+			}
+			return
+		} else if why != "" {
+			log.Info("restoring the node", zap.String("why", why))
+		}
+	}
+	if res, err := uninstall(cfg); err != nil {
+		log.Error("restore core_pattern", zap.Error(err))
+	} else {
+		log.Info("restored", zap.String("core_pattern", res.Pattern))
+	}
+}
+
+// daemonSetLivesOn asks the API server whether this agent's DaemonSet
+// stays (a rolling update) or goes; false with no reason outside a cluster.
+func daemonSetLivesOn(cfg *config.Config, log *zap.Logger) (bool, string) {
+	ev, err := kube.New(kube.Options{Node: cfg.Node, Log: log})
+	if err != nil {
+		return false, ""
+	}
+	return ev.DaemonSetLivesOn(context.Background(), os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"))
+}
+
 // daemon loads the config of a long-running command, lets adjust lay its
 // flags over it, validates it and makes the daemon's JSON logger.
 func (g *globals) daemon(cmd *cobra.Command, adjust func(*config.Config)) (*config.Config, *zap.Logger, error) {
@@ -398,6 +518,26 @@ func (g *globals) daemon(cmd *cobra.Command, adjust func(*config.Config)) (*conf
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	log, err := zc.Build()
 	return cfg, log, err
+}
+
+// stopContext ends at SIGINT or SIGTERM, and tells which ended it.
+func stopContext(ctx context.Context) (context.Context, context.CancelFunc, func() os.Signal) {
+	ctx, cancel := context.WithCancel(ctx)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	var got atomic.Value
+	go func() {
+		select {
+		case s := <-ch:
+			got.Store(s)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { signal.Stop(ch); cancel() }, func() os.Signal {
+		s, _ := got.Load().(os.Signal)
+		return s
+	}
 }
 
 // signalContext ends at SIGINT or SIGTERM.

@@ -34,7 +34,7 @@ func TestUninstallFindsSpool(t *testing.T) {
 	cfg.Spool = filepath.Join(short, "s")
 	cfg.Host.ProcSysKernel = proc
 	cfg.Host.BinDir = filepath.Join(short, "b")
-	if _, err := install(cfg); err != nil {
+	if _, err := install(cfg, false); err != nil {
 		t.Fatal(err)
 	}
 	if !sysctl.IsOurs(readOrFatal(t, filepath.Join(proc, "core_pattern"))) {

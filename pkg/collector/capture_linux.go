@@ -217,14 +217,15 @@ func (c *capture) wait() {
 	c.warnings = append(c.warnings, fmt.Sprintf("capture stopped at collect.capture_timeout (%s): a read of the crashed process's files or memory did not return; not captured: %s", timeout, strings.Join(c.missing, ", ")))
 }
 
-// liveWalk is analysis.Live (the frame-pointer walk through the crasher's
-// memory, named from its mapped files) bounded by timeout (0: none): those
+// liveWalk is live, analysis.Live or LiveStack (the frame-pointer walk
+// through the crasher's memory, named from its mapped files), bounded by
+// timeout (0: none): those
 // reads can block for ever like the capture's, so it runs in a goroutine
 // that is abandoned at the timeout. ok is false then, and the result names
 // the crash by its executable's name alone.
-func liveWalk(pid int, signal string, regs analysis.Regs, regsErr error, timeout time.Duration) (r analysis.Result, ok bool) {
+func liveWalk(pid int, signal string, live func() analysis.Result, timeout time.Duration) (r analysis.Result, ok bool) {
 	done := make(chan analysis.Result, 1)
-	go func() { done <- analysis.Live(pid, signal, regs, regsErr) }()
+	go func() { done <- live() }()
 	var expired <-chan time.Time
 	if timeout > 0 {
 		t := time.NewTimer(timeout)

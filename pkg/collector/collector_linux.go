@@ -110,6 +110,51 @@ type Options struct {
 	// of a bug in a window on any node keeps the core (an S3 store that
 	// honours conditional writes; see ClusterMarker).
 	Claimer Claimer
+	// Agent is how the collection reaches the agent; nil: over its socket
+	// (cfg.Socket), as the kernel-run helper does.
+	Agent Link
+	// Answer, when set, is the intake that must be told before the first
+	// byte of the core is read whether it is kept (the coredump socket's
+	// answer): with Stack, the decision is made on the eBPF event's stack
+	// before the kernel dumps anything, and a refused core never streams;
+	// without, Answer(true) comes first and a refused core's stream is
+	// closed as soon as it is decided. Core is nil until Answer(true)
+	// returns.
+	Answer func(keep bool) error
+	// Stack is the crash's user stack from the eBPF event (PC first).
+	Stack []uint64
+	// CloseRefused closes a refused core's stream at once instead of
+	// draining it (the kernel stops dumping); the agent's intakes set it.
+	CloseRefused bool
+	// OpenCore, for Answer's intake, opens the core once it is to be read.
+	OpenCore func() (*os.File, error)
+	// Refuse, when set, is the reason the core is not kept whatever the
+	// crash (the agent's backlog is full: bundle.ReasonBusy).
+	Refuse string
+}
+
+// Link is the agent's side of a collection: the eBPF event and freeze of a
+// crash, the thaw once its process is let go, and the bundle's report.
+type Link interface {
+	Lookup(pid int, wait time.Duration) (*agentapi.Response, error)
+	Release(pid int) (*agentapi.Response, error)
+	Report(m *bundle.Metadata) error
+}
+
+// socketLink reaches the agent over its unix socket, with short deadlines:
+// the kernel-run helper never waits long for an agent that may be down.
+type socketLink struct{ socket, spool string }
+
+func (l socketLink) Lookup(pid int, wait time.Duration) (*agentapi.Response, error) {
+	return agentapi.Lookup(l.socket, pid, wait)
+}
+
+func (l socketLink) Release(pid int) (*agentapi.Response, error) {
+	return agentapi.Release(l.socket, pid, reportTimeout)
+}
+
+func (l socketLink) Report(m *bundle.Metadata) error {
+	return agentapi.Report(l.socket, l.spool, m, reportTimeout)
 }
 
 // Claimer makes one crash the holder of a bug's window across nodes
@@ -124,8 +169,44 @@ type Claimer interface {
 func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	start := time.Now()
 	req, cfg := o.Request, o.Config
-	defer o.Core.Close()
-	enlargePipe(o.Core)
+	helper := o.Agent == nil // a process of its own, run by the kernel
+	if helper {
+		o.Agent = socketLink{cfg.Socket, cfg.Spool}
+	}
+	answered := false
+	answer := func(keep bool) error {
+		if answered || o.Answer == nil {
+			return nil
+		}
+		answered = true
+		if err := o.Answer(keep); err != nil {
+			return err
+		}
+		if keep && o.Core == nil {
+			f, err := o.OpenCore()
+			if err != nil {
+				return err
+			}
+			o.Core = f
+		}
+		return nil
+	}
+	defer func() {
+		answer(false) // a collection that failed early dumps nothing
+		if o.Core != nil {
+			o.Core.Close()
+		}
+	}()
+	early := o.Answer != nil && len(o.Stack) > 0
+	if o.Answer != nil && !early {
+		// No stack to decide on: take the core, decide on its head.
+		if err := answer(true); err != nil {
+			return nil, fmt.Errorf("take the core of pid %d: %w", req.PID, err)
+		}
+	}
+	if o.Core != nil {
+		enlargePipe(o.Core)
+	}
 
 	req.Comm = taskComm(req)
 	id := bundle.NewID(req.Time, req.Comm)
@@ -147,7 +228,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	}
 	w, err := o.Store.Put(ctx, id)
 	if err != nil {
-		drain(o.Core)
+		if o.Core != nil && !o.CloseRefused {
+			drain(o.Core)
+		}
 		return nil, fmt.Errorf("start bundle in %s: %w", o.Store, err)
 	}
 	committed := false
@@ -173,7 +256,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	// the helper goes on alone.
 	var agentResp *agentapi.Response
 	wg.Go(func() {
-		resp, err := agentapi.Lookup(cfg.Socket, req.PID, lookupWait)
+		resp, err := o.Agent.Lookup(req.PID, lookupWait)
 		if err != nil {
 			if !errors.Is(err, agentapi.ErrNoAgent) {
 				o.Log.Warn("no eBPF event from the agent", zap.Error(err))
@@ -186,11 +269,27 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	// before a byte of the core is kept: a known bug's core is not.
 	// Every read of the pipe gives up after collect.capture_timeout
 	// without a byte: the kernel's dump can block on the crasher's files.
-	pipe := &stallReader{f: o.Core, stall: time.Duration(cfg.Collect.CaptureTimeout)}
-	head, regs, regsErr := readHead(pipe)
+	var pipe *stallReader
+	stall := time.Duration(cfg.Collect.CaptureTimeout)
+	if o.Core != nil {
+		pipe = &stallReader{f: o.Core, stall: stall}
+	}
 	// The walk, and later the capture, each read the crasher's memory
 	// and files for at most collect.capture_timeout.
-	quick, walked := liveWalk(req.PID, m.SignalName, regs, regsErr, time.Duration(cfg.Collect.CaptureTimeout))
+	var head []byte
+	var quick analysis.Result
+	var walked bool
+	if early {
+		quick, walked = liveWalk(req.PID, m.SignalName, func() analysis.Result { return analysis.LiveStack(req.PID, m.SignalName, o.Stack) }, stall)
+	} else {
+		var regs analysis.Regs
+		var regsErr error
+		head, regs, regsErr = readHead(pipe)
+		if m.Signal == 0 && regs.Signal > 0 {
+			m.Signal, m.SignalName = regs.Signal, bundle.SignalName(regs.Signal)
+		}
+		quick, walked = liveWalk(req.PID, m.SignalName, func() analysis.Result { return analysis.Live(req.PID, m.SignalName, regs, regsErr) }, stall)
+	}
 	if !walked {
 		m.Collector.Missing = append(m.Collector.Missing, "the frame-pointer walk")
 	}
@@ -217,7 +316,10 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		m.Warnings = append(m.Warnings, "core not kept: "+pol.Why)
 	}
 	if keep {
-		reason := stormReason(ctx, cfg, o.Claimer, m, quick.ExeID)
+		reason := o.Refuse
+		if reason == "" {
+			reason = stormReason(ctx, cfg, o.Claimer, m, quick.ExeID)
+		}
 		if reason == "" {
 			slot, ok := takeSlot(cfg.Spool, cfg.Collect.MaxConcurrent)
 			if ok {
@@ -256,7 +358,31 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		light:        light,
 		logTail:      cfg.Identity.LogTail.Bytes,
 	}
-	cap.start()
+	var released time.Time
+	if early && !keep {
+		// Refused before the dump: what the bundle keeps of the process
+		// is read while the kernel still holds it, then it is let go.
+		cap.start()
+		cap.wait()
+		cs.truncate(cs.limitReason)
+		if err := answer(false); err != nil {
+			m.Warnings = append(m.Warnings, err.Error())
+		}
+		released = time.Now()
+	} else {
+		cap.start()
+	}
+	if early && keep {
+		if err := answer(true); err != nil {
+			// The kernel took no answer: it dumps nothing.
+			m.Warnings = append(m.Warnings, err.Error())
+			keep = false
+			cs = newCoreStream(0, bundle.ReasonError, zstdLevel(cfg.Collect.Compression))
+			cs.truncate(bundle.ReasonError)
+		} else {
+			pipe = &stallReader{f: o.Core, stall: stall}
+		}
+	}
 
 	var coreFile io.WriteCloser
 	if keep {
@@ -266,19 +392,31 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		}
 	}
 	var readErr error
-	if keep {
+	switch {
+	case keep:
 		readErr = cs.run(io.MultiReader(bytes.NewReader(head), pipe), coreFile)
-	} else {
+	case o.Core == nil:
+	case o.CloseRefused:
+		// Closing stops the kernel's dump: a refused core costs what
+		// was read of its head.
+		cs.drainHead(head)
+		o.Core.Close()
+	default:
 		readErr = cs.drain(head, pipe)
 	}
 	cap.wait()
 	// Everything that needs the crashed process is done: let the kernel
 	// release it (it waits for the pipe's last reader, not for our exit).
-	o.Core.Close()
+	if o.Core != nil {
+		o.Core.Close()
+	}
 	held := time.Since(start)
+	if !released.IsZero() {
+		held = released.Sub(start)
+	}
 	if agentResp != nil && agentResp.Freeze != nil && agentResp.Freeze.Frozen {
 		// The container may run again: what it could change is captured.
-		if resp, err := agentapi.Release(cfg.Socket, req.PID, reportTimeout); err != nil {
+		if resp, err := o.Agent.Release(req.PID); err != nil {
 			o.Log.Warn("ask the agent to thaw", zap.Error(err))
 		} else if resp.Freeze != nil {
 			agentResp.Freeze = resp.Freeze
@@ -340,15 +478,17 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	m.Title = analysis.Describe(m.SignalName, m.Backtrace, clues)
 	m.Analysis.Script = analysis.Script(clues)
 
-	rss, cpu := usage()
 	m.Collector = bundle.Collector{
 		Version:         o.Version,
 		HeldSeconds:     held.Seconds(),
 		DurationSeconds: time.Since(start).Seconds(),
-		MaxRSSBytes:     rss,
-		CPUSeconds:      cpu,
-		DiskWriteBytes:  diskWrites(),
 		Missing:         m.Collector.Missing,
+	}
+	if helper {
+		// The process's own figures are one crash's only in a helper;
+		// the agent's are in its metrics.
+		m.Collector.MaxRSSBytes, m.Collector.CPUSeconds = usage()
+		m.Collector.DiskWriteBytes = diskWrites()
 	}
 	// The agent runs gdb on a stored core once it is published (gdb lives
 	// in the agent's image, not necessarily on the host the helper runs
@@ -369,7 +509,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 		return nil, fmt.Errorf("publish bundle %s in %s: %w", id, o.Store, err)
 	}
 	committed = true
-	if err := agentapi.Report(cfg.Socket, cfg.Spool, m, reportTimeout); err != nil {
+	if err := o.Agent.Report(m); err != nil {
 		o.Log.Warn("report the bundle to the agent", zap.Error(err))
 	}
 	if local != nil {

@@ -239,8 +239,7 @@ func takeSlot(spool string, n int) (*os.File, bool) {
 // moves the kernel's pages to /dev/null without copying them through the
 // helper. head is what was read of it already.
 func (s *coreStream) drain(head []byte, in *stallReader) error {
-	s.layout.feed(head)
-	s.core.RawBytes += int64(len(head))
+	s.drainHead(head)
 	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err == nil {
 		defer null.Close()
@@ -277,6 +276,12 @@ func (s *coreStream) drain(head []byte, in *stallReader) error {
 			return fmt.Errorf("drain the core: %w", err)
 		}
 	}
+}
+
+// drainHead counts what was read of a core that is not kept.
+func (s *coreStream) drainHead(head []byte) {
+	s.layout.feed(head)
+	s.core.RawBytes += int64(len(head))
 }
 
 // readHead reads the first bytes of the core, as many as the crashing

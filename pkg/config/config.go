@@ -44,6 +44,15 @@ type Config struct {
 	Spool string `json:"spool"`
 	// Socket is the agent's unix socket.
 	Socket string `json:"socket"`
+	// Intake is how cores reach corecatch: "socket", the kernel's
+	// coredump socket (Linux 6.17+), where the agent decides on each
+	// crash before it is dumped and takes the core itself; or "pipe", the
+	// kernel runs `corecatch collect` for each crash. The agent falls back
+	// to pipe where the kernel cannot take the socket's pattern.
+	Intake string `json:"intake"`
+	// CoredumpSocket is the host path (in the host's mount namespace) of
+	// the socket the kernel connects to with intake socket.
+	CoredumpSocket string `json:"coredump_socket"`
 	// Node names this node in metadata; empty means the host name.
 	Node      string    `json:"node"`
 	Collect   Collect   `json:"collect"`
@@ -434,6 +443,11 @@ type Collect struct {
 	// Crashes beyond keep metadata and a backtrace, their cores drained.
 	MaxCoresPerMinute int `json:"max_cores_per_minute"`
 	MaxConcurrent     int `json:"max_concurrent"`
+	// Backlog bounds the crashes the agent holds at once through the
+	// coredump socket (collecting or waiting for a collection slot);
+	// beyond it a crash is refused before its dump and recorded without
+	// its core (reason busy).
+	Backlog int `json:"backlog"`
 	// MemoryLimit bounds each helper: the Go runtime's soft limit, and
 	// RLIMIT_AS at the limit plus what the runtime reserves. A crash
 	// costs a helper at most 64 MiB (make bench); 0 leaves it unbounded.
@@ -449,13 +463,22 @@ type Retention struct {
 	SweepInterval Duration `json:"sweep_interval"`
 }
 
+// The intakes (Config.Intake).
+const (
+	IntakeSocket = "socket"
+	IntakePipe   = "pipe"
+)
+
 // Default returns the configuration used when no file exists.
 func Default() *Config {
 	return &Config{
-		Store:  "file:///var/lib/corecatch/bundles",
-		Spool:  "/var/lib/corecatch/spool",
-		Socket: "/run/corecatch/agent.sock",
+		Store:          "file:///var/lib/corecatch/bundles",
+		Spool:          "/var/lib/corecatch/spool",
+		Socket:         "/run/corecatch/agent.sock",
+		Intake:         IntakeSocket,
+		CoredumpSocket: "/run/corecatch/coredump.sock",
 		Collect: Collect{
+			Backlog:            256,
 			MaxFileBytes:       Size{Bytes: 1 << 30},
 			MaxFilesTotalBytes: Size{Bytes: 256 << 20},
 			CaptureTimeout:     Duration(30 * time.Second),
@@ -558,6 +581,17 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("freeze.allow/deny %q: %w", e, err)
 			}
 		}
+	}
+	switch c.Intake {
+	case IntakeSocket, IntakePipe:
+	default:
+		return fmt.Errorf("intake %q: use socket or pipe", c.Intake)
+	}
+	if !path.IsAbs(c.CoredumpSocket) || strings.ContainsAny(c.CoredumpSocket, " \t\n") {
+		return fmt.Errorf("coredump_socket %q must be an absolute path without spaces", c.CoredumpSocket)
+	}
+	if c.Collect.Backlog < c.Collect.MaxConcurrent {
+		return fmt.Errorf("collect.backlog %d must be at least collect.max_concurrent (%d)", c.Collect.Backlog, c.Collect.MaxConcurrent)
 	}
 	if c.Collect.CaptureTimeout < Duration(time.Second) {
 		return fmt.Errorf("collect.capture_timeout %s: use at least 1s (a healthy capture takes well under a second, a stalled one is cut here)", c.Collect.CaptureTimeout)

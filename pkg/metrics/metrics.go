@@ -19,7 +19,7 @@ import (
 // DropReasons are the values of corecatch_cores_dropped_total's reason
 // label. Each exists at 0 from the start, so that an alert on increase()
 // sees the first drop.
-var DropReasons = []string{"dedup", "rate_limit", "too_large", "disk_full", "rlimit", "missing", "pod_policy", "error"}
+var DropReasons = []string{"dedup", "rate_limit", "busy", "too_large", "disk_full", "rlimit", "missing", "pod_policy", "error"}
 
 // DefaultMaxExeLabels is how many distinct executable names the exe label
 // takes in one agent's life, by default, before the rest count as
@@ -56,6 +56,7 @@ type Metrics struct {
 	quarantinedNow prometheus.Gauge
 	notifications  *prometheus.CounterVec
 	dedupCluster   prometheus.Gauge
+	intake         *prometheus.GaugeVec
 }
 
 // New registers every corecatch metric, and the Go and process collectors,
@@ -127,6 +128,10 @@ func New(version string, ebpfLost func() float64) *Metrics {
 		Name: "corecatch_dedup_cluster_wide",
 		Help: "1 when deduplication is cluster-wide (an S3 store that honours conditional writes), 0 when each node deduplicates alone.",
 	})
+	m.intake = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "corecatch_intake_info",
+		Help: "1 for the way cores reach corecatch on this node (mode socket: the kernel's coredump socket; pipe: the core_pattern helper), 0 for the other.",
+	}, []string{"mode"})
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "corecatch_build_info",
 		Help:        "The running corecatch's version, as a label; always 1.",
@@ -134,7 +139,7 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.crashes, m.fatalSignals, m.coresStored, m.coresDropped, m.coreBytes,
-		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.quarantined, m.quarantinedNow, m.notifications, m.dedupCluster, info,
+		m.collectSeconds, m.freezeLatency, m.freezeDuration, m.lastCrash, m.storeOps, m.uploadBacklog, m.quarantined, m.quarantinedNow, m.notifications, m.dedupCluster, m.intake, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		register(c)
 	}
@@ -146,6 +151,9 @@ func New(version string, ebpfLost func() float64) *Metrics {
 	}
 	for _, r := range DropReasons {
 		m.coresDropped.WithLabelValues(r)
+	}
+	for _, mode := range []string{"socket", "pipe"} {
+		m.intake.WithLabelValues(mode)
 	}
 	for _, k := range []string{"raw", "stored"} {
 		m.coreBytes.WithLabelValues(k)
@@ -245,6 +253,8 @@ func dropReason(c bundle.Core) string {
 		return "dedup"
 	case bundle.ReasonRateLimit:
 		return "rate_limit"
+	case bundle.ReasonBusy:
+		return "busy"
 	case bundle.ReasonPodPolicy:
 		return "pod_policy"
 	}
@@ -327,6 +337,18 @@ func (c *pendingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c *pendingCollector) Collect(ch chan<- prometheus.Metric) {
 	for sink, n := range c.pending() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), sink)
+	}
+}
+
+// Intake records which intake is in use: "socket" or "pipe".
+func (m *Metrics) Intake(mode string) {
+	m.intake.Reset()
+	for _, other := range []string{"socket", "pipe"} {
+		v := 0.0
+		if other == mode {
+			v = 1
+		}
+		m.intake.WithLabelValues(other).Set(v)
 	}
 }
 

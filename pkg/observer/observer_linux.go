@@ -269,6 +269,7 @@ func clockOffset() time.Duration {
 // read decodes records until the reader is closed. It never waits for the
 // consumer: a full channel drops the event and counts it.
 func (ob *Observer) read() {
+	Urgent() // best effort: a freeze waits for this event
 	defer ob.done.Done()
 	defer close(ob.events)
 	var rec ringbuf.Record

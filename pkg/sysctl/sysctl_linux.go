@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -127,8 +128,9 @@ func InstalledConfig(proc string) (string, error) {
 // raises core_pipe_limit when it is 0, and saves the previous values in
 // spool unless corecatch was already installed (then the saved values from
 // that install stay: an agent that was killed without restoring finds
-// them, and its successor restores them).
-func Install(proc, spool, pattern string) (Result, error) {
+// them, and its successor restores them). ours are the other patterns of
+// this install (the coredump socket's), which are corecatch's too.
+func Install(proc, spool, pattern string, ours ...string) (Result, error) {
 	oldPattern, oldLimit, err := readBoth(proc)
 	if err != nil {
 		return Result{}, err
@@ -140,7 +142,7 @@ func Install(proc, spool, pattern string) (Result, error) {
 	res.PipeLimit = res.PreviousLimit
 	state := filepath.Join(spool, StateFile)
 	_, statErr := os.Stat(state)
-	res.AlreadyInstalled = IsOurs(oldPattern)
+	res.AlreadyInstalled = IsOurs(oldPattern) || slices.Contains(append(ours, pattern), strings.TrimSuffix(string(oldPattern), "\n"))
 	if !res.AlreadyInstalled || errors.Is(statErr, fs.ErrNotExist) {
 		if res.AlreadyInstalled {
 			// Ours but nothing saved (spool wiped): the best restore
@@ -151,7 +153,7 @@ func Install(proc, spool, pattern string) (Result, error) {
 		if err := os.MkdirAll(spool, 0o755); err != nil {
 			return res, fmt.Errorf("create spool %s: %w", spool, err)
 		}
-		if err := writeAtomic(state, 0o600, bytes.NewReader(data)); err != nil {
+		if err := WriteAtomic(state, 0o600, bytes.NewReader(data)); err != nil {
 			return res, fmt.Errorf("save previous sysctls: %w", err)
 		}
 	}
@@ -172,6 +174,16 @@ func Install(proc, spool, pattern string) (Result, error) {
 		return res, fmt.Errorf("kernel.core_pattern reads back %q, not %q: is another agent (systemd-coredump, apport) rewriting it?", got, pattern)
 	}
 	return res, nil
+}
+
+// SocketSupported reports whether the kernel in proc can send cores to a
+// socket (kernel.core_modes lists "socket", Linux 6.16+). Only a pattern
+// that reads back as written proves it takes the request protocol (@@):
+// since 6.16.8 the kernel accepts an invalid pattern on write and refuses
+// it on read, which Install checks.
+func SocketSupported(proc string) bool {
+	modes, err := read(proc, "core_modes")
+	return err == nil && slices.Contains(strings.Fields(string(modes)), "socket")
 }
 
 // Uninstall restores the values install saved in spool into the kernel's
@@ -228,7 +240,7 @@ func CopyHelper(src, dir string) (string, error) {
 		return "", fmt.Errorf("create the helper's directory %s: %w (check host.bin_dir and its mount)", dir, err)
 	}
 	dst := filepath.Join(dir, HelperName)
-	if err := writeAtomic(dst, 0o755, in); err != nil {
+	if err := WriteAtomic(dst, 0o755, in); err != nil {
 		return "", fmt.Errorf("install the helper as %s: %w (check host.bin_dir and its mount)", dst, err)
 	}
 	return dst, syncDir(dir)
@@ -243,11 +255,11 @@ func RemoveHelper(dir string) error {
 	return nil
 }
 
-// writeAtomic writes what r holds to path with mode through a temporary
+// WriteAtomic writes what r holds to path with mode through a temporary
 // file beside it, synced before it is renamed over path. The temporary name
 // is fixed, so that a write cut by a kill leaves nothing the next one does
 // not replace.
-func writeAtomic(path string, mode os.FileMode, r io.Reader) error {
+func WriteAtomic(path string, mode os.FileMode, r io.Reader) error {
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
 	if err != nil {

@@ -57,24 +57,43 @@ func benchFreeze(dir, bin string, crashes int) error {
 	}
 	defer stop()
 
-	var lat []float64
-	for i := 0; i < crashes; i++ {
-		cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" 8 fill`, cg, crasher)
-		cmd.Run()
-		m, err := waitBundle(bin, cfg, cmd.Process.Pid)
+	// Idle, then with three busy loops on the machine's CPUs: the path
+	// from the eBPF event to the freeze runs at real-time priority.
+	for _, busy := range []int{0, 3} {
+		var loops []*exec.Cmd
+		for range busy {
+			loop := exec.Command("sh", "-c", "while :; do :; done")
+			if err := loop.Start(); err != nil {
+				return err
+			}
+			loops = append(loops, loop)
+		}
+		var lat []float64
+		var err error
+		for i := 0; i < crashes && err == nil; i++ {
+			cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" 8 fill`, cg, crasher)
+			cmd.Run()
+			var m *bundle.Metadata
+			if m, err = waitBundle(bin, cfg, cmd.Process.Pid); err == nil && (m.Freeze == nil || !m.Freeze.Frozen) {
+				err = fmt.Errorf("crash %d was not frozen: %+v", i, m.Freeze)
+			}
+			if err == nil {
+				lat = append(lat, m.Freeze.LatencyMS)
+			}
+		}
+		for _, loop := range loops {
+			loop.Process.Kill()
+			loop.Wait()
+		}
 		if err != nil {
 			return err
 		}
-		if m.Freeze == nil || !m.Freeze.Frozen {
-			return fmt.Errorf("crash %d was not frozen: %+v", i, m.Freeze)
-		}
-		lat = append(lat, m.Freeze.LatencyMS)
+		sort.Float64s(lat)
+		p99 := lat[min(len(lat)-1, int(float64(len(lat))*0.99))]
+		fmt.Printf("\nfreeze: %d crashes in a container cgroup (v2) with a sibling, %d busy loops, signal to frozen\n", crashes, busy)
+		fmt.Printf("freeze latency: median %.2f ms, p99 %.2f ms, max %.2f ms  (target p99 <= 20 ms: %s)\n",
+			lat[len(lat)/2], p99, lat[len(lat)-1], verdict(p99 <= 20))
 	}
-	sort.Float64s(lat)
-	p99 := lat[min(len(lat)-1, int(float64(len(lat))*0.99))]
-	fmt.Printf("\nfreeze: %d crashes in a container cgroup (v2) with a sibling, signal to frozen\n", crashes)
-	fmt.Printf("freeze latency: median %.2f ms, p99 %.2f ms, max %.2f ms  (target p99 <= 20 ms: %s)\n",
-		lat[len(lat)/2], p99, lat[len(lat)-1], verdict(p99 <= 20))
 	return nil
 }
 

@@ -120,7 +120,9 @@ func (a *agentProc) waitLineWithin(t *testing.T, d time.Duration, parts ...strin
 // restores the core_pattern that was there before.
 func TestAgentCorrelatesAndSurvivesRestarts(t *testing.T) {
 	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccagent-%d.sock", os.Getpid()))
-	n := harness.Install(t, "socket: "+socket+"\n")
+	// The pipe intake: with the socket's, a killed agent's crashes find
+	// no listener (TestSocketIntake).
+	n := harness.Install(t, "socket: "+socket+"\nintake: pipe\n")
 	n.Run("uninstall") // the agent installs, and restores on exit
 	before, err := os.ReadFile("/proc/sys/kernel/core_pattern")
 	if err != nil {

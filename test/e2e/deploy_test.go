@@ -38,7 +38,7 @@ type podSim struct {
 // renderPod renders the chart with the host paths in dir (short: the
 // core_pattern that names them has 127 bytes), writes the ConfigMap where
 // the container mounts it, and returns how to run the agent container.
-func renderPod(t *testing.T, dir string) *podSim {
+func renderPod(t *testing.T, dir string, sets ...string) *podSim {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,17 +55,17 @@ func renderPod(t *testing.T, dir string) *podSim {
 	if err := os.Symlink(hostBinDir, podBinDir); err != nil {
 		t.Fatal(err)
 	}
-	m, err := harness.DecodeManifests(harness.RenderChart(t,
-		"--set", "host.dataDir="+filepath.Join(dir, "d"),
-		"--set", "host.runDir="+filepath.Join(dir, "r"),
-		"--set", "host.binDir="+hostBinDir,
-		"--set", "criSocket="+filepath.Join(dir, "cri.sock"),
-		"--set", "metrics.port="+strconv.Itoa(port),
+	m, err := harness.DecodeManifests(harness.RenderChart(t, append([]string{
+		"--set", "host.dataDir=" + filepath.Join(dir, "d"),
+		"--set", "host.runDir=" + filepath.Join(dir, "r"),
+		"--set", "host.binDir=" + hostBinDir,
+		"--set", "criSocket=" + filepath.Join(dir, "cri.sock"),
+		"--set", "metrics.port=" + strconv.Itoa(port),
 		// Where the container finds what the host's mounts would give it:
 		// the bin directory's link, and the real sysctls.
-		"--set", "config.host.bin_mount="+podBinDir,
-		"--set", "config.host.proc_sys_kernel="+sysctl.Proc,
-	))
+		"--set", "config.host.bin_mount=" + podBinDir,
+		"--set", "config.host.proc_sys_kernel=" + sysctl.Proc,
+	}, sets...)...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,9 @@ func TestNodeSimulation(t *testing.T) {
 	writeKernel(t, "core_pattern", "core-sim.%e.%p  ")
 	writeKernel(t, "core_pipe_limit", "0")
 	origPattern, origLimit := readKernel(t, "core_pattern"), readKernel(t, "core_pipe_limit")
-	pod := renderPod(t, dir)
+	// The pipe intake: a killed agent's crashes still reach the helper
+	// (with the socket intake they find no listener; see the README).
+	pod := renderPod(t, dir, "--set", "config.intake=pipe")
 	node := harness.Attach(t, dir, pod.config, pod.store, pod.spool)
 	exe := buildSignals(t, dir)
 
@@ -229,8 +231,8 @@ func TestNodeSimulation(t *testing.T) {
 		}
 	}
 
-	// A clean stop, as kubelet stops the pod (rolling update, chart
-	// uninstall, node shutdown).
+	// A clean stop, as kubelet stops the pod (chart uninstall, node
+	// shutdown; outside a cluster no DaemonSet lives on).
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	if err := a.cmd.Wait(); err != nil {
 		t.Errorf("agent exit after SIGTERM: %v", err)

@@ -152,12 +152,14 @@ func TestAgentFreeze(t *testing.T) {
 }
 
 // TestAgentKilledMidFreeze kills the agent with SIGKILL while a container
-// is frozen: the helper still publishes the bundle, and the next agent
-// thaws the container within 2 s of its start.
+// is frozen: the next agent thaws the container within 2 s of its start,
+// and the crash has a bundle (the agent collected the core the helper
+// handed over, so it died with the agent: the next agent records the
+// crash the killed one was waiting for).
 func TestAgentKilledMidFreeze(t *testing.T) {
 	h := freezeHiers(t)[0]
 	socket := filepath.Join(os.TempDir(), fmt.Sprintf("cckill-%d.sock", os.Getpid()))
-	n := harness.Install(t, "socket: "+socket+"\n")
+	n := harness.Install(t, "socket: "+socket+"\nintake: pipe\nobserver:\n  missing_after: 2s\n")
 	a := startAgent(t, n, socket)
 	_, dir, _ := freezeContainer(t, h)
 	crasher := crashInto(t, n, dir)
@@ -171,10 +173,6 @@ func TestAgentKilledMidFreeze(t *testing.T) {
 	a.cmd.Process.Kill()
 	a.cmd.Wait()
 	crasher.Wait()
-	m := n.WaitBundle(crasher.Process.Pid)
-	if m.Core.Truncated {
-		t.Errorf("core truncated (%s) though only its container was frozen", m.Core.TruncateReason)
-	}
 	if !h.frozen(dir) {
 		t.Fatalf("the container thawed without an agent: the test could not kill the agent mid-freeze")
 	}
@@ -187,6 +185,8 @@ func TestAgentKilledMidFreeze(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Logf("thawed %v after the agent's start", time.Since(start).Round(time.Millisecond))
+	m := n.WaitBundle(crasher.Process.Pid)
+	t.Logf("the crash's bundle: core %+v", m.Core)
 	if entries, _ := os.ReadDir(filepath.Join(n.Spool, "frozen")); len(entries) > 0 {
 		t.Errorf("freeze records left: %v", entries)
 	}

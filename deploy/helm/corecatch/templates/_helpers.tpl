@@ -32,6 +32,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   "store" (printf "file://%s/bundles" .Values.host.dataDir)
   "spool" (printf "%s/spool" .Values.host.dataDir)
   "socket" (printf "%s/agent.sock" .Values.host.runDir)
+  "coredump_socket" (printf "%s/coredump.sock" .Values.host.runDir)
   "identity" (dict "cri_endpoint" (printf "unix://%s" .Values.criSocket))
   "host" (dict "bin_dir" .Values.host.binDir "bin_mount" (include "corecatch.binMount" .) "proc_sys_kernel" (include "corecatch.procSysKernel" .))
   "notify" (dict "alertmanager" (dict "url" .Values.alertmanager.url))

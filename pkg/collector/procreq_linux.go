@@ -1,0 +1,54 @@
+package collector
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ProcRequest reads from /proc what the kernel's pattern specifiers say of
+// a crash when no pattern passes them: the coredump socket has no %
+// specifiers. The pid, thread, signal and time come from the eBPF event
+// (tid and signal 0 when there is none); the rest from the live process,
+// which the kernel holds while it waits on the socket.
+func ProcRequest(pid, tid, signal int, t time.Time) (Request, error) {
+	r := Request{PID: pid, TID: tid, Signal: signal, Time: t.Truncate(time.Second).UTC(), RlimitCore: -1, Dumpable: 1}
+	proc := fmt.Sprintf("/proc/%d", pid)
+	status, err := os.ReadFile(proc + "/status")
+	if err != nil {
+		return r, fmt.Errorf("read the crashed process %d: %w", pid, err)
+	}
+	euid := -1
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		f := strings.Fields(v)
+		switch {
+		case k == "Uid" && len(f) > 1:
+			r.UID, _ = strconv.Atoi(f[0])
+			euid, _ = strconv.Atoi(f[1])
+		case k == "Gid" && len(f) > 0:
+			r.GID, _ = strconv.Atoi(f[0])
+		case k == "Name" && len(f) > 0:
+			r.Comm = []byte(strings.TrimSpace(v))
+		}
+	}
+	// /proc/PID belongs to root when the process is not dumpable (setuid,
+	// PR_SET_DUMPABLE 0): the kernel dumps it only with suid_dumpable 2.
+	var st syscall.Stat_t
+	if syscall.Stat(proc, &st) == nil && euid > 0 && int(st.Uid) != euid {
+		r.Dumpable = 2
+	}
+	if limits, err := os.ReadFile(proc + "/limits"); err == nil {
+		for _, line := range strings.Split(string(limits), "\n") {
+			if rest, ok := strings.CutPrefix(line, "Max core file size"); ok {
+				if f := strings.Fields(rest); len(f) > 0 && f[0] != "unlimited" {
+					r.RlimitCore, _ = strconv.ParseInt(f[0], 10, 64)
+				}
+			}
+		}
+	}
+	return r, nil
+}

@@ -1,0 +1,26 @@
+package collector
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+// TestProcRequest reads this process as the coredump socket's intake reads
+// a crasher: its ids, name and RLIMIT_CORE, with the eBPF event's facts.
+func TestProcRequest(t *testing.T) {
+	at := time.Unix(1700000000, 5e8)
+	r, err := ProcRequest(os.Getpid(), 7, 11, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.PID != os.Getpid() || r.TID != 7 || r.Signal != 11 || !r.Time.Equal(time.Unix(1700000000, 0)) {
+		t.Errorf("request %+v: the event's facts not kept", r)
+	}
+	if r.UID != os.Getuid() || r.GID != os.Getgid() || len(r.Comm) == 0 || r.Dumpable != 1 {
+		t.Errorf("request %+v: uid %d gid %d, a name and dumpable 1 wanted", r, os.Getuid(), os.Getgid())
+	}
+	if r.RlimitCore < -1 {
+		t.Errorf("rlimit %d", r.RlimitCore)
+	}
+}

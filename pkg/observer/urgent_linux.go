@@ -1,0 +1,25 @@
+package observer
+
+import (
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// urgentPriority is the SCHED_FIFO priority of the threads between a fatal
+// signal's event and the freeze of its container: above every normal
+// task, far below the kernel's own real-time threads (which run at 50 and
+// above).
+const urgentPriority = 10
+
+// Urgent runs the calling goroutine on an OS thread of its own at
+// real-time priority (SCHED_FIFO), so that the path from a fatal signal's
+// event to the freeze of its container is not starved by compression or
+// any other load on a busy node (the freeze must land while the core still
+// streams). The goroutine never unlocks its thread: when it returns, the
+// thread goes with it. Each such goroutine must block, never spin. Without
+// CAP_SYS_NICE the priority stays normal and Urgent says so.
+func Urgent() error {
+	runtime.LockOSThread()
+	return unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: urgentPriority}, 0)
+}
