@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/sysctl"
@@ -265,7 +266,7 @@ func TestAgentJoinsHostCgroupNamespace(t *testing.T) {
 	cmd := exec.Command("unshare", append([]string{"--pid", "--kill-child", "--mount-proc", "--",
 		"sh", "-c", `unshare --cgroup -- "$0" "$@"; true`, bin}, pod.args...)...)
 	a := runAgent(t, cmd, pod.socket)
-	var agent int
+	var agentPID int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
@@ -274,18 +275,21 @@ func TestAgentJoinsHostCgroupNamespace(t *testing.T) {
 		}
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 		args, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if exe == bin && bytes.Contains(args, []byte(pod.config)) {
-			agent = pid
+		env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		// The supervisor, not its worker (which has agent.WorkerEnv set): it
+		// is the one a kubelet signals, and the one that restores.
+		if exe == bin && bytes.Contains(args, []byte(pod.config)) && !bytes.Contains(env, []byte(agent.WorkerEnv+"=")) {
+			agentPID = pid
 		}
 	}
-	if agent == 0 {
+	if agentPID == 0 {
 		t.Fatal("the agent's process is not found")
 	}
 	self, err1 := os.Stat("/proc/self/ns/cgroup")
-	got, err2 := os.Stat(fmt.Sprintf("/proc/%d/ns/cgroup", agent))
+	got, err2 := os.Stat(fmt.Sprintf("/proc/%d/ns/cgroup", agentPID))
 	if err1 != nil || err2 != nil || !os.SameFile(self, got) {
 		t.Errorf("the agent is not in PID 1's cgroup namespace (%v, %v)", err1, err2)
 	}
-	syscall.Kill(agent, syscall.SIGTERM)
+	syscall.Kill(agentPID, syscall.SIGTERM)
 	a.waitLine(t, "restored")
 }
