@@ -25,8 +25,9 @@ func benchHostile(dir, bin string) error {
 		return err
 	}
 	// Every crash keeps its core (one build-id and signature for all),
-	// and only the helper runs: gdb is the agent's.
-	cfg, stop, err := startAgent(bin, filepath.Join(dir, "h"), "dedup:\n  window: \"0\"\nanalysis:\n  gdb: \"\"\n")
+	// and only the helper runs, with no agent to hand the core to: it is
+	// the helper's memory that is measured.
+	cfg, stop, err := helpersOnly(bin, filepath.Join(dir, "h"), "dedup:\n  window: \"0\"\n")
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,11 @@ import (
 // run, by today's full scan (ls --scan: a GET per bundle). scanSubset > 0
 // measures the full scan on that many bundles only and extrapolates.
 func benchList(dir, bin string, bundles, nodes, scanSubset int) error {
-	srv, err := harness.StartS3(dir)
+	s3dir := filepath.Join(dir, "list") // its own bucket: another part's server used dir
+	if err := os.MkdirAll(s3dir, 0o755); err != nil {
+		return err
+	}
+	srv, err := harness.StartS3(s3dir)
 	if err != nil {
 		return err
 	}

@@ -18,12 +18,12 @@ import (
 
 // helpersOnly installs the pipe helper without an agent (the helper per
 // crash, as before the coredump socket); stop uninstalls it.
-func helpersOnly(bin, work string) (cfg string, stop func(), err error) {
+func helpersOnly(bin, work, extra string) (cfg string, stop func(), err error) {
 	cfg = filepath.Join(work, "config.yaml")
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return "", nil, err
 	}
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("store: file://%s/store\nspool: %s/s\nsocket: %s/agent.sock\n", work, work, work)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("store: file://%s/store\nspool: %s/s\nsocket: %s/agent.sock\n%s", work, work, work, extra)), 0o644); err != nil {
 		return "", nil, err
 	}
 	if err := installCorecatch(bin, cfg); err != nil {
@@ -112,7 +112,7 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 	}
 	// The helper per crash (intake: pipe) against the agent taking the
 	// cores over the coredump socket, in the same run.
-	cfg, stop, err := helpersOnly(bin, filepath.Join(dir, "s1"))
+	cfg, stop, err := helpersOnly(bin, filepath.Join(dir, "s1"), "")
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 		bugs = run.bugs
 		work := filepath.Join(dir, fmt.Sprintf("%c%d", intake[0], bugs)) // core_pattern holds the spool path: keep it short
 		if intake == "helper" {
-			cfg, stop, err = helpersOnly(bin, work)
+			cfg, stop, err = helpersOnly(bin, work, "")
 		} else {
 			cfg, stop, err = startAgent(bin, work, "coredump_socket: "+filepath.Join(work, "core.sock")+"\nobserver:\n  missing_after: 5s\n")
 		}
