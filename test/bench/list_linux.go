@@ -30,11 +30,7 @@ import (
 // run, by today's full scan (ls --scan: a GET per bundle). scanSubset > 0
 // measures the full scan on that many bundles only and extrapolates.
 func benchList(dir, bin string, bundles, nodes, scanSubset int) error {
-	s3dir := filepath.Join(dir, "list") // its own bucket: another part's server used dir
-	if err := os.MkdirAll(s3dir, 0o755); err != nil {
-		return err
-	}
-	srv, err := harness.StartS3(s3dir)
+	srv, err := harness.StartS3(filepath.Join(dir, "list")) // a bucket of its own
 	if err != nil {
 		return err
 	}

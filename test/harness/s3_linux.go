@@ -52,7 +52,8 @@ func Versitygw() (string, error) {
 	return p, nil
 }
 
-// StartS3 starts a versitygw with its data in dir, on a free loopback
+// StartS3 starts a versitygw with its data in dir (created when missing;
+// one server a dir, since the bucket lives there), on a free loopback
 // port, and creates the bucket "corecatch".
 func StartS3(dir string) (*S3Server, error) {
 	bin, err := Versitygw()
@@ -67,11 +68,11 @@ func StartS3(dir string) (*S3Server, error) {
 	l.Close()
 	s := &S3Server{Bin: bin, Dir: filepath.Join(dir, "s3data"), Addr: addr, Bucket: "corecatch",
 		Credentials: filepath.Join(dir, "s3credentials")}
-	creds := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", s3AccessKey, s3SecretKey)
-	if err := os.WriteFile(s.Credentials, []byte(creds), 0o600); err != nil {
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil { // dir too, for the credentials beside it
 		return nil, err
 	}
-	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+	creds := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", s3AccessKey, s3SecretKey)
+	if err := os.WriteFile(s.Credentials, []byte(creds), 0o600); err != nil {
 		return nil, err
 	}
 	s.Client, err = minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(s3AccessKey, s3SecretKey, ""),
