@@ -14,8 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
-	"github.com/corecatch/corecatch/pkg/upload"
 )
 
 // Version is set at build time (-ldflags "-X .../pkg/cli.Version=...").
@@ -123,7 +123,7 @@ func s3Options(c *config.Config) store.S3Options {
 // upload.direct), whose bundles the agent uploads.
 func nodeStore(c *config.Config, st store.Store) (store.Store, config.Retention) {
 	if _, remote := st.(*store.S3); remote && !c.Upload.Direct {
-		return store.NewFile(filepath.Join(c.Spool, upload.OutboxDir)),
+		return store.NewFile(spool.Open(c.Spool).Outbox()),
 			config.Retention{MaxUse: c.Upload.SpoolMaxUse, KeepFree: c.Upload.SpoolKeepFree}
 	}
 	return st, c.Retention

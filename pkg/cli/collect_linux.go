@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,6 +14,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -128,8 +128,7 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 }
 
 // clusterDedup reports whether the agent found the S3 store fit for
-// cluster-wide deduplication (collector.ClusterMarker).
+// cluster-wide deduplication (spool.ClusterMarker).
 func clusterDedup(cfg *config.Config) bool {
-	_, err := os.Stat(filepath.Join(cfg.Spool, collector.DedupDir, collector.ClusterMarker))
-	return err == nil
+	return spool.Open(cfg.Spool).ClusterMarker().IsSet()
 }

@@ -29,14 +29,11 @@ import (
 	"github.com/corecatch/corecatch/pkg/kube"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/sysctl"
 	"github.com/corecatch/corecatch/pkg/upload"
 )
-
-// helperConfig is the snapshot of the effective config, in the spool, that
-// the kernel-run helper reads (the pattern has no room for flags).
-const helperConfig = "collect.yaml"
 
 func newInstall(g *globals) *cobra.Command {
 	return &cobra.Command{
@@ -90,8 +87,8 @@ func install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 		}
 		bin = filepath.Join(cfg.Host.BinDir, sysctl.HelperName)
 	}
-	snapshot := filepath.Join(cfg.Spool, helperConfig)
-	pattern, err := sysctl.Pattern(bin, snapshot, collector.PatternArgs)
+	sp := spool.Open(cfg.Spool)
+	pattern, err := sysctl.Pattern(bin, sp.HelperConfig(), collector.PatternArgs)
 	if err != nil {
 		return sysctl.Result{}, err
 	}
@@ -106,20 +103,17 @@ func install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 	if err != nil {
 		return sysctl.Result{}, err
 	}
-	if err := os.MkdirAll(cfg.Spool, 0o700); err != nil {
-		return sysctl.Result{}, fmt.Errorf("create spool: %w", err)
-	}
-	if err := os.WriteFile(snapshot, data, 0o600); err != nil {
-		return sysctl.Result{}, fmt.Errorf("write the helper's config: %w", err)
+	if err := sp.WriteHelperConfig(data); err != nil {
+		return sysctl.Result{}, err
 	}
 	sockPattern := coresock.Pattern(cfg.CoredumpSocket)
 	if !socket {
-		return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, pattern, sockPattern)
+		return sysctl.Install(cfg.Host.ProcSysKernel, sp.SysctlState(), pattern, sockPattern)
 	}
 	if len(sockPattern) > sysctl.MaxPattern {
 		return sysctl.Result{}, fmt.Errorf("core_pattern %q is longer than the kernel's %d bytes: choose a shorter coredump_socket", sockPattern, sysctl.MaxPattern)
 	}
-	res, err := sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, sockPattern, pattern)
+	res, err := sysctl.Install(cfg.Host.ProcSysKernel, sp.SysctlState(), sockPattern, pattern)
 	if err == nil {
 		return res, nil
 	}
@@ -127,7 +121,7 @@ func install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 	// namespace: try again from PID 1's, where the host's paths are the
 	// real ones (its /proc/sys/kernel; the spool and socket are hostPaths).
 	if herr := inHostMountNamespace(func() error {
-		res, err = sysctl.Install(sysctl.Proc, cfg.Spool, sockPattern, pattern)
+		res, err = sysctl.Install(sysctl.Proc, sp.SysctlState(), sockPattern, pattern)
 		return err
 	}); herr != nil {
 		return res, fmt.Errorf("%w; from the host's mount namespace: %w", err, herr)
@@ -177,14 +171,14 @@ func installIntake(cfg *config.Config, log *zap.Logger) (sysctl.Result, *net.Uni
 // those of the config the installed core_pattern names: install's own
 // snapshot, which says where it saved them.
 func uninstall(cfg *config.Config) (sysctl.Result, error) {
-	if _, err := os.Stat(filepath.Join(cfg.Spool, sysctl.StateFile)); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(spool.Open(cfg.Spool).SysctlState()); errors.Is(err, fs.ErrNotExist) {
 		if installed, err := installedConfig(cfg); err != nil {
 			return sysctl.Result{}, err
 		} else if installed != nil {
 			cfg = installed
 		}
 	}
-	res, err := sysctl.Uninstall(cfg.Host.ProcSysKernel, cfg.Spool)
+	res, err := sysctl.Uninstall(cfg.Host.ProcSysKernel, spool.Open(cfg.Spool).SysctlState())
 	if err != nil || cfg.Host.BinDir == "" {
 		return res, err
 	}
@@ -453,7 +447,7 @@ func runWorker(ctx context.Context, cfg *config.Config, mode, listen string, int
 			// names its container; the runtime, asked meanwhile, the rest.
 			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
 			go func() {
-				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
+				id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(spool.Open(cfg.Spool)))
 				met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)
 			}()
 		},
@@ -595,26 +589,22 @@ func compactIndex(ctx context.Context, s *store.S3, met *metrics.Metrics, log *z
 
 // clusterDedupProbe finds out whether deduplication can span the cluster
 // (an S3 store whose service refuses a second conditional create) and
-// tells the helpers through collector.ClusterMarker.
+// tells the helpers through spool.ClusterMarker.
 func clusterDedupProbe(ctx context.Context, cfg *config.Config, st store.Store, log *zap.Logger) bool {
-	marker := filepath.Join(cfg.Spool, collector.DedupDir, collector.ClusterMarker)
+	marker := spool.Open(cfg.Spool).ClusterMarker()
 	s3, ok := st.(*store.S3)
 	if !ok || cfg.Dedup.Window <= 0 {
-		os.Remove(marker)
+		marker.Clear()
 		return false
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := s3.ProbeClaims(pctx); err != nil {
-		os.Remove(marker)
+		marker.Clear()
 		log.Warn("deduplication stays node-local: each node keeps one core per bug", zap.String("store", st.String()), zap.Error(err))
 		return false
 	}
-	err := os.MkdirAll(filepath.Dir(marker), 0o700)
-	if err == nil {
-		err = os.WriteFile(marker, []byte(st.String()+"\n"), 0o600)
-	}
-	if err != nil {
+	if err := marker.Set(st.String()); err != nil {
 		log.Warn("deduplication stays node-local", zap.Error(err))
 		return false
 	}

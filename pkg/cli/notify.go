@@ -17,6 +17,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/notify"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -77,7 +78,7 @@ func (f *notifyFlags) apply(cfg *config.Config) {
 // newNotifier opens the notification queues in the spool and counts their
 // outcomes in met.
 func newNotifier(cfg *config.Config, st store.Store, met *metrics.Metrics, log *zap.Logger) (*notify.Notifier, error) {
-	n, err := notify.New(cfg.Notify, cfg.Spool, notify.Options{Log: log, Version: Version, Result: met.Notification,
+	n, err := notify.New(cfg.Notify, spool.Open(cfg.Spool), notify.Options{Log: log, Version: Version, Result: met.Notification,
 		Download: downloadURL(cfg, st), Pods: cfg.Pods})
 	if err != nil {
 		return nil, err

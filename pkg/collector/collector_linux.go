@@ -27,6 +27,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/identity"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -108,7 +109,7 @@ type Options struct {
 	Version string
 	// Claimer, when set, makes deduplication cluster-wide: the first crash
 	// of a bug in a window on any node keeps the core (an S3 store that
-	// honours conditional writes; see ClusterMarker).
+	// honours conditional writes; see spool.ClusterMarker).
 	Claimer Claimer
 	// Agent is how the collection reaches the agent; nil: over its socket
 	// (cfg.Socket), as the kernel-run helper does.
@@ -143,7 +144,10 @@ type Link interface {
 
 // socketLink reaches the agent over its unix socket, with short deadlines:
 // the kernel-run helper never waits long for an agent that may be down.
-type socketLink struct{ socket, spool string }
+type socketLink struct {
+	socket  string
+	reports spool.Reports
+}
 
 func (l socketLink) Lookup(pid int, wait time.Duration) (*agentapi.Response, error) {
 	return agentapi.Lookup(l.socket, pid, wait)
@@ -154,7 +158,7 @@ func (l socketLink) Release(pid int) (*agentapi.Response, error) {
 }
 
 func (l socketLink) Report(m *bundle.Metadata) error {
-	return agentapi.Report(l.socket, l.spool, m, reportTimeout)
+	return agentapi.Report(l.socket, l.reports, m, reportTimeout)
 }
 
 // Claimer makes one crash the holder of a bug's window across nodes
@@ -171,7 +175,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	req, cfg := o.Request, o.Config
 	helper := o.Agent == nil // a process of its own, run by the kernel
 	if helper {
-		o.Agent = socketLink{cfg.Socket, cfg.Spool}
+		o.Agent = socketLink{cfg.Socket, spool.Open(cfg.Spool).Reports()}
 	}
 	answered := false
 	answer := func(keep bool) error {
@@ -304,7 +308,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if agentResp != nil && agentResp.Freeze != nil && agentResp.Freeze.Cgroup != "" {
 		m.Cgroup = agentResp.Freeze.Cgroup
 	}
-	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
+	ident := identity.Resolve(ctx, m.Cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(spool.Open(cfg.Spool)))
 	m.Container, m.Pod, m.Workload = ident.Container, ident.Pod, ident.Workload
 	m.IdentitySource, m.IdentityReason = ident.Source, ident.Reason
 
@@ -321,7 +325,7 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			reason = stormReason(ctx, cfg, o.Claimer, m, quick.ExeID)
 		}
 		if reason == "" {
-			slot, ok := takeSlot(cfg.Spool, cfg.Collect.MaxConcurrent)
+			slot, ok := takeSlot(spool.Open(cfg.Spool), cfg.Collect.MaxConcurrent)
 			if ok {
 				defer slot.Close()
 			} else {
