@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +22,11 @@ import (
 type agentProc struct {
 	cmd   *exec.Cmd
 	lines chan string
+
+	// all keeps every line, for the test's output when it fails: a race
+	// seen once in twenty runs needs the agent's own account.
+	mu  sync.Mutex
+	all []string
 }
 
 // agentNode installs corecatch with a socket of its own (name tells tests
@@ -61,6 +67,9 @@ func runAgent(t *testing.T, cmd *exec.Cmd, socket string) *agentProc {
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
+			a.mu.Lock()
+			a.all = append(a.all, sc.Text())
+			a.mu.Unlock()
 			a.lines <- sc.Text()
 		}
 		close(a.lines)
@@ -69,6 +78,11 @@ func runAgent(t *testing.T, cmd *exec.Cmd, socket string) *agentProc {
 		if cmd.ProcessState == nil {
 			cmd.Process.Kill()
 			cmd.Wait()
+		}
+		if t.Failed() {
+			a.mu.Lock()
+			t.Logf("the agent (pid %d) logged:\n%s", cmd.Process.Pid, strings.Join(a.all, "\n"))
+			a.mu.Unlock()
 		}
 	})
 	deadline := time.Now().Add(10 * time.Second)
