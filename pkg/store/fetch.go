@@ -396,6 +396,7 @@ func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error
 			}
 		}
 	}()
+	out := &serialWriter{f: f}
 	var wg sync.WaitGroup
 	var first atomic.Pointer[error]
 	for range min(o.Workers, len(c.frames)) {
@@ -410,7 +411,7 @@ func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error
 			}
 			defer dec.Close()
 			for i := range jobs {
-				err := c.pullFrame(ctx, r, dec, f, i, offs[i], raws[i], o.Progress)
+				err := c.pullFrame(ctx, r, dec, out, i, offs[i], raws[i], o.Progress)
 				if err == nil {
 					c.mu.Lock()
 					c.state.Frames = c.state.Frames[:i] + "1" + c.state.Frames[i+1:]
@@ -442,7 +443,7 @@ func (c *corePull) runFrames(ctx context.Context, r Ranger, o PullOptions) error
 
 // pullFrame fetches frame i (at compressed offset off, raw offset rawOff)
 // and decodes it into place, asking again when the read breaks off.
-func (c *corePull) pullFrame(ctx context.Context, r Ranger, dec *zstd.Decoder, f *os.File, i int, off, rawOff int64, p Progress) error {
+func (c *corePull) pullFrame(ctx context.Context, r Ranger, dec *zstd.Decoder, out io.WriterAt, i int, off, rawOff int64, p Progress) error {
 	fr := c.frames[i]
 	var err error
 	for attempt := 0; attempt <= fetchRetries; attempt++ {
@@ -465,7 +466,7 @@ func (c *corePull) pullFrame(ctx context.Context, r Ranger, dec *zstd.Decoder, f
 		if err = dec.Reset(body); err == nil {
 			// A retry rewrites the same bytes at the same places, so what
 			// an attempt that broke off left behind is never wrong.
-			n, err = dec.WriteTo(&bundle.SparseWriter{W: f, Off: rawOff})
+			n, err = dec.WriteTo(&bundle.SparseWriter{W: out, Off: rawOff})
 		}
 		rc.Close()
 		if err == nil && n != fr.Raw {
@@ -486,6 +487,22 @@ func (c *corePull) pullFrame(ctx context.Context, r Ranger, dec *zstd.Decoder, f
 		err = body.err
 	}
 	return &fetchError{fmt.Errorf("read frame %d of %s of bundle %s: %w", i, bundle.CoreFile, c.id, err)}
+}
+
+// serialWriter lets one frame's decoder at a time write to the part. The
+// kernel serializes buffered writes to one file anyway (ext4 holds the
+// inode's lock for each), but its waiters spin on a CPU while the holder
+// copies: on a machine of two CPUs that spinning took the CPU the other
+// frames decode on. Waiting here parks the goroutine and frees the CPU.
+type serialWriter struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+func (w *serialWriter) WriteAt(p []byte, off int64) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.f.WriteAt(p, off)
 }
 
 // readErr remembers a read's failure, apart from a decoder's, and counts
