@@ -361,7 +361,10 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	var released time.Time
 	if early && !keep {
 		// Refused before the dump: what the bundle keeps of the process
-		// is read while the kernel still holds it, then it is let go.
+		// is read into memory while the kernel still holds it, then it
+		// is let go, and only then written.
+		held := &heldFiles{}
+		cap.w = held
 		cap.start()
 		cap.wait()
 		cs.truncate(cs.limitReason)
@@ -369,6 +372,9 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 			m.Warnings = append(m.Warnings, err.Error())
 		}
 		released = time.Now()
+		if err := held.writeTo(w); err != nil {
+			m.Warnings = append(m.Warnings, err.Error())
+		}
 	} else {
 		cap.start()
 	}
