@@ -173,6 +173,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 	if ob := a.o.Observer; ob != nil {
+		if a.freezes != nil {
+			ob.OnCore(a.freezes.start)
+		}
 		wg.Go(func() { a.watch(ob) })
 	}
 	if a.o.Cores != nil {
@@ -370,10 +373,7 @@ func (a *Agent) watch(ob *observer.Observer) {
 	}
 	for ev := range ob.Events() {
 		if ev.Kind == observer.KindCore {
-			a.lastCore.Store(time.Now().UnixNano())
-			if a.freezes != nil {
-				a.freezes.start(ev)
-			}
+			a.lastCore.Store(time.Now().UnixNano()) // the freeze started in the observer's reader (OnCore)
 		}
 		var pending *pendingCore
 		if a.missing != nil {
