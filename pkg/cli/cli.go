@@ -13,9 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/store"
-	"github.com/corecatch/corecatch/pkg/upload"
 )
 
 // Version is set at build time (-ldflags "-X .../pkg/cli.Version=...").
@@ -98,35 +98,10 @@ func (g *globals) openStore(cmd *cobra.Command) (*config.Config, store.Store, er
 	if err != nil {
 		return nil, nil, err
 	}
-	o := s3Options(c)
+	o := agent.S3Options(c)
 	o.AccessKeyID, o.SecretAccessKey, o.SessionToken = g.s3Keys.AccessKeyID, g.s3Keys.SecretAccessKey, g.s3Keys.SessionToken
 	s, err := store.Open(c.Store, store.Options{S3: o})
 	return c, s, err
-}
-
-// openStore opens the store the config names.
-func openStore(c *config.Config) (store.Store, error) {
-	return store.Open(c.Store, store.Options{S3: s3Options(c)})
-}
-
-// s3Options are the config's S3 settings.
-func s3Options(c *config.Config) store.S3Options {
-	return store.S3Options{
-		Endpoint: c.S3.Endpoint, Region: c.S3.Region, PathStyle: c.S3.PathStyle,
-		CredentialsFile: c.S3.CredentialsFile, STS: c.S3.STS,
-	}
-}
-
-// nodeStore returns where bundles are written on this node, by the helper
-// and by the agent's crashes without a core, and the bounds that apply
-// there: st itself, or for an S3 store the outbox in the spool (unless
-// upload.direct), whose bundles the agent uploads.
-func nodeStore(c *config.Config, st store.Store) (store.Store, config.Retention) {
-	if _, remote := st.(*store.S3); remote && !c.Upload.Direct {
-		return store.NewFile(filepath.Join(c.Spool, upload.OutboxDir)),
-			config.Retention{MaxUse: c.Upload.SpoolMaxUse, KeepFree: c.Upload.SpoolKeepFree}
-	}
-	return st, c.Retention
 }
 
 // Main runs the command line argv (argv[0] the program's name) and returns

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
@@ -69,16 +69,16 @@ func runCollect(cfgPath string, explicit bool, args []string) error {
 	if err := collector.LimitMemory(cfg.Collect.MemoryLimit.Bytes); err != nil {
 		log.Warn("helper memory unbounded", zap.Error(err))
 	}
-	st, err := openStore(cfg)
+	st, err := agent.OpenStore(cfg)
 	if err != nil {
 		log.Error("store unusable, using the default store", zap.Error(err))
 		st, _ = store.Open(config.Default().Store, store.Options{})
 	}
 	var claimer collector.Claimer
-	if s3, ok := st.(*store.S3); ok && clusterDedup(cfg) {
+	if s3, ok := st.(*store.S3); ok && agent.ClusterDedup(cfg) {
 		claimer = s3
 	}
-	st, bounds := nodeStore(cfg, st)
+	st, bounds := agent.NodeStore(cfg, st)
 	m, err := collector.Run(context.Background(), collector.Options{
 		Config: cfg, Store: st, Retention: bounds, Request: req, Core: os.Stdin, Log: log, Version: Version,
 		Claimer: claimer,
@@ -125,11 +125,4 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(b), nil
-}
-
-// clusterDedup reports whether the agent found the S3 store fit for
-// cluster-wide deduplication (collector.ClusterMarker).
-func clusterDedup(cfg *config.Config) bool {
-	_, err := os.Stat(filepath.Join(cfg.Spool, collector.DedupDir, collector.ClusterMarker))
-	return err == nil
 }

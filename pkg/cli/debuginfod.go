@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/debuginfod"
 )
 
@@ -35,11 +36,8 @@ process had mapped:
 			fmt.Fprintf(cmd.ErrOrStderr(), "serving %s by build-id on http://%s\n", st, l.Addr())
 			// The bounds of every server of corecatch's, but a file of
 			// up to collect.max_file_bytes gets minutes to go out.
-			srv := &http.Server{
-				Handler:           &debuginfod.Server{Store: st, MaxBytes: c.Collect.MaxFileBytes.Bytes, TempDir: os.TempDir()},
-				ReadHeaderTimeout: httpReadHeaderTimeout, ReadTimeout: httpReadTimeout, WriteTimeout: 10 * time.Minute,
-				IdleTimeout: httpIdleTimeout, MaxHeaderBytes: httpMaxHeaderBytes,
-			}
+			srv := agent.NewServer("", &debuginfod.Server{Store: st, MaxBytes: c.Collect.MaxFileBytes.Bytes, TempDir: os.TempDir()})
+			srv.WriteTimeout = 10 * time.Minute
 			go func() {
 				<-cmd.Context().Done()
 				srv.Close()

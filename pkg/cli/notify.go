@@ -1,23 +1,17 @@
 package cli
 
 import (
-	"context"
-	"io"
-	"net/http"
 	"os"
-	"strings"
-	"time"
+	"os/signal"
+	"syscall"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
-	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/metrics"
-	"github.com/corecatch/corecatch/pkg/notify"
-	"github.com/corecatch/corecatch/pkg/store"
 )
 
 // notifyFlags set the first Feishu bot and Alertmanager without a config
@@ -74,46 +68,14 @@ func (f *notifyFlags) apply(cfg *config.Config) {
 	}
 }
 
-// newNotifier opens the notification queues in the spool and counts their
-// outcomes in met.
-func newNotifier(cfg *config.Config, st store.Store, met *metrics.Metrics, log *zap.Logger) (*notify.Notifier, error) {
-	n, err := notify.New(cfg.Notify, cfg.Spool, notify.Options{Log: log, Version: Version, Result: met.Notification,
-		Download: downloadURL(cfg, st), Pods: cfg.Pods})
-	if err != nil {
-		return nil, err
-	}
-	met.Notifier(n.Sinks(), notify.Results, n.Pending)
-	return n, nil
-}
-
-// downloadURL gives cards their download button: a presigned link to the
-// core, valid notify.link_expiry, when the store can make one; else
-// notify.download_url with the bundle id filled in.
-func downloadURL(cfg *config.Config, st store.Store) func(context.Context, string) string {
-	return func(ctx context.Context, id string) string {
-		if p, ok := st.(store.Presigner); ok {
-			if u, err := p.PresignGet(ctx, id, bundle.CoreFile, time.Duration(cfg.Notify.LinkExpiry)); err == nil {
-				return u
-			}
-		}
-		if cfg.Notify.DownloadURL == "" {
-			return ""
-		}
-		return strings.ReplaceAll(cfg.Notify.DownloadURL, "{id}", id)
-	}
-}
-
-// bridgePath is where Alertmanager's webhook reaches the Feishu bridge.
-const bridgePath = "/alertmanager/feishu"
-
 func newFeishuBridge(g *globals) *cobra.Command {
 	var listen, tokenFile string
 	var nf notifyFlags
 	cmd := &cobra.Command{
 		Use:   "feishu-bridge",
 		Short: "Turn Alertmanager's webhook into signed Feishu cards, for a central deployment",
-		Long: `feishu-bridge serves ` + bridgePath + ` (point an Alertmanager webhook_config at
-http://HOST` + ":9978" + bridgePath + `, optionally ?bot=NAME) and sends each alert group
+		Long: `feishu-bridge serves ` + agent.BridgePath + ` (point an Alertmanager webhook_config at
+http://HOST` + ":9978" + agent.BridgePath + `, optionally ?bot=NAME) and sends each alert group
 as a Feishu/Lark card to the bots of notify.feishu that take alerts, firing
 and resolved groups looking different. It answers only requests bearing the
 token of --token-file (notify.bridge.token_file) as "Authorization: Bearer",
@@ -142,10 +104,10 @@ or $` + envWebhook + ` and $` + envSecret + ` (--feishu-webhook and
 				return err
 			}
 			defer log.Sync()
-			ctx, stop := signalContext(cmd.Context())
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			met := metrics.New(Version, nil)
-			n, err := newNotifier(cfg, nil, met, log)
+			n, err := agent.NewNotifier(cfg, nil, met, log, Version)
 			if err != nil {
 				return err
 			}
@@ -153,73 +115,17 @@ or $` + envWebhook + ` and $` + envSecret + ` (--feishu-webhook and
 			if err != nil {
 				return err
 			}
-			mux := newMux(met, func() bool { return true })
-			mux.Handle(bridgePath, bridge)
-			srv := serveHTTP(listen, mux, log)
+			mux := agent.NewMux(met, func() bool { return true })
+			mux.Handle(agent.BridgePath, bridge)
+			srv := agent.ServeHTTP(listen, mux, log)
 			defer srv.Close()
 			log.Info("feishu bridge listening", zap.String("listen", listen), zap.Strings("sinks", n.Sinks()))
 			n.Run(ctx)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&listen, "listen", ":9978", "address for "+bridgePath+", /metrics and /healthz; default notify.bridge.listen, else :9978")
+	cmd.Flags().StringVar(&listen, "listen", ":9978", "address for "+agent.BridgePath+", /metrics and /healthz; default notify.bridge.listen, else :9978")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token Alertmanager sends; sets notify.bridge.token_file")
 	nf.add(cmd.Flags(), false)
 	return cmd
-}
-
-// agentBridge serves the agent's bridge on notify.bridge.listen, apart
-// from the metrics port that every scraper reaches; nil when it is off.
-func agentBridge(cfg *config.Config, n *notify.Notifier, log *zap.Logger) (*http.Server, error) {
-	if cfg.Notify.Bridge.Listen == "" {
-		return nil, nil
-	}
-	bridge, err := n.Bridge()
-	if err != nil {
-		return nil, err
-	}
-	mux := http.NewServeMux()
-	mux.Handle(bridgePath, bridge)
-	log.Info("feishu bridge listening", zap.String("listen", cfg.Notify.Bridge.Listen))
-	return serveHTTP(cfg.Notify.Bridge.Listen, mux, log), nil
-}
-
-// newMux serves /metrics, /healthz and /readyz (ready says whether the
-// process is ready).
-func newMux(met *metrics.Metrics, ready func() bool) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "not ready: the helper socket is not listening yet", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ok\n")
-	})
-	return mux
-}
-
-// Bounds of every HTTP server the agent and the bridge run: a peer that
-// trickles its headers or body, or holds a connection idle, is cut off
-// instead of holding a goroutine and a socket for ever.
-const (
-	httpReadHeaderTimeout = 5 * time.Second
-	httpReadTimeout       = 15 * time.Second
-	httpWriteTimeout      = 30 * time.Second
-	httpIdleTimeout       = 60 * time.Second
-	httpMaxHeaderBytes    = 16 << 10
-)
-
-// serveHTTP serves mux on listen in the background; a failure to listen is
-// logged, since the agent's main job goes on without its endpoint.
-func serveHTTP(listen string, mux http.Handler, log *zap.Logger) *http.Server {
-	srv := &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: httpReadHeaderTimeout, ReadTimeout: httpReadTimeout,
-		WriteTimeout: httpWriteTimeout, IdleTimeout: httpIdleTimeout, MaxHeaderBytes: httpMaxHeaderBytes}
-	go func() {
-		if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
-			log.Error("serve HTTP", zap.String("listen", listen), zap.Error(err))
-		}
-	}()
-	return srv
 }

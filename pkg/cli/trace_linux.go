@@ -4,14 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
-	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/observer"
 )
 
@@ -34,7 +31,7 @@ killed. With --json each line is a JSON object. Ctrl-C stops it.`,
 			if err != nil {
 				return err
 			}
-			opts, err := observerOptions(cfg)
+			opts, err := agent.ObserverOptions(cfg)
 			if err != nil {
 				return err
 			}
@@ -69,40 +66,4 @@ killed. With --json each line is a JSON object. Ctrl-C stops it.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
 	cmd.Flags().StringVar(&mode, "mode", "", "observer program: tp_btf or tracepoint (default: tp_btf when the kernel has BTF)")
 	return cmd
-}
-
-// observerOptions reads the configured signal sets.
-func observerOptions(cfg *config.Config) (observer.Options, error) {
-	var o observer.Options
-	var err error
-	if o.CoreSignals, err = signals(cfg.Observer.CoreSignals); err != nil {
-		return o, fmt.Errorf("observer.core_signals: %w", err)
-	}
-	if o.FatalSignals, err = signals(cfg.Observer.FatalSignals); err != nil {
-		return o, fmt.Errorf("observer.fatal_signals: %w", err)
-	}
-	o.Senders = cfg.Observer.Senders
-	return o, nil
-}
-
-// signals parses names (SIGSEGV, SEGV) or numbers; an empty list keeps the
-// defaults (nil).
-func signals(names []string) ([]syscall.Signal, error) {
-	var out []syscall.Signal
-	for _, n := range names {
-		if num, err := strconv.Atoi(n); err == nil {
-			out = append(out, syscall.Signal(num))
-			continue
-		}
-		name := strings.ToUpper(n)
-		if !strings.HasPrefix(name, "SIG") {
-			name = "SIG" + name
-		}
-		s := unix.SignalNum(name)
-		if s == 0 {
-			return nil, fmt.Errorf("unknown signal %q", n)
-		}
-		out = append(out, s)
-	}
-	return out, nil
 }

@@ -2,29 +2,13 @@ package cli
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/corecatch/corecatch/pkg/config"
-	"github.com/corecatch/corecatch/pkg/store"
+	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/upload"
 )
-
-// newUploader returns what uploads the outbox into st, with o's hooks, or
-// nil when nothing is uploaded (a local store, or upload.direct).
-func newUploader(cfg *config.Config, st store.Store, log *zap.Logger, o upload.Options) *upload.Uploader {
-	remote, ok := st.(*store.S3)
-	local, _ := nodeStore(cfg, st)
-	outbox, spooled := local.(*store.File)
-	if !ok || !spooled {
-		return nil
-	}
-	o.Outbox, o.Remote, o.Log, o.MaxBackoff = outbox, remote, log, time.Duration(cfg.Upload.MaxBackoff)
-	o.QuarantineAfter = cfg.Upload.QuarantineAfter
-	return upload.New(o)
-}
 
 func newUpload(g *globals) *cobra.Command {
 	var retry bool
@@ -43,7 +27,7 @@ again).`,
 			if err != nil {
 				return err
 			}
-			up := newUploader(cfg, st, zap.NewNop(), upload.Options{RetryQuarantined: retry})
+			up := agent.NewUploader(cfg, st, zap.NewNop(), upload.Options{RetryQuarantined: retry})
 			if up == nil {
 				return fmt.Errorf("%s is not an S3 store uploaded through the outbox: nothing to upload", st)
 			}

@@ -1,4 +1,4 @@
-package cli
+package agent
 
 import (
 	"errors"
@@ -20,14 +20,14 @@ const (
 	initCgroupNSInode = 0xEFFFFFFB
 )
 
-// joinHostCgroupNamespace re-executes the agent in the host's cgroup
+// JoinHostCgroupNamespace re-executes the agent in the host's cgroup
 // namespace when it started in another one, as a container that is not
 // privileged does on a cgroup v2 node: there /proc/PID/cgroup shows other
 // containers' cgroups relative to the agent's own, so neither the freezer
 // nor the identity of a crash could name them. setns changes only the
 // calling thread, and exec from that thread carries it to the whole new
 // process. It returns only when no join was needed, or on an error.
-func joinHostCgroupNamespace() error {
+func JoinHostCgroupNamespace() error {
 	self, err := os.Stat("/proc/self/ns/cgroup")
 	if err != nil {
 		return fmt.Errorf("read this process's cgroup namespace: %w", err)

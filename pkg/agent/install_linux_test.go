@@ -1,4 +1,4 @@
-package cli
+package agent
 
 import (
 	"os"
@@ -16,25 +16,11 @@ import (
 // byte for byte, and the copy is removed. The kernel's files are a
 // directory of the test's, as in pkg/sysctl's tests.
 func TestUninstallFindsSpool(t *testing.T) {
-	proc := t.TempDir()
 	const oldPattern, oldLimit = "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t 9223372036854775808 %h\n", "0\n"
-	for name, data := range map[string]string{"core_pattern": oldPattern, "core_pipe_limit": oldLimit} {
-		if err := os.WriteFile(filepath.Join(proc, name), []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Short paths: the pattern must fit the kernel's 127 bytes.
-	short, err := os.MkdirTemp("/tmp", "ccu")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(short) })
-	cfg := config.Default()
-	cfg.Store = "file://" + t.TempDir()
-	cfg.Spool = filepath.Join(short, "s")
-	cfg.Host.ProcSysKernel = proc
-	cfg.Host.BinDir = filepath.Join(short, "b")
-	if _, err := install(cfg, false); err != nil {
+	cfg := testInstallConfig(t, oldPattern)
+	proc := cfg.Host.ProcSysKernel
+	cfg.Host.BinDir = filepath.Join(filepath.Dir(cfg.Spool), "b")
+	if _, err := Install(cfg, false); err != nil {
 		t.Fatal(err)
 	}
 	if !sysctl.IsOurs(readOrFatal(t, filepath.Join(proc, "core_pattern"))) {
@@ -42,7 +28,7 @@ func TestUninstallFindsSpool(t *testing.T) {
 	}
 	bare := config.Default()
 	bare.Host.ProcSysKernel = proc
-	res, err := uninstall(bare)
+	res, err := Uninstall(bare)
 	if err != nil {
 		t.Fatalf("uninstall without install's spool: %v", err)
 	}
@@ -59,7 +45,7 @@ func TestUninstallFindsSpool(t *testing.T) {
 		t.Errorf("the helper copy is still in host.bin_dir: %v", err)
 	}
 	// Nothing installed any more: uninstall says so, as before.
-	if _, err := uninstall(bare); err == nil {
+	if _, err := Uninstall(bare); err == nil {
 		t.Error("a second uninstall found something to restore")
 	}
 }
