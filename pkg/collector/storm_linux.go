@@ -32,14 +32,6 @@ const (
 	slotDir  = "slots"
 )
 
-// dedupRecord is one bug's window: the bundle that keeps its core and how
-// many crashes the window has seen.
-type dedupRecord struct {
-	First string    `json:"first"`
-	Count int       `json:"count"`
-	Until time.Time `json:"until"`
-}
-
 // locked opens (creating) a file of the spool and takes its lock; close the
 // file to release it.
 func locked(p string, how int) (*os.File, error) {
@@ -82,62 +74,39 @@ const claimTimeout = 2 * time.Second
 // the bundle that keeps the bug's core (m.Dedup); a first crash beyond the
 // node's per-minute allowance of whole cores is rate-limited and does not
 // open a window on this node, so the next crash of its bug may keep a core.
+// The rules are decide.go's; this counts the crash in the spool.
 func stormReason(ctx context.Context, cfg *config.Config, claimer Claimer, m *bundle.Metadata, exeID string) string {
 	now := time.Now()
+	warn := func(w string) { m.Warnings = append(m.Warnings, w) }
 	allow := func() (bool, error) { return takeRate(cfg.Spool, cfg.Collect.MaxCoresPerMinute, now) }
-	ns := ""
-	if m.Pod != nil {
-		ns = m.Pod.Namespace
-	}
-	window := cfg.Dedup.WindowFor(ns)
+	key, window := dedupKey(cfg.Dedup, m.Pod, m.Workload, exeID, m.Signature)
 	if window <= 0 {
 		ok, err := allow()
 		if err != nil {
-			m.Warnings = append(m.Warnings, err.Error())
+			warn(err.Error())
 		}
 		if !ok {
 			return bundle.ReasonRateLimit
 		}
 		return ""
 	}
-	scope := exeID
-	if m.Workload != nil {
-		scope = ns + "/" + m.Workload.Kind + "/" + m.Workload.Name
-	}
-	key := scope + " " + m.Signature
-	// The first crash of a window on this node: the window's holder across
-	// the cluster when a claimer is there, else this crash if the rate
-	// allows its core ("" when not).
-	holder := func() (string, error) {
-		if claimer != nil {
+	var claim func() (string, error)
+	if claimer != nil {
+		claim = func() (string, error) {
 			cctx, cancel := context.WithTimeout(ctx, claimTimeout)
-			h, err := claimer.Claim(cctx, key, window, m.ID, now)
-			cancel()
-			if err != nil {
-				m.Warnings = append(m.Warnings, fmt.Sprintf("cluster-wide dedup unavailable, deduplicated on this node only: %v", err))
-			} else if h != m.ID {
-				return h, nil
-			}
+			defer cancel()
+			return claimer.Claim(cctx, key, window, m.ID, now)
 		}
-		ok, err := allow()
-		if !ok {
-			return "", err
-		}
-		return m.ID, err
 	}
+	holder := func() (string, error) { return windowHolder(m.ID, claim, allow, warn) }
 	of, count, until, err := claimDedup(cfg.Spool, key, m.ID, window, now, holder)
-	switch {
-	case err != nil:
-		m.Warnings = append(m.Warnings, err.Error())
+	if err != nil {
+		warn(err.Error())
 		return ""
-	case count == 0:
-		return bundle.ReasonRateLimit
 	}
-	m.Dedup = &bundle.Dedup{Of: of, Count: count, Key: key, Until: until}
-	if of != "" {
-		return bundle.ReasonDedup
-	}
-	return ""
+	var reason string
+	reason, m.Dedup = dedupOutcome(key, of, count, until)
+	return reason
 }
 
 // claimDedup counts a crash of the bug key. The first crash of a window on
@@ -155,18 +124,9 @@ func claimDedup(spool, key, id string, window time.Duration, now time.Time, hold
 	if data, err := io.ReadAll(f); err == nil && len(data) > 0 {
 		json.Unmarshal(data, &rec)
 	}
-	if rec.First != "" && now.Before(rec.Until) {
-		rec.Count++
-	} else {
-		first, err := holder()
-		if first == "" {
-			return "", 0, time.Time{}, err
-		}
-		// A window claimed on another node ends with that node's window.
-		rec = dedupRecord{First: first, Count: 1, Until: windowEnd(now, window)}
-		if first == id {
-			rec.Until = now.Add(window)
-		}
+	rec, err = rec.next(id, window, now, holder)
+	if rec.Count == 0 {
+		return "", 0, time.Time{}, err
 	}
 	if rec.First != id {
 		of = rec.First
@@ -176,14 +136,6 @@ func claimDedup(spool, key, id string, window time.Duration, now time.Time, hold
 		return "", 0, time.Time{}, fmt.Errorf("dedup record: %w", err)
 	}
 	return of, rec.Count, rec.Until, nil
-}
-
-// windowEnd is the end of the window now falls in, windows aligned on
-// multiples of their length since the Unix epoch, as every node aligns
-// them (store.S3.Claim).
-func windowEnd(now time.Time, window time.Duration) time.Time {
-	w := int64(window)
-	return time.Unix(0, (now.UnixNano()/w+1)*w)
 }
 
 // takeRate records one whole core against the node's per-minute allowance
@@ -201,16 +153,10 @@ func takeRate(spool string, perMinute int, now time.Time) (bool, error) {
 	if data, err := io.ReadAll(f); err == nil && len(data) > 0 {
 		json.Unmarshal(data, &times)
 	}
-	keep := times[:0]
-	for _, t := range times {
-		if now.Sub(time.Unix(0, t)) < time.Minute {
-			keep = append(keep, t)
-		}
-	}
-	if len(keep) >= perMinute {
+	keep, ok := admit(times, perMinute, now)
+	if !ok {
 		return false, nil
 	}
-	keep = append(keep, now.UnixNano())
 	data, _ := json.Marshal(keep)
 	return true, rewrite(f, data)
 }

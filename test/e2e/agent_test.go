@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,8 +20,17 @@ import (
 
 // agentProc is a running `corecatch agent` and the lines it logs.
 type agentProc struct {
-	cmd   *exec.Cmd
-	lines chan string
+	cmd *exec.Cmd
+
+	// all keeps every line: waitLine reads them from next on, and a
+	// failed test prints them (a race seen once in twenty runs needs the
+	// agent's own account). The reader never blocks, so a test that reads
+	// few lines cannot stall the agent's logging.
+	mu     sync.Mutex
+	all    []string
+	next   int
+	exited bool
+	more   chan struct{} // a token when lines were added
 }
 
 // agentNode installs corecatch with a socket of its own (name tells tests
@@ -57,18 +67,30 @@ func runAgent(t *testing.T, cmd *exec.Cmd, socket string) *agentProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	a := &agentProc{cmd: cmd, lines: make(chan string, 1000)}
+	a := &agentProc{cmd: cmd, more: make(chan struct{}, 1)}
 	go func() {
 		sc := bufio.NewScanner(out)
+		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
-			a.lines <- sc.Text()
+			a.mu.Lock()
+			a.all = append(a.all, sc.Text())
+			a.mu.Unlock()
+			a.wake()
 		}
-		close(a.lines)
+		a.mu.Lock()
+		a.exited = true
+		a.mu.Unlock()
+		a.wake()
 	}()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			cmd.Process.Kill()
 			cmd.Wait()
+		}
+		if t.Failed() {
+			a.mu.Lock()
+			t.Logf("the agent (pid %d) logged:\n%s", cmd.Process.Pid, strings.Join(a.all, "\n"))
+			a.mu.Unlock()
 		}
 	})
 	deadline := time.Now().Add(10 * time.Second)
@@ -95,21 +117,37 @@ func (a *agentProc) waitLineWithin(t *testing.T, d time.Duration, parts ...strin
 	t.Helper()
 	timeout := time.After(d)
 	for {
-		select {
-		case line, ok := <-a.lines:
-			if !ok {
-				t.Fatalf("the agent exited before logging %q", parts)
-			}
+		a.mu.Lock()
+		for a.next < len(a.all) {
+			line := a.all[a.next]
+			a.next++
 			match := true
 			for _, p := range parts {
 				match = match && strings.Contains(line, p)
 			}
 			if match {
+				a.mu.Unlock()
 				return line
 			}
+		}
+		exited := a.exited
+		a.mu.Unlock()
+		if exited {
+			t.Fatalf("the agent exited before logging %q", parts)
+		}
+		select {
+		case <-a.more:
 		case <-timeout:
 			t.Fatalf("the agent did not log %q within %s", parts, d)
 		}
+	}
+}
+
+// wake tells a waiting waitLine that lines were added or the agent exited.
+func (a *agentProc) wake() {
+	select {
+	case a.more <- struct{}{}:
+	default:
 	}
 }
 

@@ -1,0 +1,525 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/corecatch/corecatch/pkg/agentapi"
+	"github.com/corecatch/corecatch/pkg/analysis"
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/identity"
+	"github.com/corecatch/corecatch/pkg/store"
+)
+
+// Run collects one crash into one bundle. It returns the published
+// metadata. Whatever fails, it reads the core pipe to its end or closes it,
+// so the kernel never waits on a dead helper.
+func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
+	c := newCrash(o)
+	defer c.end()
+	if err := c.parse(ctx); err != nil {
+		return nil, err
+	}
+	c.decide(ctx)
+	c.capture()
+	if err := c.submit(ctx); err != nil {
+		return nil, err
+	}
+	c.vacuum(ctx)
+	return c.m, nil
+}
+
+// crash is one collection, carried through its phases, each of which reads
+// what the ones before it left here: parse (the request, and the facts the
+// agent, the core's head, the live process and its container give), decide
+// (keep the core or refuse it, by decide.go's rules), capture (the
+// process's files, the core streamed or refused, the process let go),
+// submit (publish the bundle, report it to the agent) and vacuum (the
+// store's retention, before the core is written and after it is).
+type crash struct {
+	o        Options // o.Core is set once the core is taken
+	cfg      *config.Config
+	req      Request
+	start    time.Time
+	helper   bool // a process of its own, run by the kernel
+	when     answerTime
+	answered bool
+
+	m         *bundle.Metadata
+	local     *store.File // a local store, which retention bounds
+	w         store.Writer
+	committed bool
+
+	// The facts: the agent's record of the crash, the core's head, the
+	// frame-pointer walk and whose crash it is.
+	agent *agentapi.Response
+	head  []byte
+	pipe  *stallReader
+	quick analysis.Result
+	ident *identity.Identity
+
+	// The decision and what carries it out.
+	v         verdict
+	cs        *coreStream
+	slot      *os.File
+	retention store.Retention
+	files     *capture
+	coreFile  io.WriteCloser
+	readErr   error
+	released  time.Time // let go before its dump (refused)
+	held      time.Duration
+}
+
+func newCrash(o Options) *crash {
+	c := &crash{o: o, cfg: o.Config, req: o.Request, start: time.Now(),
+		helper: o.Agent == nil, when: answerTimeFor(o.Answer != nil, len(o.Stack))}
+	if c.helper {
+		c.o.Agent = socketLink{c.cfg.Socket, c.cfg.Spool}
+	}
+	return c
+}
+
+// end lets go of what a collection holds, however it ended: its slot, an
+// unpublished bundle, an intake not answered yet (which then dumps
+// nothing) and the core.
+func (c *crash) end() {
+	if c.slot != nil {
+		c.slot.Close()
+	}
+	if c.w != nil && !c.committed {
+		c.w.Abort()
+	}
+	c.answer(false)
+	if c.o.Core != nil {
+		c.o.Core.Close()
+	}
+}
+
+// answer tells an intake that asks (Options.Answer) whether the core is
+// kept, once; a kept core is then opened.
+func (c *crash) answer(keep bool) error {
+	if c.answered || c.o.Answer == nil {
+		return nil
+	}
+	c.answered = true
+	if err := c.o.Answer(keep); err != nil {
+		return err
+	}
+	if keep && c.o.Core == nil {
+		f, err := c.o.OpenCore()
+		if err != nil {
+			return err
+		}
+		c.o.Core = f
+	}
+	return nil
+}
+
+func (c *crash) warn(w string) { c.m.Warnings = append(c.m.Warnings, w) }
+
+// parse turns the kernel's request into the bundle's first metadata,
+// starts the bundle, and gathers the facts the decision reads.
+func (c *crash) parse(ctx context.Context) error {
+	if c.when == answerFirst {
+		// No stack to decide on: take the core, decide on its head.
+		if err := c.answer(true); err != nil {
+			return fmt.Errorf("take the core of pid %d: %w", c.req.PID, err)
+		}
+	}
+	if c.o.Core != nil {
+		enlargePipe(c.o.Core)
+	}
+	c.m = newMetadata(c.req, c.cfg.Node)
+	if err := c.open(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Go(c.lookup)
+	c.walk()
+	wg.Wait()
+	c.identify(ctx)
+	return nil
+}
+
+// newMetadata is what the request says of the crash, the thread's name
+// read from /proc (taskComm).
+func newMetadata(req Request, node string) *bundle.Metadata {
+	req.Comm = taskComm(req)
+	m := &bundle.Metadata{
+		Schema: bundle.Schema, ID: bundle.NewID(req.Time, req.Comm), Time: req.Time, Node: node,
+		PID: req.PID, TID: req.TID, UID: req.UID, GID: req.GID,
+		Signal: req.Signal, SignalName: bundle.SignalName(req.Signal), Dumpable: req.Dumpable,
+	}
+	m.Comm, m.CommRaw = bundle.Text(req.Comm)
+	if m.Node == "" {
+		m.Node, _ = os.Hostname()
+	}
+	return m
+}
+
+// open starts the bundle in the store, once what dead collections left
+// there is cleared; when it cannot, the core is drained (or, for the
+// agent's intakes, closed) and nothing is collected.
+func (c *crash) open(ctx context.Context) error {
+	c.local, _ = c.o.Store.(*store.File)
+	c.cleanStale()
+	w, err := c.o.Store.Put(ctx, c.m.ID)
+	if err != nil {
+		if c.o.Core != nil && !c.o.CloseRefused {
+			drain(c.o.Core)
+		}
+		return fmt.Errorf("start bundle in %s: %w", c.o.Store, err)
+	}
+	c.w = w
+	return nil
+}
+
+// lookup takes the agent's record of the signal, and what it did to the
+// container. It arrived before the core started (the observer runs in the
+// dying task before do_coredump), so a short wait suffices; without an
+// agent the helper goes on alone.
+func (c *crash) lookup() {
+	resp, err := c.o.Agent.Lookup(c.req.PID, lookupWait)
+	if err != nil {
+		if !errors.Is(err, agentapi.ErrNoAgent) {
+			c.o.Log.Warn("no eBPF event from the agent", zap.Error(err))
+		}
+		return
+	}
+	c.agent = resp
+}
+
+// walk finds where it crashed, from the eBPF stack or the core's first
+// bytes, and the live process, before a byte of the core is kept: a known
+// bug's core is not. Every read of the pipe gives up after
+// collect.capture_timeout without a byte (the kernel's dump can block on
+// the crasher's files), and the walk reads the crasher's memory and files
+// for at most as long.
+func (c *crash) walk() {
+	stall := time.Duration(c.cfg.Collect.CaptureTimeout)
+	if c.o.Core != nil {
+		c.pipe = &stallReader{f: c.o.Core, stall: stall}
+	}
+	pid, m := c.req.PID, c.m
+	var live func() analysis.Result
+	if c.when == answerOnStack {
+		live = func() analysis.Result { return analysis.LiveStack(pid, m.SignalName, c.o.Stack) }
+	} else {
+		var regs analysis.Regs
+		var regsErr error
+		c.head, regs, regsErr = readHead(c.pipe)
+		if m.Signal == 0 && regs.Signal > 0 {
+			m.Signal, m.SignalName = regs.Signal, bundle.SignalName(regs.Signal)
+		}
+		live = func() analysis.Result { return analysis.Live(pid, m.SignalName, regs, regsErr) }
+	}
+	quick, walked := liveWalk(pid, m.SignalName, live, stall)
+	if !walked {
+		m.Collector.Missing = append(m.Collector.Missing, "the frame-pointer walk")
+	}
+	c.quick = quick
+	m.Backtrace, m.Title, m.Signature = quick.Frames, quick.Title, quick.Signature
+	m.Analysis = &bundle.Analysis{Unwinder: "frame-pointers", Reason: quick.Reason, Warnings: quick.Warnings}
+}
+
+// freeze is what the agent did to the crasher's container (nil: nothing,
+// or no agent).
+func (c *crash) freeze() *bundle.Freeze {
+	if c.agent == nil {
+		return nil
+	}
+	return c.agent.Freeze
+}
+
+// identify finds whose crash it is: the process's cgroup (or the one the
+// agent froze it in) names its container, the runtime the rest. Cached
+// per container in the spool, so a storm asks the runtime once.
+func (c *crash) identify(ctx context.Context) {
+	cgroup, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.req.PID))
+	m := c.m
+	m.Cgroup = crashCgroup(identity.ProcCgroup(cgroup), c.freeze())
+	c.ident = identity.Resolve(ctx, m.Cgroup, c.cfg.Identity.CRIEndpoint, time.Duration(c.cfg.Identity.Timeout), identity.SpoolCache(c.cfg.Spool))
+	m.Container, m.Pod, m.Workload = c.ident.Container, c.ident.Pod, c.ident.Workload
+	m.IdentitySource, m.IdentityReason = c.ident.Source, c.ident.Reason
+}
+
+// decide says whether the core is kept (decideCore), counting the crash in
+// the node's storm records only when nothing before refused it, then makes
+// room for what is kept.
+func (c *crash) decide(ctx context.Context) {
+	limit, reason := coreLimit(c.cfg.Collect, c.req.RlimitCore)
+	storm := func() string { return stormReason(ctx, c.cfg, c.o.Claimer, c.m, c.quick.ExeID) }
+	c.v = decideCore(limit, reason, c.cfg.Pods.Policy(c.m.Pod.Scope()), c.o.Refuse, storm, c.takeSlot)
+	if c.v.warning != "" {
+		c.warn(c.v.warning)
+	}
+	c.cs = newCoreStream(c.v.limit, c.v.reason, zstdLevel(c.cfg.Collect.Compression))
+	c.vacuumBefore(ctx)
+}
+
+// takeSlot takes one of the node's collection slots, held until the
+// collection ends.
+func (c *crash) takeSlot() bool {
+	slot, ok := takeSlot(c.cfg.Spool, c.cfg.Collect.MaxConcurrent)
+	c.slot = slot
+	return ok
+}
+
+// capture reads what the bundle keeps of the live process while the core
+// streams into it (or, refused, is closed or drained), then lets the
+// process go. A crash decided before its dump is answered here: a refused
+// one once what it keeps is read, a kept one at once.
+func (c *crash) capture() {
+	cfg := c.cfg.Collect
+	c.files = &capture{
+		proc:         fmt.Sprintf("/proc/%d", c.req.PID),
+		w:            c.w,
+		maxFileBytes: cfg.MaxFileBytes.Bytes,
+		budget:       cfg.MaxFilesTotalBytes.Bytes,
+		charge:       c.cs.charge,
+		withEnviron:  cfg.CaptureEnviron,
+		readNetwork:  cfg.ReadNetworkFiles,
+		timeout:      time.Duration(cfg.CaptureTimeout),
+		light:        c.v.light,
+		logTail:      c.cfg.Identity.LogTail.Bytes,
+	}
+	refuse := c.when == answerOnStack && !c.v.keep
+	var held *heldFiles
+	if refuse {
+		held = &heldFiles{}
+		c.files.w = held
+	}
+	c.files.start()
+	if refuse {
+		c.refuseBeforeDump(held)
+	} else {
+		if c.when == answerOnStack {
+			c.keepBeforeDump()
+		}
+		c.stream()
+		c.files.wait()
+	}
+	c.letGo()
+}
+
+// refuseBeforeDump answers a crash refused before its dump: what the
+// bundle keeps of the process is read into held while the kernel still
+// holds it, then it is let go with nothing dumped, and only then is held
+// written into the bundle.
+func (c *crash) refuseBeforeDump(held *heldFiles) {
+	c.files.wait()
+	c.cs.truncate(c.cs.limitReason)
+	if err := c.answer(false); err != nil {
+		c.warn(err.Error())
+	}
+	c.released = time.Now()
+	if err := held.writeTo(c.w); err != nil {
+		c.warn(err.Error())
+	}
+}
+
+// keepBeforeDump answers a crash kept before its dump; when the kernel
+// takes no answer it dumps nothing, and the record says so.
+func (c *crash) keepBeforeDump() {
+	if err := c.answer(true); err != nil {
+		c.warn(err.Error())
+		c.v = c.v.unanswered()
+		c.cs = newCoreStream(c.v.limit, c.v.reason, zstdLevel(c.cfg.Collect.Compression))
+		c.cs.truncate(c.v.reason)
+		return
+	}
+	c.pipe = &stallReader{f: c.o.Core, stall: time.Duration(c.cfg.Collect.CaptureTimeout)}
+}
+
+// stream reads the core to its end: into the bundle when it is kept, else
+// at pipe speed to nothing, or (the agent's intakes) not at all: closing
+// stops the kernel's dump, so a refused core costs what was read of its
+// head.
+func (c *crash) stream() {
+	if c.v.keep {
+		var err error
+		if c.coreFile, err = c.w.Create(bundle.CoreFile); err != nil {
+			c.warn(fmt.Sprintf("create %s: %v", bundle.CoreFile, err))
+			c.cs.truncate(bundle.ReasonError)
+		}
+	}
+	switch {
+	case c.v.keep:
+		c.readErr = c.cs.run(io.MultiReader(bytes.NewReader(c.head), c.pipe), c.coreFile)
+	case c.o.Core == nil:
+	case c.o.CloseRefused:
+		c.cs.drainHead(c.head)
+		c.o.Core.Close()
+	default:
+		c.readErr = c.cs.drain(c.head, c.pipe)
+	}
+}
+
+// letGo ends the collection's hold on the crashed process: everything
+// that needs it is done, so the kernel may release it (it waits for the
+// pipe's last reader, not for our exit), and its container may run again.
+func (c *crash) letGo() {
+	if c.o.Core != nil {
+		c.o.Core.Close()
+	}
+	c.held = heldFor(c.start, c.released, time.Now())
+	if !thawAfter(c.freeze()) {
+		return
+	}
+	if resp, err := c.o.Agent.Release(c.req.PID); err != nil {
+		c.o.Log.Warn("ask the agent to thaw", zap.Error(err))
+	} else if resp.Freeze != nil {
+		c.agent.Freeze = resp.Freeze
+	}
+}
+
+// submit completes the metadata, publishes the bundle and reports it to
+// the agent.
+func (c *crash) submit(ctx context.Context) error {
+	c.finishCore()
+	c.record()
+	c.describe()
+	c.m.Collector = bundle.Collector{
+		Version:         c.o.Version,
+		HeldSeconds:     c.held.Seconds(),
+		DurationSeconds: time.Since(c.start).Seconds(),
+		Missing:         c.m.Collector.Missing,
+	}
+	if c.helper {
+		// The process's own figures are one crash's only in a helper;
+		// the agent's are in its metrics.
+		c.m.Collector.MaxRSSBytes, c.m.Collector.CPUSeconds = usage()
+		c.m.Collector.DiskWriteBytes = diskWrites()
+	}
+	// The agent runs gdb on a stored core once it is published (gdb lives
+	// in the agent's image, not necessarily on the host the helper runs
+	// on); until then the analysis says so.
+	_, updatable := c.o.Store.(store.Updater)
+	pending, reason := analysisState(c.v.keep, c.m.Core.StoredBytes, c.cfg.Analysis.GDB, c.agent != nil, updatable)
+	c.m.Analysis.Pending = pending
+	if reason != "" {
+		c.m.Analysis.Reason = reason
+	}
+	if err := c.w.Commit(ctx, c.m); err != nil {
+		return fmt.Errorf("publish bundle %s in %s: %w", c.m.ID, c.o.Store, err)
+	}
+	c.committed = true
+	if err := c.o.Agent.Report(c.m); err != nil {
+		c.o.Log.Warn("report the bundle to the agent", zap.Error(err))
+	}
+	return nil
+}
+
+// finishCore ends the core's stream and records it, with why it is cut.
+func (c *crash) finishCore() {
+	if freed := c.cs.freedIDs(); len(freed) > 0 {
+		c.o.Log.Info("deleted the oldest bundles to make room", zap.Strings("ids", freed))
+	}
+	core, err := c.cs.finish()
+	if err != nil {
+		c.warn(err.Error())
+	}
+	if c.coreFile != nil {
+		if err := c.coreFile.Close(); err != nil {
+			c.warn(fmt.Sprintf("close %s: %v", bundle.CoreFile, err))
+			core.Truncated, core.TruncateReason = true, writeReason(err)
+		}
+	}
+	if c.readErr != nil {
+		core.Truncated = true
+		if core.TruncateReason == "" {
+			core.TruncateReason = bundle.ReasonError
+		}
+		c.warn(c.readErr.Error())
+	}
+	core.RlimitCore = c.req.RlimitCore
+	c.m.Core = core
+}
+
+// record puts what the capture read and the agent said into the metadata.
+func (c *crash) record() {
+	m, f := c.m, c.files
+	m.NSPID, m.Cmdline = f.nsPID, f.cmdline
+	if f.exe != nil {
+		m.Exe, m.ExeRaw = bundle.Text(f.exe)
+	}
+	m.Files = f.files
+	m.Warnings = append(m.Warnings, f.warnings...)
+	m.Collector.Missing = append(m.Collector.Missing, f.missing...)
+	if c.agent != nil {
+		if ev := c.agent.Event; ev != nil {
+			ev.LatencyMS = float64(c.start.Sub(ev.Time).Microseconds()) / 1000
+			m.EBPF = ev
+		}
+		m.Freeze = c.agent.Freeze
+	}
+}
+
+// describe stores the container's log tail and names the crash: what the
+// runtime wrote of its crash (a JVM's error log, a panic or a JavaScript
+// stack in the log) names it better than its frames.
+func (c *crash) describe() {
+	m := c.m
+	tail, err := c.ident.LogTail(c.cfg.Identity.LogTail.Bytes)
+	if err != nil {
+		c.warn(fmt.Sprintf("container log: %v", err))
+	} else if len(tail) > 0 {
+		if err := put(c.w.Create, bundle.ContainerLog, bytes.NewReader(tail)); err != nil {
+			c.warn(fmt.Sprintf("store container log: %v", err))
+		}
+	}
+	if len(tail) == 0 {
+		tail = c.files.stderr
+	}
+	clues := analysis.Clues{HsErr: c.files.hsErr, Log: tail}
+	m.Title = analysis.Describe(m.SignalName, m.Backtrace, clues)
+	m.Analysis.Script = analysis.Script(clues)
+}
+
+// cleanStale clears the temporary bundles of collections that died, before
+// this one starts its own.
+func (c *crash) cleanStale() {
+	if c.local == nil {
+		return
+	}
+	if err := c.local.CleanStale(); err != nil {
+		c.warn(fmt.Sprintf("clean stale temporary bundles: %v", err))
+	}
+}
+
+// vacuumBefore applies retention before the core is written, and bounds
+// the room the core and the captured files may take. The kernel waits on
+// the pipe meanwhile: this only stats the store.
+func (c *crash) vacuumBefore(ctx context.Context) {
+	c.retention = RetentionFor(c.o.Retention, c.local)
+	if c.local == nil || c.v.light {
+		return
+	}
+	sp, err := c.local.Space(ctx, c.retention)
+	if err == nil {
+		_, err = sp.Vacuum(ctx)
+		c.cs.space = sp
+	}
+	if err != nil {
+		c.o.Log.Warn("retention before writing", zap.Error(err))
+	}
+}
+
+// vacuum applies retention once the bundle is published, sparing it.
+func (c *crash) vacuum(ctx context.Context) {
+	if c.local == nil {
+		return
+	}
+	if _, err := c.local.Vacuum(ctx, c.retention, c.m.ID); err != nil {
+		c.o.Log.Warn("retention after writing", zap.Error(err))
+	}
+}
