@@ -49,13 +49,14 @@ func locked(p string, how int) (*os.File, error) {
 	return f, nil
 }
 
-// rewrite replaces a locked file's content.
+// rewrite replaces a locked file's content: written over, then cut to
+// its length. Never cut to 0 first: ext4 flushes a file truncated to 0 at
+// its close (auto_da_alloc), milliseconds a refused crash waits on.
 func rewrite(f *os.File, data []byte) error {
-	if err := f.Truncate(0); err != nil {
+	if _, err := f.WriteAt(data, 0); err != nil {
 		return err
 	}
-	_, err := f.WriteAt(data, 0)
-	return err
+	return f.Truncate(int64(len(data)))
 }
 
 // ClusterMarker, in the spool's dedup directory, tells helpers that the
