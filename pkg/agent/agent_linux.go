@@ -173,6 +173,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 	if ob := a.o.Observer; ob != nil {
+		if a.freezes != nil {
+			ob.OnCore(a.freezes.start)
+		}
 		wg.Go(func() { a.watch(ob) })
 	}
 	if a.o.Cores != nil {
@@ -371,15 +374,13 @@ func (a *Agent) watch(ob *observer.Observer) {
 	}
 	for ev := range ob.Events() {
 		if ev.Kind == observer.KindCore {
-			a.lastCore.Store(time.Now().UnixNano())
-			if a.freezes != nil {
-				a.freezes.start(ev)
-			}
+			a.lastCore.Store(time.Now().UnixNano()) // the freeze started in the observer's reader (OnCore)
 		}
+		var pending *pendingCore
 		if a.missing != nil {
 			switch ev.Kind {
 			case observer.KindCore:
-				a.missing.core(ev)
+				pending = a.missing.core(ev)
 			case observer.KindExit:
 				a.missing.exit(ev)
 			}
@@ -387,6 +388,11 @@ func (a *Agent) watch(ob *observer.Observer) {
 		if ev.Kind == observer.KindCore || ev.Kind == observer.KindFatal {
 			a.events.add(ev)
 			a.o.OnSignal(ev)
+		}
+		if pending != nil {
+			// After the event is there: the crash's collection waits
+			// for it, not for the disk.
+			a.missing.persist(pending)
 		}
 		a.o.Log.Info("fatal signal", zap.Stringer("kind", ev.Kind), zap.Int("tgid", ev.TGID), zap.String("comm", ev.Comm),
 			zap.String("signal", bundle.SignalName(ev.Signal)), zap.Uint64("cgroup_id", ev.CgroupID), zap.String("outcome", ev.Outcome))

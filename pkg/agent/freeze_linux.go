@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
@@ -75,10 +76,72 @@ type freezes struct {
 
 	mu    sync.Mutex
 	byPID map[int]*freezeState
+
+	// The freezes run on workers that wait in a blocking read of a pipe
+	// on real-time threads of their own: the kernel wakes one at once
+	// for each byte start writes. A goroutine started per freeze would
+	// first wait for an ordinary thread of the Go scheduler, which busy
+	// CPUs delay by tens of milliseconds.
+	workers sync.Once
+	wake    [2]int // the pipe: read end, write end (non-blocking)
+	jobs    chan func()
 }
 
-// start freezes the crasher's container, in the background: the observer's
-// reader must never wait on a cgroup.
+// freezeWorkers is how many freezes may be under way at once before the
+// next one waits for a worker (a freeze takes about a millisecond, at
+// most freezeTimeout).
+const freezeWorkers = 4
+
+// run hands job to a freeze worker, starting them the first time. Without
+// the pipe, or when it is full, job runs in a goroutine of its own.
+func (z *freezes) run(job func()) {
+	z.workers.Do(func() {
+		z.jobs = make(chan func(), 4096)
+		if err := unix.Pipe2(z.wake[:], unix.O_CLOEXEC); err != nil {
+			z.log.Warn("freeze workers", zap.Error(err))
+			z.wake = [2]int{-1, -1}
+			return
+		}
+		unix.SetNonblock(z.wake[1], true)
+		for range freezeWorkers {
+			go z.work()
+		}
+	})
+	if z.wake[1] >= 0 {
+		select {
+		case z.jobs <- job:
+			if _, err := unix.Write(z.wake[1], []byte{1}); err == nil {
+				return
+			}
+			job = <-z.jobs // not woken: take a job back, run it here
+		default:
+		}
+	}
+	go func() {
+		observer.Urgent()
+		job()
+	}()
+}
+
+// work runs freezes, each once the pipe says one is queued.
+func (z *freezes) work() {
+	observer.Urgent() // the watcher's warning says when it is not
+	var b [1]byte
+	for {
+		if _, err := unix.Read(z.wake[0], b[:]); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			z.log.Error("freeze worker", zap.Error(err))
+			return
+		}
+		(<-z.jobs)()
+	}
+}
+
+// start freezes the crasher's container, in the background: it is called
+// by the observer's reader (Observer.OnCore), which must never wait on a
+// cgroup.
 func (z *freezes) start(ev observer.Event) {
 	st := &freezeState{done: make(chan struct{}), signal: ev.Time}
 	z.mu.Lock()
@@ -93,8 +156,7 @@ func (z *freezes) start(ev observer.Event) {
 	}
 	z.byPID[ev.TGID] = st
 	z.mu.Unlock()
-	go func() {
-		observer.Urgent() // the watcher's warning says when it is not
+	z.run(func() {
 		defer close(st.done)
 		st.mu.Lock()
 		defer st.mu.Unlock()
@@ -126,7 +188,7 @@ func (z *freezes) start(ev observer.Event) {
 		z.log.Info("froze the crasher's container", zap.Int("pid", ev.TGID), zap.String("cgroup", path),
 			zap.String("mode", fr.Mode), zap.Float64("latency_ms", st.rec.LatencyMS))
 		time.AfterFunc(z.max, func() { z.thaw(ev.TGID, "freeze.max") })
-	}()
+	})
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -88,8 +88,10 @@ func (x *missing) resume() {
 // was lost), so that the pending set stays bounded.
 const forgetAfter = time.Hour
 
-// core notes a core event: a bundle should follow.
-func (x *missing) core(ev observer.Event) {
+// core notes a core event: a bundle should follow. It only changes
+// memory: persist, called once the event is where collections wait for
+// it, writes it to disk.
+func (x *missing) core(ev observer.Event) *pendingCore {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for pid, p := range x.pending {
@@ -101,8 +103,19 @@ func (x *missing) core(ev observer.Event) {
 	if old := x.pending[ev.TGID]; old != nil && old.timer != nil {
 		old.timer.Stop()
 	}
-	x.pending[ev.TGID] = &pendingCore{ev: ev}
-	x.save(ev.TGID, persisted{Event: ev})
+	p := &pendingCore{ev: ev}
+	x.pending[ev.TGID] = p
+	return p
+}
+
+// persist saves a core event core noted, unless its bundle came meanwhile
+// or its exit was seen (which saves it too).
+func (x *missing) persist(p *pendingCore) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.pending[p.ev.TGID] == p && p.timer == nil {
+		x.save(p.ev.TGID, persisted{Event: p.ev})
+	}
 }
 
 // exit starts the grace period once the process is gone.

@@ -111,6 +111,18 @@ func TestSymbolizer(t *testing.T) {
 	if f := sym.Frames([]Lookup{{Addr: 8}})[0]; f.Module != "" || f.Function != "" {
 		t.Errorf("an unmapped address: %+v", f)
 	}
+	// A later symbolizer (the next crash of a crash loop) finds the name
+	// by the file's inode: it opens the file for its headers only, not
+	// for its symbols.
+	opens := 0
+	again := NewSymbolizer(ParseMaps(maps), func(m Mapping) (io.ReaderAt, io.Closer, error) {
+		opens++
+		f, err := os.Open(m.Path)
+		return f, f, err
+	})
+	if g := again.Frames([]Lookup{{Addr: uint64(knownFunction())}})[0]; g != f || opens != 1 {
+		t.Errorf("second symbolizer: frame %+v (want %+v), %d opens (want 1: the names are cached)", g, f, opens)
+	}
 }
 
 func frames(names ...string) []bundle.Frame {

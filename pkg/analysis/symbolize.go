@@ -42,9 +42,9 @@ func ParseMaps(data []byte) []Mapping {
 			continue
 		}
 		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
+		end, lookupErr := strconv.ParseUint(hi, 16, 64)
 		off, err3 := strconv.ParseUint(f[2], 16, 64)
-		if err1 != nil || err2 != nil || err3 != nil {
+		if err1 != nil || lookupErr != nil || err3 != nil {
 			continue
 		}
 		// A path may hold spaces; " (deleted)" marks an unlinked file.
@@ -83,6 +83,10 @@ type module struct {
 	// names holds the function of each virtual address looked up so far
 	// ("" for none).
 	names map[uint64]string
+	// key is the file's identity, when it has one: names found in it are
+	// shared through nameCache.
+	key    fileKey
+	hasKey bool
 	// failed is set once the file proved unreadable; warned once its
 	// reason is recorded.
 	failed, warned bool
@@ -131,6 +135,13 @@ func (s *Symbolizer) Frames(look []Lookup) []bundle.Frame {
 		if name, ok := mod.names[out[i].Offset]; ok || mod.failed {
 			out[i].Function = name
 			continue
+		}
+		if mod.hasKey {
+			if name, ok := cachedName(mod.key, out[i].Offset); ok {
+				mod.names[out[i].Offset] = name
+				out[i].Function = name
+				continue
+			}
 		}
 		t := pending[m.Path]
 		if t == nil {
@@ -196,6 +207,7 @@ func (s *Symbolizer) module(m Mapping) (mod *module) {
 	}
 	defer c.Close()
 	mod = &module{buildID: f.buildID(), loads: f.loads, names: map[uint64]string{}}
+	mod.key, mod.hasKey = keyOf(f.r)
 	s.modules[m.Path] = mod
 	return mod
 }
@@ -225,27 +237,32 @@ func (s *Symbolizer) resolve(m Mapping, mod *module, want []uint64) {
 	}
 	defer c.Close()
 	var rest []uint64
+	found := map[uint64]string{}
 	gt := f.goTable()
 	for _, v := range want {
 		if gt != nil {
 			if name := gt.name(v); name != "" {
-				mod.names[v] = name
+				mod.names[v], found[v] = name, name
 				continue
 			}
 		}
 		rest = append(rest, v)
 	}
-	if len(rest) == 0 {
-		return
+	var lookupErr error
+	if len(rest) > 0 {
+		slices.Sort(rest)
+		rest = slices.Compact(rest)
+		var names []string
+		names, lookupErr = f.lookupSymbols(rest)
+		if lookupErr != nil && !mod.warned {
+			mod.warned = true
+			s.warn(m, lookupErr)
+		}
+		for i, v := range rest {
+			mod.names[v], found[v] = names[i], names[i]
+		}
 	}
-	slices.Sort(rest)
-	rest = slices.Compact(rest)
-	names, err := f.lookupSymbols(rest)
-	if err != nil && !mod.warned {
-		mod.warned = true
-		s.warn(m, err)
-	}
-	for i, v := range rest {
-		mod.names[v] = names[i]
+	if mod.hasKey && lookupErr == nil {
+		cacheNames(mod.key, found)
 	}
 }

@@ -21,7 +21,6 @@ import (
 
 	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
-	"github.com/corecatch/corecatch/pkg/store"
 )
 
 // capture reads what only the still-present crashed process can give: its
@@ -45,8 +44,10 @@ import (
 // Files on FUSE and network filesystems are not read at all by default
 // (collect.read_network_files).
 type capture struct {
-	proc         string // /proc/PID
-	w            store.Writer
+	proc string // /proc/PID
+	// w starts the bundle's files: the store's writer, or for a crash
+	// refused before its dump the memory the refusal is written from.
+	w            creator
 	maxFileBytes int64
 	// budget is collect.max_files_total_bytes: the data bytes all captured
 	// files may take together; used is what they took so far.
@@ -450,6 +451,55 @@ func (g *guarded) Close() error {
 	defer g.c.mu.Unlock()
 	return g.f.Close()
 }
+
+// creator starts a bundle's files (store.Writer's Create).
+type creator interface {
+	Create(name string) (io.WriteCloser, error)
+}
+
+// heldFiles keeps a refused crash's capture (its /proc texts, a JVM's
+// error log, the end of its stderr: the light capture, small) in memory,
+// so that the kernel can let the process go as soon as what only the
+// process gives is read; writeTo puts it into the bundle afterwards.
+type heldFiles struct {
+	mu    sync.Mutex
+	names []string
+	data  []*bytes.Buffer
+}
+
+func (h *heldFiles) Create(name string) (io.WriteCloser, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b := &bytes.Buffer{}
+	h.names, h.data = append(h.names, name), append(h.data, b)
+	return heldFile{h, b}, nil
+}
+
+// writeTo writes the files held into w, in the order they were created.
+func (h *heldFiles) writeTo(w creator) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, name := range h.names {
+		if err := put(w.Create, name, bytes.NewReader(h.data[i].Bytes())); err != nil {
+			return fmt.Errorf("store %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// heldFile is one file of heldFiles; its writes take the set's lock.
+type heldFile struct {
+	h *heldFiles
+	b *bytes.Buffer
+}
+
+func (f heldFile) Write(p []byte) (int, error) {
+	f.h.mu.Lock()
+	defer f.h.mu.Unlock()
+	return f.b.Write(p)
+}
+
+func (heldFile) Close() error { return nil }
 
 // put stores r in a bundle as the file name that create starts: the
 // capture's (Create) or, for what the helper adds once the capture is over

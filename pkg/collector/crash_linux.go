@@ -293,9 +293,15 @@ func (c *crash) capture() {
 		light:        c.v.light,
 		logTail:      c.cfg.Identity.LogTail.Bytes,
 	}
+	refuse := c.when == answerOnStack && !c.v.keep
+	var held *heldFiles
+	if refuse {
+		held = &heldFiles{}
+		c.files.w = held
+	}
 	c.files.start()
-	if c.when == answerOnStack && !c.v.keep {
-		c.refuseBeforeDump()
+	if refuse {
+		c.refuseBeforeDump(held)
 	} else {
 		if c.when == answerOnStack {
 			c.keepBeforeDump()
@@ -307,15 +313,19 @@ func (c *crash) capture() {
 }
 
 // refuseBeforeDump answers a crash refused before its dump: what the
-// bundle keeps of the process is read while the kernel still holds it,
-// then it is let go with nothing dumped.
-func (c *crash) refuseBeforeDump() {
+// bundle keeps of the process is read into held while the kernel still
+// holds it, then it is let go with nothing dumped, and only then is held
+// written into the bundle.
+func (c *crash) refuseBeforeDump(held *heldFiles) {
 	c.files.wait()
 	c.cs.truncate(c.cs.limitReason)
 	if err := c.answer(false); err != nil {
 		c.warn(err.Error())
 	}
 	c.released = time.Now()
+	if err := held.writeTo(c.w); err != nil {
+		c.warn(err.Error())
+	}
 }
 
 // keepBeforeDump answers a crash kept before its dump; when the kernel

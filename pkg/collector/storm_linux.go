@@ -24,13 +24,14 @@ import (
 // flock-ed files (spool.Dedup, Rate, Slot), and a helper's locks go when it
 // exits, however it exits.
 
-// rewrite replaces a locked file's content.
+// rewrite replaces a locked file's content: written over, then cut to
+// its length. Never cut to 0 first: ext4 flushes a file truncated to 0 at
+// its close (auto_da_alloc), milliseconds a refused crash waits on.
 func rewrite(f *os.File, data []byte) error {
-	if err := f.Truncate(0); err != nil {
+	if _, err := f.WriteAt(data, 0); err != nil {
 		return err
 	}
-	_, err := f.WriteAt(data, 0)
-	return err
+	return f.Truncate(int64(len(data)))
 }
 
 // claimTimeout bounds the cluster-wide claim, made while the kernel holds

@@ -87,8 +87,10 @@ type Observer struct {
 	offset  time.Duration // wall clock minus CLOCK_MONOTONIC
 	dropped atomic.Uint64
 	bad     atomic.Uint64
-	done    sync.WaitGroup
-	close   sync.Once
+	// onCore is OnCore's function, nil until it is set.
+	onCore atomic.Pointer[func(Event)]
+	done   sync.WaitGroup
+	close  sync.Once
 }
 
 func mask(sigs []syscall.Signal) (uint64, error) {
@@ -287,13 +289,24 @@ func (ob *Observer) read() {
 		// The record is the C struct event, in host byte order and
 		// layout (bpf2go's btfEvent mirrors it).
 		raw := (*btfEvent)(unsafe.Pointer(&rec.RawSample[0]))
+		ev := decode(raw, ob.offset)
+		if f := ob.onCore.Load(); f != nil && ev.Kind == KindCore {
+			(*f)(ev)
+		}
 		select {
-		case ob.events <- decode(raw, ob.offset):
+		case ob.events <- ev:
 		default:
 			ob.dropped.Add(1)
 		}
 	}
 }
+
+// OnCore makes the reader call f with each core event as it decodes it,
+// on its own real-time thread, before the event is queued for Events:
+// what must follow a crash at once (the freeze of its container) starts
+// without waiting for the consumer's goroutine to be scheduled, a wait
+// that a loaded node stretches to tens of milliseconds. f must not block.
+func (ob *Observer) OnCore(f func(Event)) { ob.onCore.Store(&f) }
 
 // Events delivers decoded events; it is closed by Close.
 func (ob *Observer) Events() <-chan Event { return ob.events }

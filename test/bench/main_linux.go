@@ -42,20 +42,21 @@ func main() {
 	size := flag.Int("size", 1024, "MiB the crasher maps (bigcrash.c argument)")
 	runs := flag.Int("runs", 3, "crashes per helper; the median is reported")
 	shared := flag.String("shared", filepath.Join(harness.RepoRoot(), "..", "shared"), "the shared/ directory with bench/bigcrash.c and bench/seed_helper.sh")
-	only := flag.String("only", "", "run one part: collect, observer, freeze, storm, upload, pull, hostile or list")
+	only := flag.String("only", "", "run one part: collect, observer, freeze, storm, hold, upload, pull, hostile or list")
 	uploadSize := flag.Int("upload-size", 2048, "MiB of the bundle whose upload is measured")
 	pullSize := flag.Int("pull-size", 2048, "MiB of the core.zst whose pull is measured")
 	crashes := flag.Int("freeze-crashes", 50, "crashes whose freeze latency is measured")
+	holds := flag.Int("hold-runs", 10, "crashes of each kind whose hold is measured")
 	storm := flag.Int("storm", 1000000, "handled signals in the observer's signal storm")
 	burst := flag.Int("burst", 1000, "crashing processes in the observer's burst")
 	flag.Parse()
-	if err := run(*size, *runs, *shared, *only, *storm, *burst, *crashes, *uploadSize, *pullSize); err != nil {
+	if err := run(*size, *runs, *shared, *only, *storm, *burst, *crashes, *holds, *uploadSize, *pullSize); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(size, runs int, shared, only string, storm, burst, crashes, uploadSize, pullSize int) error {
+func run(size, runs int, shared, only string, storm, burst, crashes, holds, uploadSize, pullSize int) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("bench sets kernel.core_pattern: run it as root (sudo make bench)")
 	}
@@ -101,6 +102,11 @@ func run(size, runs int, shared, only string, storm, burst, crashes, uploadSize,
 	if only == "" || only == "storm" {
 		if err := benchStorm(dir, bin, 300, 10*time.Second, 16); err != nil {
 			return fmt.Errorf("storm: %w", err)
+		}
+	}
+	if only == "" || only == "hold" {
+		if err := benchHold(dir, bin, size, holds); err != nil {
+			return fmt.Errorf("hold: %w", err)
 		}
 	}
 	if only == "" || only == "hostile" {

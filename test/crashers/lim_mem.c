@@ -1,9 +1,10 @@
-// lim_mem: touches MIB MiB (fill: compressible, rand: incompressible); with "wait" says so on stdout and waits for stdin's EOF; then segfaults.
+// lim_mem: touches MIB MiB (fill: compressible, rand: incompressible); with "wait" says so on stdout and waits for stdin's EOF; then says "lim_mem ready" with its CLOCK_MONOTONIC time in ns (the moment it faults, for the bench) and segfaults.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 __attribute__((noinline)) void crash_here(volatile int *p) { *p = 42; }
@@ -40,7 +41,9 @@ int main(int argc, char **argv) {
     while (read(0, &c, 1) > 0) {
     }
   }
-  fprintf(stderr, "lim_mem ready\n");
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  fprintf(stderr, "lim_mem ready %lld\n", (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
   crash_here(0);
   return 0;
 }

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/test/harness"
+)
+
+// benchHold measures how long the kernel holds a crashing process of mib
+// MiB whose crash the agent refuses as a duplicate over the coredump
+// socket, against the same process crashing with no dump at all (a file
+// pattern and RLIMIT_CORE 0, as on a node without a collector): from the
+// crasher's own clock just before it faults to its exit as the bench's
+// wait (waitid on a pidfd) sees it. The fill of its memory is not counted.
+// The two are interleaved, runs of each.
+func benchHold(dir, bin string, mib, runs int) error {
+	crasher := filepath.Join(dir, "lim_mem")
+	if out, err := exec.Command("gcc", "-g", "-O0", "-fno-omit-frame-pointer", "-o", crasher,
+		filepath.Join(harness.RepoRoot(), "test", "crashers", "lim_mem.c")).CombinedOutput(); err != nil {
+		return fmt.Errorf("build crasher: %v\n%s", err, out)
+	}
+	// RLIMIT_CORE 0 for the crashers (inherited): the file pattern then
+	// dumps nothing; the coredump socket ignores it, as a pipe does.
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_CORE, &lim); err != nil {
+		return err
+	}
+	soft := lim
+	soft.Cur = 0
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &soft); err != nil {
+		return err
+	}
+	defer unix.Setrlimit(unix.RLIMIT_CORE, &lim)
+
+	work := filepath.Join(dir, "h")
+	cfg, stop, err := startAgent(bin, work, "coredump_socket: "+filepath.Join(work, "core.sock")+"\n")
+	if err != nil {
+		return err
+	}
+	defer stop()
+	pattern, err := os.ReadFile("/proc/sys/kernel/core_pattern")
+	if err != nil {
+		return err
+	}
+	setPattern := func(p []byte) error { return os.WriteFile("/proc/sys/kernel/core_pattern", p, 0o644) }
+	defer setPattern(pattern) // the agent restores its predecessor's from it
+	// crash runs the crasher once and returns how long it was held.
+	crash := func() (time.Duration, int, error) {
+		cmd := exec.Command(crasher, strconv.Itoa(mib), "fill")
+		cmd.Dir = work
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			return 0, 0, err
+		}
+		if err := cmd.Start(); err != nil {
+			return 0, 0, err
+		}
+		line, _ := bufio.NewReader(stderr).ReadString('\n')
+		cmd.Wait()
+		var ts unix.Timespec
+		unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+		f := strings.Fields(line)
+		if len(f) != 3 || f[1] != "ready" {
+			return 0, 0, fmt.Errorf("lim_mem said %q (%v)", line, cmd.ProcessState)
+		}
+		t0, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			return 0, 0, err
+		}
+		return time.Duration(ts.Nano() - t0), cmd.Process.Pid, nil
+	}
+	// The first crash keeps its bug's core; the later ones are refused.
+	_, pid, err := crash()
+	if err != nil {
+		return err
+	}
+	first, err := waitBundle(bin, cfg, pid)
+	if err != nil {
+		return err
+	}
+	var refused, none []float64
+	var bundled []float64
+	for range runs {
+		if err := setPattern([]byte("core")); err != nil {
+			return err
+		}
+		d, _, err := crash()
+		if err != nil {
+			return err
+		}
+		none = append(none, d.Seconds())
+		if err := setPattern(pattern); err != nil {
+			return err
+		}
+		d, pid, err := crash()
+		if err != nil {
+			return err
+		}
+		m, err := waitBundle(bin, cfg, pid)
+		if err != nil {
+			return err
+		}
+		if m.Core.TruncateReason != bundle.ReasonDedup || m.Dedup == nil || m.Dedup.Of != first.ID || m.Signature == "" || len(m.Backtrace) == 0 {
+			return fmt.Errorf("crash of pid %d was not refused as a duplicate of %s with signature and backtrace: core %+v, dedup %+v, signature %q",
+				pid, first.ID, m.Core, m.Dedup, m.Signature)
+		}
+		refused = append(refused, d.Seconds())
+		bundled = append(bundled, m.Collector.HeldSeconds)
+	}
+	pct := func(s []float64, p float64) float64 {
+		c := append([]float64(nil), s...)
+		sort.Float64s(c)
+		return c[int(p*float64(len(c)-1)+0.5)]
+	}
+	fmt.Printf("\nhold: a %d MiB crasher, from its fault to its exit, %d runs each, interleaved\n", mib, runs)
+	fmt.Printf("  refused as a duplicate (coredump socket): median %.1f ms, p90 %.1f ms (the agent's own record, connection to answer: median %.1f ms)\n",
+		1000*pct(refused, 0.5), 1000*pct(refused, 0.9), 1000*pct(bundled, 0.5))
+	fmt.Printf("  no dump at all (file pattern, RLIMIT_CORE 0): median %.1f ms, p90 %.1f ms\n", 1000*pct(none, 0.5), 1000*pct(none, 0.9))
+	r := pct(refused, 0.5) / pct(none, 0.5)
+	fmt.Printf("  duplicate / no dump: %.2fx median, %.2fx p90  (target <= 1.3x: %s)\n", r, pct(refused, 0.9)/pct(none, 0.9), verdict(r <= 1.3))
+	return nil
+}
