@@ -11,7 +11,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/upload"
 )
@@ -134,7 +134,7 @@ func New(o Options) *Agent {
 	if o.Store != nil {
 		a.missing = &missing{store: o.Store, after: time.Duration(o.Config.Observer.MissingAfter), node: o.Config.Node,
 			log: o.Log, freezeCgroup: a.freezeCgroup, storeOp: o.OnStoreOp, published: func(m *bundle.Metadata) { a.o.OnBundle(m); a.announce(m) }, pending: map[int]*pendingCore{},
-			dir: filepath.Join(o.Config.Spool, MissingDir)}
+			records: spool.Open(o.Config.Spool).Missing()}
 	}
 	return a
 }
@@ -202,13 +202,14 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // ingestSpool takes the reports helpers wrote while no agent listened.
 func (a *Agent) ingestSpool() {
-	reports, forget, err := agentapi.Spooled(a.o.Config.Spool)
+	spooled := spool.Open(a.o.Config.Spool).Reports()
+	reports, err := spooled.List()
 	if err != nil {
 		a.o.Log.Warn("read spooled reports", zap.Error(err))
 	}
 	for _, m := range reports {
 		a.bundle(m, true)
-		if err := forget(m.ID); err != nil {
+		if err := spooled.Forget(m.ID); err != nil {
 			a.o.Log.Warn("forget spooled report", zap.String("id", m.ID), zap.Error(err))
 		}
 	}
@@ -286,7 +287,7 @@ func (a *Agent) enqueue(m *bundle.Metadata) bool {
 // analyzeLoop runs gdb on each stored core in turn, amends its metadata and
 // then announces it (metrics, notifications), backtrace and all.
 func (a *Agent) analyzeLoop(ctx context.Context) {
-	work := filepath.Join(a.o.Config.Spool, "analysis")
+	work := spool.Open(a.o.Config.Spool).Analysis()
 	os.RemoveAll(work) // what a killed agent left
 	for {
 		select {

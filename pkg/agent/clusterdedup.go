@@ -2,39 +2,33 @@ package agent
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
 // clusterDedupProbe finds out whether deduplication can span the cluster
 // (an S3 store whose service refuses a second conditional create) and
-// tells the helpers through collector.ClusterMarker.
+// tells the helpers through spool.ClusterMarker.
 func clusterDedupProbe(ctx context.Context, cfg *config.Config, st store.Store, log *zap.Logger) bool {
-	marker := filepath.Join(cfg.Spool, collector.DedupDir, collector.ClusterMarker)
+	marker := spool.Open(cfg.Spool).ClusterMarker()
 	s3, ok := st.(*store.S3)
 	if !ok || cfg.Dedup.Window <= 0 {
-		os.Remove(marker)
+		marker.Clear()
 		return false
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := s3.ProbeClaims(pctx); err != nil {
-		os.Remove(marker)
+		marker.Clear()
 		log.Warn("deduplication stays node-local: each node keeps one core per bug", zap.String("store", st.String()), zap.Error(err))
 		return false
 	}
-	err := os.MkdirAll(filepath.Dir(marker), 0o700)
-	if err == nil {
-		err = os.WriteFile(marker, []byte(st.String()+"\n"), 0o600)
-	}
-	if err != nil {
+	if err := marker.Set(st.String()); err != nil {
 		log.Warn("deduplication stays node-local", zap.Error(err))
 		return false
 	}
@@ -43,10 +37,9 @@ func clusterDedupProbe(ctx context.Context, cfg *config.Config, st store.Store, 
 }
 
 // ClusterDedup reports whether the agent found the S3 store fit for
-// cluster-wide deduplication (collector.ClusterMarker), so that the pipe
+// cluster-wide deduplication (spool.ClusterMarker), so that the pipe
 // helper and the agent's own collections claim each bug in the store only
 // where the store enforces the claim.
 func ClusterDedup(cfg *config.Config) bool {
-	_, err := os.Stat(filepath.Join(cfg.Spool, collector.DedupDir, collector.ClusterMarker))
-	return err == nil
+	return spool.Open(cfg.Spool).ClusterMarker().IsSet()
 }

@@ -2,15 +2,13 @@ package agent
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -32,11 +30,7 @@ func TestClusterDedupProbeClearsMarker(t *testing.T) {
 			cfg := config.Default()
 			cfg.Spool = t.TempDir()
 			cfg.Dedup.Window = config.Duration(tc.window)
-			marker := filepath.Join(cfg.Spool, collector.DedupDir, collector.ClusterMarker)
-			if err := os.MkdirAll(filepath.Dir(marker), 0o700); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(marker, []byte("s3://old\n"), 0o600); err != nil {
+			if err := spool.Open(cfg.Spool).ClusterMarker().Set("s3://old"); err != nil {
 				t.Fatal(err)
 			}
 			if !ClusterDedup(cfg) {

@@ -20,6 +20,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/kube"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/upload"
 )
@@ -200,7 +201,7 @@ func countSignal(ctx context.Context, cfg *config.Config, met *metrics.Metrics) 
 	return func(ev observer.Event) {
 		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
 		go func() {
-			id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(cfg.Spool))
+			id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(spool.Open(cfg.Spool)))
 			met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)
 		}()
 	}

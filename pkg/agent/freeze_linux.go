@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sync"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/spool"
 )
 
 // freezeTimeout bounds how long one freeze may take before it is given up
@@ -27,7 +27,7 @@ const freezeTimeout = 2 * time.Second
 
 // NewFreezer builds the freezer the configuration asks for: its policy is
 // the built-in one plus freeze.allow and freeze.deny, and the agent's own
-// cgroup is never frozen. It records what it freezes under <spool>/frozen.
+// cgroup is never frozen. It records what it freezes in the spool (Frozen).
 func NewFreezer(cfg *config.Config) (*freezer.Freezer, error) {
 	self, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
@@ -40,7 +40,7 @@ func NewFreezer(cfg *config.Config) (*freezer.Freezer, error) {
 	for _, e := range cfg.Freeze.Deny {
 		p.Deny = append(p.Deny, regexp.MustCompile(e))
 	}
-	return freezer.New(freezer.Options{StateDir: filepath.Join(cfg.Spool, "frozen"), Policy: p})
+	return freezer.New(freezer.Options{StateDir: spool.Open(cfg.Spool).Frozen(), Policy: p})
 }
 
 // podFreeze says whether the pod of the container in a cgroup may be
@@ -49,7 +49,7 @@ func NewFreezer(cfg *config.Config) (*freezer.Freezer, error) {
 func podFreeze(cfg *config.Config) func(string) (bool, string) {
 	return func(cgroup string) (bool, string) {
 		id := identity.Resolve(context.Background(), cgroup, cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout),
-			identity.SpoolCache(cfg.Spool))
+			identity.SpoolCache(spool.Open(cfg.Spool)))
 		pol := cfg.Pods.Policy(id.Pod.Scope())
 		return pol.Freeze, pol.Why
 	}

@@ -13,12 +13,9 @@ import (
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/coresock"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/sysctl"
 )
-
-// helperConfig is the snapshot of the effective config, in the spool, that
-// the kernel-run helper reads (the pattern has no room for flags).
-const helperConfig = "collect.yaml"
 
 // Install snapshots cfg into the spool and points core_pattern at this
 // binary, or at its copy in host.bin_dir; with socket at the coredump
@@ -43,8 +40,8 @@ func Install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 		}
 		bin = filepath.Join(cfg.Host.BinDir, sysctl.HelperName)
 	}
-	snapshot := filepath.Join(cfg.Spool, helperConfig)
-	pattern, err := sysctl.Pattern(bin, snapshot, collector.PatternArgs)
+	sp := spool.Open(cfg.Spool)
+	pattern, err := sysctl.Pattern(bin, sp.HelperConfig(), collector.PatternArgs)
 	if err != nil {
 		return sysctl.Result{}, err
 	}
@@ -59,20 +56,17 @@ func Install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 	if err != nil {
 		return sysctl.Result{}, err
 	}
-	if err := os.MkdirAll(cfg.Spool, 0o700); err != nil {
-		return sysctl.Result{}, fmt.Errorf("create spool: %w", err)
-	}
-	if err := os.WriteFile(snapshot, data, 0o600); err != nil {
-		return sysctl.Result{}, fmt.Errorf("write the helper's config: %w", err)
+	if err := sp.WriteHelperConfig(data); err != nil {
+		return sysctl.Result{}, err
 	}
 	sockPattern := coresock.Pattern(cfg.CoredumpSocket)
 	if !socket {
-		return sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, pattern, sockPattern)
+		return sysctl.Install(cfg.Host.ProcSysKernel, sp.SysctlState(), pattern, sockPattern)
 	}
 	if len(sockPattern) > sysctl.MaxPattern {
 		return sysctl.Result{}, fmt.Errorf("core_pattern %q is longer than the kernel's %d bytes: choose a shorter coredump_socket", sockPattern, sysctl.MaxPattern)
 	}
-	res, err := sysctl.Install(cfg.Host.ProcSysKernel, cfg.Spool, sockPattern, pattern)
+	res, err := sysctl.Install(cfg.Host.ProcSysKernel, sp.SysctlState(), sockPattern, pattern)
 	if err == nil {
 		return res, nil
 	}
@@ -80,7 +74,7 @@ func Install(cfg *config.Config, socket bool) (sysctl.Result, error) {
 	// namespace: try again from PID 1's, where the host's paths are the
 	// real ones (its /proc/sys/kernel; the spool and socket are hostPaths).
 	if herr := inHostMountNamespace(func() error {
-		res, err = sysctl.Install(sysctl.Proc, cfg.Spool, sockPattern, pattern)
+		res, err = sysctl.Install(sysctl.Proc, sp.SysctlState(), sockPattern, pattern)
 		return err
 	}); herr != nil {
 		return res, fmt.Errorf("%w; from the host's mount namespace: %w", err, herr)
@@ -131,14 +125,14 @@ func installIntake(cfg *config.Config, log *zap.Logger) (sysctl.Result, *net.Uni
 // those of the config the installed core_pattern names: install's own
 // snapshot, which says where it saved them.
 func Uninstall(cfg *config.Config) (sysctl.Result, error) {
-	if _, err := os.Stat(filepath.Join(cfg.Spool, sysctl.StateFile)); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(spool.Open(cfg.Spool).SysctlState()); errors.Is(err, fs.ErrNotExist) {
 		if installed, err := installedConfig(cfg); err != nil {
 			return sysctl.Result{}, err
 		} else if installed != nil {
 			cfg = installed
 		}
 	}
-	res, err := sysctl.Uninstall(cfg.Host.ProcSysKernel, cfg.Spool)
+	res, err := sysctl.Uninstall(cfg.Host.ProcSysKernel, spool.Open(cfg.Spool).SysctlState())
 	if err != nil || cfg.Host.BinDir == "" {
 		return res, err
 	}

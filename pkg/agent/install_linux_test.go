@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/sysctl"
 )
 
@@ -38,7 +39,7 @@ func TestUninstallFindsSpool(t *testing.T) {
 	if got := string(readOrFatal(t, filepath.Join(proc, "core_pipe_limit"))); got != oldLimit {
 		t.Errorf("core_pipe_limit %q after uninstall, want %q", got, oldLimit)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.Spool, sysctl.StateFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(spool.Open(cfg.Spool).SysctlState()); !os.IsNotExist(err) {
 		t.Errorf("the saved sysctls are still in install's spool: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(cfg.Host.BinDir, sysctl.HelperName)); !os.IsNotExist(err) {

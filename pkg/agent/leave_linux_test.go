@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/corecatch/corecatch/pkg/config"
-	"github.com/corecatch/corecatch/pkg/sysctl"
+	"github.com/corecatch/corecatch/pkg/spool"
 )
 
 // TestLeaveNode stops an agent that installed the coredump socket's
@@ -46,9 +46,9 @@ func TestLeaveNode(t *testing.T) {
 				t.Errorf("the API server asked: %v, at %v", asked, tc.sig)
 			}
 			got := readOrFatal(t, filepath.Join(cfg.Host.ProcSysKernel, "core_pattern"))
-			_, stateErr := os.Stat(filepath.Join(cfg.Spool, sysctl.StateFile))
+			_, stateErr := os.Stat(spool.Open(cfg.Spool).SysctlState())
 			if tc.kept {
-				if !strings.HasPrefix(string(got), "|") || !strings.Contains(string(got), " collect -c "+filepath.Join(cfg.Spool, helperConfig)) {
+				if !strings.HasPrefix(string(got), "|") || !strings.Contains(string(got), " collect -c "+spool.Open(cfg.Spool).HelperConfig()) {
 					t.Errorf("core_pattern %q, want the pipe helper's for the next agent", got)
 				}
 				if stateErr != nil {

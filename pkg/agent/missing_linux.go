@@ -1,13 +1,8 @@
 package agent
 
 import (
-	"bytes"
 	"context"
-	"encoding/gob"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,8 +10,8 @@ import (
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
-	"github.com/corecatch/corecatch/pkg/sysctl"
 )
 
 // missing makes sure no crash the observer saw is silently lost: a process
@@ -35,10 +30,10 @@ type missing struct {
 	// published counts and announces the bundle like any other.
 	published func(*bundle.Metadata)
 
-	// dir, when set, keeps each pending crash in a file of its own, so
-	// that a restarted agent still records the crashes its predecessor
-	// was waiting for.
-	dir string
+	// records keeps each pending crash in a file of its own, so that a
+	// restarted agent still records the crashes its predecessor was
+	// waiting for.
+	records spool.Missing
 
 	mu      sync.Mutex
 	pending map[int]*pendingCore
@@ -49,9 +44,6 @@ type pendingCore struct {
 	timer *time.Timer
 }
 
-// MissingDir, under the spool, holds the crashes waiting for their bundle.
-const MissingDir = "missing"
-
 // persisted is a pending crash on disk: its core event, and its exit once
 // seen.
 type persisted struct {
@@ -60,22 +52,10 @@ type persisted struct {
 	Outcome string
 }
 
-func (x *missing) file(pid int) string { return filepath.Join(x.dir, strconv.Itoa(pid)+".gob") }
-
 // save writes a pending crash's file (under x.mu).
 func (x *missing) save(pid int, rec persisted) {
-	if x.dir == "" {
-		return
-	}
-	var buf bytes.Buffer
-	if err := gob.NewEncoder(&buf).Encode(rec); err == nil {
-		err = os.MkdirAll(x.dir, 0o700)
-		if err == nil {
-			err = sysctl.WriteAtomic(x.file(pid), 0o600, &buf)
-		}
-		if err != nil {
-			x.log.Warn("persist a crash waiting for its bundle", zap.Int("pid", pid), zap.Error(err))
-		}
+	if err := x.records.Put(pid, rec); err != nil {
+		x.log.Warn("persist a crash waiting for its bundle", zap.Int("pid", pid), zap.Error(err))
 	}
 }
 
@@ -83,19 +63,10 @@ func (x *missing) save(pid int, rec persisted) {
 // what is left of its grace period from its exit (or from now, when the
 // exit was not seen).
 func (x *missing) resume() {
-	entries, _ := os.ReadDir(x.dir)
-	for _, e := range entries {
-		pid, err := strconv.Atoi(strings.TrimSuffix(e.Name(), ".gob"))
-		if err != nil || !strings.HasSuffix(e.Name(), ".gob") {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join(x.dir, e.Name()))
+	for _, pid := range x.records.PIDs() {
 		var rec persisted
-		if err == nil {
-			err = gob.NewDecoder(bytes.NewReader(data)).Decode(&rec)
-		}
-		if err != nil {
-			os.Remove(filepath.Join(x.dir, e.Name()))
+		if err := x.records.Get(pid, &rec); err != nil {
+			x.records.Remove(pid)
 			continue
 		}
 		x.mu.Lock()
@@ -174,11 +145,7 @@ func (x *missing) reported(pid int) {
 }
 
 // forget removes a pending crash's file.
-func (x *missing) forget(pid int) {
-	if x.dir != "" {
-		os.Remove(x.file(pid))
-	}
-}
+func (x *missing) forget(pid int) { x.records.Remove(pid) }
 
 // record writes the metadata-only bundle of a crash whose core never came.
 func (x *missing) record(pid int, outcome string) {

@@ -14,6 +14,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/notify"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -21,7 +22,7 @@ import (
 // outcomes in met; the agent's worker and `corecatch feishu-bridge` share
 // it, so that both send the same cards (version is corecatch's).
 func NewNotifier(cfg *config.Config, st store.Store, met *metrics.Metrics, log *zap.Logger, version string) (*notify.Notifier, error) {
-	n, err := notify.New(cfg.Notify, cfg.Spool, notify.Options{Log: log, Version: version, Result: met.Notification,
+	n, err := notify.New(cfg.Notify, spool.Open(cfg.Spool), notify.Options{Log: log, Version: version, Result: met.Notification,
 		Download: downloadURL(cfg, st), Pods: cfg.Pods})
 	if err != nil {
 		return nil, err

@@ -1,12 +1,12 @@
 package agent
 
 import (
-	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/upload"
 )
@@ -32,7 +32,7 @@ func S3Options(c *config.Config) store.S3Options {
 // upload.direct), whose bundles the agent uploads.
 func NodeStore(c *config.Config, st store.Store) (store.Store, config.Retention) {
 	if _, remote := st.(*store.S3); remote && !c.Upload.Direct {
-		return store.NewFile(filepath.Join(c.Spool, upload.OutboxDir)),
+		return store.NewFile(spool.Open(c.Spool).Outbox()),
 			config.Retention{MaxUse: c.Upload.SpoolMaxUse, KeepFree: c.Upload.SpoolKeepFree}
 	}
 	return st, c.Retention

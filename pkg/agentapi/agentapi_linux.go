@@ -14,8 +14,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/coresock"
+	"github.com/corecatch/corecatch/pkg/spool"
 )
 
 // Request is one call; each connection carries one request and one
@@ -50,10 +49,6 @@ type Response struct {
 	Freeze *bundle.Freeze `json:"freeze,omitempty"`
 	Error  string         `json:"error,omitempty"`
 }
-
-// ReportsDir is where, under the spool, helpers leave reports the agent
-// could not take.
-const ReportsDir = "reports"
 
 // ErrNoAgent means no agent runs on this node: its socket does not exist
 // (`corecatch install` without an agent, or an agent that stopped cleanly).
@@ -163,70 +158,17 @@ func Release(socket string, pid int, timeout time.Duration) (*Response, error) {
 
 // Report tells the agent a bundle is published. When the agent runs but
 // cannot be reached (killed: its socket is left behind), the report goes to
-// <spool>/reports/<id>.json for its next start; without any agent there is
-// no one to report to.
-func Report(socket, spool string, m *bundle.Metadata, timeout time.Duration) error {
+// the spool's reports for its next start; without any agent there is no
+// one to report to.
+func Report(socket string, reports spool.Reports, m *bundle.Metadata, timeout time.Duration) error {
 	_, err := call(socket, Request{Op: "report", Bundle: m}, timeout)
 	if err == nil || errors.Is(err, ErrNoAgent) {
 		return nil
 	}
-	if serr := Spool(spool, m); serr != nil {
+	if serr := reports.Put(m); serr != nil {
 		return fmt.Errorf("%w; and keep the report in the spool: %w", err, serr)
 	}
 	return nil
-}
-
-// Spool writes a report file atomically.
-func Spool(spool string, m *bundle.Metadata) error {
-	dir := filepath.Join(spool, ReportsDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	data, err := bundle.Encode(m)
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(dir, "."+m.ID+".tmp")
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, m.ID+".json"))
-}
-
-// Spooled reads the reports helpers left while the agent was away, oldest
-// first, and the function that forgets one once it is handled.
-func Spooled(spool string) ([]*bundle.Metadata, func(id string) error, error) {
-	dir := filepath.Join(spool, ReportsDir)
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	var out []*bundle.Metadata
-	var errs []error
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err == nil {
-			var m *bundle.Metadata
-			if m, err = bundle.Decode(data); err == nil {
-				out = append(out, m)
-				continue
-			}
-		}
-		errs = append(errs, fmt.Errorf("report %s: %w", e.Name(), err))
-	}
-	forget := func(id string) error {
-		if err := bundle.ValidID(id); err != nil {
-			return err
-		}
-		return os.Remove(filepath.Join(dir, id+".json"))
-	}
-	return out, forget, errors.Join(errs...)
 }
 
 // Listen opens the agent's socket, root only: the directory 0700 and the

@@ -22,6 +22,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -103,7 +104,7 @@ type Options struct {
 	Version string
 	// Claimer, when set, makes deduplication cluster-wide: the first crash
 	// of a bug in a window on any node keeps the core (an S3 store that
-	// honours conditional writes; see ClusterMarker).
+	// honours conditional writes; see spool.ClusterMarker).
 	Claimer Claimer
 	// Agent is how the collection reaches the agent; nil: over its socket
 	// (cfg.Socket), as the kernel-run helper does.
@@ -138,7 +139,10 @@ type Link interface {
 
 // socketLink reaches the agent over its unix socket, with short deadlines:
 // the kernel-run helper never waits long for an agent that may be down.
-type socketLink struct{ socket, spool string }
+type socketLink struct {
+	socket  string
+	reports spool.Reports
+}
 
 func (l socketLink) Lookup(pid int, wait time.Duration) (*agentapi.Response, error) {
 	return agentapi.Lookup(l.socket, pid, wait)
@@ -149,7 +153,7 @@ func (l socketLink) Release(pid int) (*agentapi.Response, error) {
 }
 
 func (l socketLink) Report(m *bundle.Metadata) error {
-	return agentapi.Report(l.socket, l.spool, m, reportTimeout)
+	return agentapi.Report(l.socket, l.reports, m, reportTimeout)
 }
 
 // Claimer makes one crash the holder of a bug's window across nodes

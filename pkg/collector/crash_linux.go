@@ -17,6 +17,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/identity"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -83,7 +84,7 @@ func newCrash(o Options) *crash {
 	c := &crash{o: o, cfg: o.Config, req: o.Request, start: time.Now(),
 		helper: o.Agent == nil, when: answerTimeFor(o.Answer != nil, len(o.Stack))}
 	if c.helper {
-		c.o.Agent = socketLink{c.cfg.Socket, c.cfg.Spool}
+		c.o.Agent = socketLink{c.cfg.Socket, spool.Open(c.cfg.Spool).Reports()}
 	}
 	return c
 }
@@ -247,7 +248,7 @@ func (c *crash) identify(ctx context.Context) {
 	cgroup, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.req.PID))
 	m := c.m
 	m.Cgroup = crashCgroup(identity.ProcCgroup(cgroup), c.freeze())
-	c.ident = identity.Resolve(ctx, m.Cgroup, c.cfg.Identity.CRIEndpoint, time.Duration(c.cfg.Identity.Timeout), identity.SpoolCache(c.cfg.Spool))
+	c.ident = identity.Resolve(ctx, m.Cgroup, c.cfg.Identity.CRIEndpoint, time.Duration(c.cfg.Identity.Timeout), identity.SpoolCache(spool.Open(c.cfg.Spool)))
 	m.Container, m.Pod, m.Workload = c.ident.Container, c.ident.Pod, c.ident.Workload
 	m.IdentitySource, m.IdentityReason = c.ident.Source, c.ident.Reason
 }
@@ -269,7 +270,7 @@ func (c *crash) decide(ctx context.Context) {
 // takeSlot takes one of the node's collection slots, held until the
 // collection ends.
 func (c *crash) takeSlot() bool {
-	slot, ok := takeSlot(c.cfg.Spool, c.cfg.Collect.MaxConcurrent)
+	slot, ok := takeSlot(spool.Open(c.cfg.Spool), c.cfg.Collect.MaxConcurrent)
 	c.slot = slot
 	return ok
 }

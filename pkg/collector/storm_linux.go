@@ -8,15 +8,12 @@ import (
 	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,30 +21,8 @@ import (
 
 // Crash storms are decided in the spool, shared by the helpers of one node:
 // each helper is its own short-lived process, so the state lives in small
-// flock-ed files, and a helper's locks go when it exits, however it exits.
-const (
-	// DedupDir holds the dedup records of the node's bugs.
-	DedupDir = "dedup"
-	rateFile = "rate"
-	slotDir  = "slots"
-)
-
-// locked opens (creating) a file of the spool and takes its lock; close the
-// file to release it.
-func locked(p string, how int) (*os.File, error) {
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), how); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
+// flock-ed files (spool.Dedup, Rate, Slot), and a helper's locks go when it
+// exits, however it exits.
 
 // rewrite replaces a locked file's content: written over, then cut to
 // its length. Never cut to 0 first: ext4 flushes a file truncated to 0 at
@@ -58,11 +33,6 @@ func rewrite(f *os.File, data []byte) error {
 	}
 	return f.Truncate(int64(len(data)))
 }
-
-// ClusterMarker, in the spool's dedup directory, tells helpers that the
-// agent found the S3 store honouring conditional writes: deduplication may
-// be cluster-wide. Its absence keeps it node-local.
-const ClusterMarker = "cluster"
 
 // claimTimeout bounds the cluster-wide claim, made while the kernel holds
 // the crasher; past it the helper decides for its node alone.
@@ -78,7 +48,7 @@ const claimTimeout = 2 * time.Second
 func stormReason(ctx context.Context, cfg *config.Config, claimer Claimer, m *bundle.Metadata, exeID string) string {
 	now := time.Now()
 	warn := func(w string) { m.Warnings = append(m.Warnings, w) }
-	allow := func() (bool, error) { return takeRate(cfg.Spool, cfg.Collect.MaxCoresPerMinute, now) }
+	allow := func() (bool, error) { return takeRate(spool.Open(cfg.Spool), cfg.Collect.MaxCoresPerMinute, now) }
 	key, window := dedupKey(cfg.Dedup, m.Pod, m.Workload, exeID, m.Signature)
 	if window <= 0 {
 		ok, err := allow()
@@ -99,7 +69,7 @@ func stormReason(ctx context.Context, cfg *config.Config, claimer Claimer, m *bu
 		}
 	}
 	holder := func() (string, error) { return windowHolder(m.ID, claim, allow, warn) }
-	of, count, until, err := claimDedup(cfg.Spool, key, m.ID, window, now, holder)
+	of, count, until, err := claimDedup(spool.Open(cfg.Spool), key, m.ID, window, now, holder)
 	if err != nil {
 		warn(err.Error())
 		return ""
@@ -113,9 +83,8 @@ func stormReason(ctx context.Context, cfg *config.Config, claimer Claimer, m *bu
 // this node asks holder who keeps the bug's core: itself (of == ""), a
 // crash on another node (of is its id), or nobody, rate-limited (count 0).
 // Later ones get the holder's id and their ordinal in the window.
-func claimDedup(spool, key, id string, window time.Duration, now time.Time, holder func() (string, error)) (of string, count int, until time.Time, err error) {
-	h := sha256.Sum256([]byte(key))
-	f, err := locked(filepath.Join(spool, DedupDir, hex.EncodeToString(h[:12])), unix.LOCK_EX)
+func claimDedup(sp spool.Spool, key, id string, window time.Duration, now time.Time, holder func() (string, error)) (of string, count int, until time.Time, err error) {
+	f, err := sp.Dedup(key)
 	if err != nil {
 		return "", 0, time.Time{}, fmt.Errorf("dedup record: %w", err)
 	}
@@ -140,11 +109,11 @@ func claimDedup(spool, key, id string, window time.Duration, now time.Time, hold
 
 // takeRate records one whole core against the node's per-minute allowance
 // and reports whether it fits.
-func takeRate(spool string, perMinute int, now time.Time) (bool, error) {
+func takeRate(sp spool.Spool, perMinute int, now time.Time) (bool, error) {
 	if perMinute <= 0 {
 		return true, nil
 	}
-	f, err := locked(filepath.Join(spool, rateFile), unix.LOCK_EX)
+	f, err := sp.Rate()
 	if err != nil {
 		return true, fmt.Errorf("rate record: %w", err)
 	}
@@ -167,11 +136,11 @@ const slotWait = 10 * time.Second
 
 // takeSlot takes one of n collection slots, waiting up to slotWait. The
 // slot is held until the returned file is closed (or the helper exits).
-func takeSlot(spool string, n int) (*os.File, bool) {
+func takeSlot(sp spool.Spool, n int) (*os.File, bool) {
 	deadline := time.Now().Add(slotWait)
 	for {
 		for i := range n {
-			if f, err := locked(filepath.Join(spool, slotDir, strconv.Itoa(i)), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+			if f, err := sp.Slot(i); err == nil {
 				return f, true
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/spool"
 )
 
 // Cache keeps resolved identities on disk, in the spool, so that the
@@ -20,16 +21,12 @@ type Cache struct {
 	TTL time.Duration
 }
 
-// CacheTTL is how long a container's identity from the CRI is reused, and
-// CacheDir where, under the spool, helpers and the agent keep it.
-const (
-	CacheTTL = 10 * time.Minute
-	CacheDir = "identity"
-)
+// CacheTTL is how long a container's identity from the CRI is reused.
+const CacheTTL = 10 * time.Minute
 
-// SpoolCache is the cache helpers and the agent share under a spool.
-func SpoolCache(spool string) Cache {
-	return Cache{Dir: filepath.Join(spool, CacheDir), TTL: CacheTTL}
+// SpoolCache is the cache helpers and the agent share in a spool.
+func SpoolCache(s spool.Spool) Cache {
+	return Cache{Dir: s.Identity(), TTL: CacheTTL}
 }
 
 // cacheable ids are safe file names.

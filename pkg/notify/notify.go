@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"os"
 	"path"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -28,10 +27,8 @@ import (
 	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 )
-
-// Dir is the queues' directory in the spool.
-const Dir = "notify"
 
 // Results counted per sink in corecatch_notifications_total.
 const (
@@ -209,7 +206,7 @@ type sink interface {
 
 // New opens the queues in spool and prepares every configured sink. It
 // starts nothing: Run does.
-func New(cfg config.Notify, spool string, o Options) (*Notifier, error) {
+func New(cfg config.Notify, sp spool.Spool, o Options) (*Notifier, error) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
@@ -224,7 +221,7 @@ func New(cfg config.Notify, spool string, o Options) (*Notifier, error) {
 		if f.Name == "" {
 			f.Name = fmt.Sprintf("feishu%d", i)
 		}
-		b, err := newFeishuBot(f, cfg, filepath.Join(spool, Dir, "feishu-"+f.Name), o)
+		b, err := newFeishuBot(f, cfg, sp.FeishuQueue(f.Name), o)
 		if err != nil {
 			return nil, err
 		}
@@ -232,7 +229,7 @@ func New(cfg config.Notify, spool string, o Options) (*Notifier, error) {
 		n.sinks = append(n.sinks, b)
 	}
 	if cfg.Alertmanager.URL != "" {
-		am, err := newAlertmanager(cfg, filepath.Join(spool, Dir, "alertmanager"), o)
+		am, err := newAlertmanager(cfg, sp.AlertmanagerQueue(), o)
 		if err != nil {
 			return nil, err
 		}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/test/fakefeishu"
 	"github.com/corecatch/corecatch/test/harness"
 )
@@ -63,10 +64,10 @@ func crash(i int, exe, signal string) *bundle.Metadata {
 	}
 }
 
-// start runs a notifier on spool until the test ends or stop is called.
-func start(t *testing.T, cfg config.Notify, spool string, r *results, pods ...config.PodDefaults) (n *Notifier, stop func()) {
+// start runs a notifier on the spool dir until the test ends or stop is called.
+func start(t *testing.T, cfg config.Notify, dir string, r *results, pods ...config.PodDefaults) (n *Notifier, stop func()) {
 	t.Helper()
-	n, err := New(cfg, spool, Options{Version: "test", Result: r.add,
+	n, err := New(cfg, spool.Open(dir), Options{Version: "test", Result: r.add,
 		Download: func(_ context.Context, id string) string { return "https://bundles.example.com/" + id },
 		Pods:     config.Pods{Namespaces: pods}})
 	if err != nil {
@@ -494,7 +495,7 @@ func TestWebhookRedacted(t *testing.T) {
 	webhook := "http://" + addr + "/open-apis/bot/v2/hook/" + token
 	core, logs := observer.New(zap.DebugLevel)
 	cfg := feishuConfig(webhook, "", "", "en")
-	n, err := New(cfg, t.TempDir(), Options{Log: zap.New(core), Version: "test"})
+	n, err := New(cfg, spool.Open(t.TempDir()), Options{Log: zap.New(core), Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,13 +33,11 @@ const (
 	// (its /proc/PID/exe and map_files) until the helper is done; past it
 	// the kernel skips dumps, so it is set as systemd-coredump does.
 	PipeLimit = 16
-	// StateFile, in the spool, holds the values install replaced: what
-	// uninstall, or a stopping agent, will write back.
-	StateFile = "sysctl-saved.json"
 )
 
 // Saved is what install replaced, as the exact bytes the kernel's files
-// read back (base64 in JSON).
+// read back (base64 in JSON), in the state file (spool.SysctlState): what
+// uninstall, or a stopping agent, will write back.
 type Saved struct {
 	CorePattern   []byte `json:"core_pattern"`
 	CorePipeLimit []byte `json:"core_pipe_limit"`
@@ -126,11 +124,12 @@ func InstalledConfig(proc string) (string, error) {
 
 // Install sets core_pattern, in the kernel's directory proc, to pattern,
 // raises core_pipe_limit when it is 0, and saves the previous values in
-// spool unless corecatch was already installed (then the saved values from
-// that install stay: an agent that was killed without restoring finds
-// them, and its successor restores them). ours are the other patterns of
-// this install (the coredump socket's), which are corecatch's too.
-func Install(proc, spool, pattern string, ours ...string) (Result, error) {
+// the file state, whose directory exists, unless corecatch was already
+// installed (then the saved values from that install stay: an agent that
+// was killed without restoring finds them, and its successor restores
+// them). ours are the other patterns of this install (the coredump
+// socket's), which are corecatch's too.
+func Install(proc, state, pattern string, ours ...string) (Result, error) {
 	oldPattern, oldLimit, err := readBoth(proc)
 	if err != nil {
 		return Result{}, err
@@ -140,7 +139,6 @@ func Install(proc, spool, pattern string, ours ...string) (Result, error) {
 		PreviousLimit: strings.TrimSpace(string(oldLimit)),
 	}
 	res.PipeLimit = res.PreviousLimit
-	state := filepath.Join(spool, StateFile)
 	_, statErr := os.Stat(state)
 	res.AlreadyInstalled = IsOurs(oldPattern) || slices.Contains(append(ours, pattern), strings.TrimSuffix(string(oldPattern), "\n"))
 	if !res.AlreadyInstalled || errors.Is(statErr, fs.ErrNotExist) {
@@ -150,9 +148,6 @@ func Install(proc, spool, pattern string, ours ...string) (Result, error) {
 			oldPattern = []byte("core\n")
 		}
 		data, _ := json.Marshal(Saved{CorePattern: oldPattern, CorePipeLimit: oldLimit})
-		if err := os.MkdirAll(spool, 0o755); err != nil {
-			return res, fmt.Errorf("create spool %s: %w", spool, err)
-		}
 		if err := WriteAtomic(state, 0o600, bytes.NewReader(data)); err != nil {
 			return res, fmt.Errorf("save previous sysctls: %w", err)
 		}
@@ -186,11 +181,10 @@ func SocketSupported(proc string) bool {
 	return err == nil && slices.Contains(strings.Fields(string(modes)), "socket")
 }
 
-// Uninstall restores the values install saved in spool into the kernel's
-// directory proc, byte for byte, and forgets them. Without saved values it
-// changes nothing and says so.
-func Uninstall(proc, spool string) (Result, error) {
-	state := filepath.Join(spool, StateFile)
+// Uninstall restores the values install saved in the file state into the
+// kernel's directory proc, byte for byte, and forgets them. Without saved
+// values it changes nothing and says so.
+func Uninstall(proc, state string) (Result, error) {
 	data, err := os.ReadFile(state)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Result{}, fmt.Errorf("nothing to restore: %s does not exist (corecatch was not installed with this spool; pass the --spool that install used)", state)

@@ -58,10 +58,10 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			proc := fakeProc(t, tc.pattern, tc.limit)
-			spool := filepath.Join(t.TempDir(), "spool") // install creates it
+			state := filepath.Join(t.TempDir(), "saved.json")
 			ours := ourPattern(t, "/usr/local/bin/corecatch")
 
-			res, err := Install(proc, spool, ours)
+			res, err := Install(proc, state, ours)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,22 +77,22 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 			if res.PreviousLimit != strings.TrimSpace(tc.limit) || res.PipeLimit != strings.TrimSpace(tc.wantLimit) {
 				t.Errorf("Install limits = %q (was %q), want %q (was %q)", res.PipeLimit, res.PreviousLimit, strings.TrimSpace(tc.wantLimit), strings.TrimSpace(tc.limit))
 			}
-			saved := readFile(t, filepath.Join(spool, StateFile))
+			saved := readFile(t, state)
 
 			// A second install (an agent restart) finds its own pattern and
 			// must keep the values the first one saved.
-			res, err = Install(proc, spool, ourPattern(t, "/opt/bin/corecatch"))
+			res, err = Install(proc, state, ourPattern(t, "/opt/bin/corecatch"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !res.AlreadyInstalled {
 				t.Error("second Install did not see corecatch's own pattern")
 			}
-			if again := readFile(t, filepath.Join(spool, StateFile)); !bytes.Equal(again, saved) {
+			if again := readFile(t, state); !bytes.Equal(again, saved) {
 				t.Errorf("second Install overwrote the saved values:\n%s\nwas\n%s", again, saved)
 			}
 
-			res, err = Uninstall(proc, spool)
+			res, err = Uninstall(proc, state)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -105,7 +105,7 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 			if res.Pattern != strings.TrimSuffix(tc.pattern, "\n") || res.PipeLimit != strings.TrimSpace(tc.limit) {
 				t.Errorf("Uninstall = %+v", res)
 			}
-			if _, err := os.Stat(filepath.Join(spool, StateFile)); !errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat(state); !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("Uninstall kept the saved values: %v", err)
 			}
 		})
@@ -116,15 +116,15 @@ func TestInstallUninstallRestoresBytes(t *testing.T) {
 // what it replaced; the only sane restore target is the kernel default.
 func TestInstallOverOurs(t *testing.T) {
 	proc := fakeProc(t, "|/old/place/corecatch collect -c /x "+patternArgs+"\n", "8\n")
-	spool := t.TempDir()
-	res, err := Install(proc, spool, ourPattern(t, "/usr/local/bin/corecatch"))
+	state := filepath.Join(t.TempDir(), "saved.json")
+	res, err := Install(proc, state, ourPattern(t, "/usr/local/bin/corecatch"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !res.AlreadyInstalled {
 		t.Error("Install did not see corecatch's own pattern")
 	}
-	if _, err := Uninstall(proc, spool); err != nil {
+	if _, err := Uninstall(proc, state); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, filepath.Join(proc, patternFile)); string(got) != "core\n" {
@@ -137,7 +137,7 @@ func TestInstallOverOurs(t *testing.T) {
 
 func TestUninstallWithoutInstall(t *testing.T) {
 	proc := fakeProc(t, "core\n", "0\n")
-	if _, err := Uninstall(proc, t.TempDir()); err == nil || !strings.Contains(err.Error(), "--spool") {
+	if _, err := Uninstall(proc, filepath.Join(t.TempDir(), "saved.json")); err == nil || !strings.Contains(err.Error(), "--spool") {
 		t.Errorf("Uninstall without saved values = %v, want an error naming --spool", err)
 	}
 	if got := readFile(t, filepath.Join(proc, patternFile)); string(got) != "core\n" {

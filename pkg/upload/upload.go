@@ -1,8 +1,8 @@
 // Package upload takes bundles from the outbox to a remote store. With an
 // S3 store the pipe helper writes each bundle into the outbox, a local
-// store in the spool, because a local write releases the crashed process
-// fastest and survives any outage; the agent then uploads each bundle,
-// verified, and deletes the local copy. The outbox is the queue: what is in
+// store in the spool (spool.Outbox), because a local write releases the
+// crashed process fastest and survives any outage; the agent then uploads
+// each bundle, verified, and deletes the local copy. The outbox is the queue: what is in
 // it after a restart is simply uploaded then.
 package upload
 
@@ -18,9 +18,6 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/store"
 )
-
-// OutboxDir is where, under the spool, bundles wait for upload.
-const OutboxDir = "outbox"
 
 // Remote is a store bundles can be uploaded to (store.S3).
 type Remote interface {

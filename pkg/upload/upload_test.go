@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -62,7 +61,7 @@ func spool(t *testing.T, outbox *store.File, when time.Time) string {
 // every bundle is uploaded once, oldest first, and deleted locally; the
 // backlog goes to 0.
 func TestRunRetriesUntilTheRemoteIsBack(t *testing.T) {
-	outbox := store.NewFile(filepath.Join(t.TempDir(), OutboxDir))
+	outbox := store.NewFile(t.TempDir())
 	day := time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC)
 	older, newer := spool(t, outbox, day), spool(t, outbox, day.Add(time.Hour))
 	remote := &fakeRemote{down: true}
@@ -131,7 +130,7 @@ func (r *rejectingRemote) Upload(ctx context.Context, dir, id string) error {
 // tried (nor does it make the pass fail) until RetryQuarantined.
 func TestPermanentFailureDoesNotBlock(t *testing.T) {
 	ctx := context.Background()
-	outbox := store.NewFile(filepath.Join(t.TempDir(), OutboxDir))
+	outbox := store.NewFile(t.TempDir())
 	day := time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC)
 	bad := spool(t, outbox, day)
 	remote := &rejectingRemote{bad: bad}

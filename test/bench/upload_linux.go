@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
-	"github.com/corecatch/corecatch/pkg/upload"
 	"github.com/corecatch/corecatch/test/harness"
 )
 
@@ -26,12 +26,12 @@ func benchUpload(dir, bin string, sizeMiB int) error {
 		return err
 	}
 	defer srv.Kill()
-	spool := filepath.Join(dir, "upload-spool")
+	sp := spool.Open(filepath.Join(dir, "upload-spool"))
 	cfg := filepath.Join(dir, "upload.yaml")
-	if err := os.WriteFile(cfg, []byte(srv.Config("bench")+"spool: "+spool+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(srv.Config("bench")+"spool: "+sp.String()+"\n"), 0o644); err != nil {
 		return err
 	}
-	outbox := store.NewFile(filepath.Join(spool, upload.OutboxDir))
+	outbox := store.NewFile(sp.Outbox())
 	run := func(mib int) (time.Duration, int64, error) {
 		if err := spoolBundle(outbox, int64(mib)<<20); err != nil {
 			return 0, 0, err

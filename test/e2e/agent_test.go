@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/agentapi"
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/test/harness"
 )
 
@@ -192,19 +195,23 @@ func TestAgentCorrelatesAndSurvivesRestarts(t *testing.T) {
 	if m.EBPF != nil {
 		t.Errorf("an ebpf section without an agent: %+v", m.EBPF)
 	}
-	report := filepath.Join(n.Spool, agentapi.ReportsDir, m.ID+".json")
+	reports := spool.Open(n.Spool).Reports()
+	spooled := func() bool {
+		list, _ := reports.List()
+		return slices.ContainsFunc(list, func(r *bundle.Metadata) bool { return r.ID == m.ID })
+	}
 	deadline := time.Now().Add(5 * time.Second)
-	for _, err := os.Stat(report); err != nil; _, err = os.Stat(report) {
+	for !spooled() {
 		if time.Now().After(deadline) {
-			t.Fatalf("no spooled report %s: %v", report, err)
+			t.Fatalf("no spooled report of %s in %s", m.ID, n.Spool)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 
 	a = startAgent(t, n, socket)
 	a.waitLine(t, "crash collected", m.ID, `"from_spool":true`)
-	if _, err := os.Stat(report); !os.IsNotExist(err) {
-		t.Errorf("the spooled report is still there after the agent took it (%v)", err)
+	if spooled() {
+		t.Error("the spooled report is still there after the agent took it")
 	}
 	a.cmd.Process.Signal(syscall.SIGINT)
 	if err := a.cmd.Wait(); err != nil {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/notify"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/test/fakefeishu"
 	"github.com/corecatch/corecatch/test/harness"
 )
@@ -112,7 +113,7 @@ func TestBridgeHostile(t *testing.T) {
 	}
 	t.Cleanup(f.Close)
 	dir := harness.TempDir(t, "ccbr")
-	spool := filepath.Join(dir, "spool")
+	sp := spool.Open(filepath.Join(dir, "spool"))
 	// The first bot's URL comes from a file named in the environment,
 	// over the config's: no secret on the command line.
 	hook := filepath.Join(dir, "webhook")
@@ -137,7 +138,7 @@ notify:
     token_file: %s
     button_hosts: [runbooks.example.com, "*.prom.example.com"]
     max_body_bytes: 64KiB
-`, spool, f.URL("quiet"), writeToken(t, dir))), 0o600); err != nil {
+`, sp, f.URL("quiet"), writeToken(t, dir))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
@@ -192,7 +193,7 @@ notify:
 			t.Errorf("group %d of 12 while Feishu is down: %d, want 200 (the oldest dropped)", i, code)
 		}
 	}
-	queue := filepath.Join(spool, notify.Dir, "feishu-sre")
+	queue := sp.FeishuQueue("sre")
 	n, d := harness.DirBytes(t, queue), dropped(br.get("/metrics"), "feishu/sre")
 	t.Logf("Feishu down, 12 groups of about 5 KiB: %d bytes queued in the spool, %d dropped", n, d)
 	if n > 32<<10 {

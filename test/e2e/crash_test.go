@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/test/harness"
 )
 
@@ -193,7 +194,7 @@ func teeCore(t *testing.T, n *harness.Node) string {
 	raw := filepath.Join(n.Dir, "raw.core")
 	tee := filepath.Join(n.Dir, "tee.sh")
 	script := fmt.Sprintf("#!/bin/sh\n# Keep the raw core the kernel sends, and pass it on to corecatch.\ntee %s | %s collect -c %s \"$@\"\n",
-		raw, n.Bin, filepath.Join(n.Spool, "collect.yaml"))
+		raw, n.Bin, spool.Open(n.Spool).HelperConfig())
 	if err := os.WriteFile(tee, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/sysctl"
 	"github.com/corecatch/corecatch/test/harness"
 )
@@ -121,7 +122,7 @@ func (p *podSim) start(t *testing.T) *agentProc {
 func (p *podSim) savedSysctls(t *testing.T) sysctl.Saved {
 	t.Helper()
 	var s sysctl.Saved
-	data, err := os.ReadFile(filepath.Join(p.spool, sysctl.StateFile))
+	data, err := os.ReadFile(spool.Open(p.spool).SysctlState())
 	if err == nil {
 		err = json.Unmarshal(data, &s)
 	}
@@ -153,7 +154,7 @@ func TestNodeSimulation(t *testing.T) {
 	exe := buildSignals(t, dir)
 
 	a := pod.start(t)
-	wantPattern := fmt.Sprintf("|%s collect -c %s %s\n", pod.hostBin, filepath.Join(pod.spool, "collect.yaml"), collector.PatternArgs)
+	wantPattern := fmt.Sprintf("|%s collect -c %s %s\n", pod.hostBin, spool.Open(pod.spool).HelperConfig(), collector.PatternArgs)
 	if got := readKernel(t, "core_pattern"); got != wantPattern {
 		t.Fatalf("core_pattern %q, want %q (the helper at its host path)", got, wantPattern)
 	}
@@ -162,7 +163,7 @@ func TestNodeSimulation(t *testing.T) {
 	}
 	// The helper's snapshot, which an SRE's uninstall on the node reads
 	// too, holds the host's view.
-	snap, err := config.Load(filepath.Join(pod.spool, "collect.yaml"), true)
+	snap, err := config.Load(spool.Open(pod.spool).HelperConfig(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +245,7 @@ func TestNodeSimulation(t *testing.T) {
 	if got := readKernel(t, "core_pipe_limit"); got != origLimit {
 		t.Errorf("core_pipe_limit %q after SIGTERM, want %q byte for byte", got, origLimit)
 	}
-	for _, gone := range []string{pod.hostBin, filepath.Join(pod.spool, sysctl.StateFile)} {
+	for _, gone := range []string{pod.hostBin, spool.Open(pod.spool).SysctlState()} {
 		if _, err := os.Stat(gone); !os.IsNotExist(err) {
 			t.Errorf("%s is still there after SIGTERM (%v)", gone, err)
 		}

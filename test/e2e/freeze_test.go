@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/test/harness"
 )
 
@@ -187,7 +188,7 @@ func TestAgentKilledMidFreeze(t *testing.T) {
 	t.Logf("thawed %v after the agent's start", time.Since(start).Round(time.Millisecond))
 	m := n.WaitBundle(crasher.Process.Pid)
 	t.Logf("the crash's bundle: core %+v", m.Core)
-	if entries, _ := os.ReadDir(filepath.Join(n.Spool, "frozen")); len(entries) > 0 {
+	if entries, _ := os.ReadDir(spool.Open(n.Spool).Frozen()); len(entries) > 0 {
 		t.Errorf("freeze records left: %v", entries)
 	}
 }

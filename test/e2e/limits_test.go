@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/test/harness"
 )
 
@@ -361,7 +362,7 @@ func limCollectByHand(t *testing.T, honor bool, rlimit int64) *bundle.Metadata {
 	if err != nil {
 		t.Fatal(err)
 	}
-	collect := exec.Command(n.Bin, "collect", "-c", filepath.Join(n.Spool, "collect.yaml"),
+	collect := exec.Command(n.Bin, "collect", "-c", spool.Open(n.Spool).HelperConfig(),
 		fmt.Sprint(pid), fmt.Sprint(pid), "11", fmt.Sprint(time.Now().Unix()), fmt.Sprint(rlimit), "1", "0", "0", "lim_mem")
 	collect.Stdin = core
 	if out, err := collect.CombinedOutput(); err != nil {

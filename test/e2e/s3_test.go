@@ -15,8 +15,8 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
-	"github.com/corecatch/corecatch/pkg/upload"
 	"github.com/corecatch/corecatch/test/harness"
 )
 
@@ -39,7 +39,7 @@ func s3Node(t *testing.T, upload string) (*harness.Node, *harness.S3Server, stri
 // outboxIDs lists the bundles waiting in the node's outbox.
 func outboxIDs(t *testing.T, n *harness.Node) []string {
 	t.Helper()
-	ids, err := store.NewFile(filepath.Join(n.Spool, upload.OutboxDir)).IDs()
+	ids, err := store.NewFile(spool.Open(n.Spool).Outbox()).IDs()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +327,7 @@ func getBundle(n *harness.Node, id string) (*bundle.Metadata, error) {
 // aside (the agent's gauge says so), and the later crash arrives too.
 func TestS3HostileOutbox(t *testing.T) {
 	n, srv, socket := s3Node(t, "  quarantine_after: 2\n")
-	outbox := filepath.Join(n.Spool, upload.OutboxDir)
+	outbox := spool.Open(n.Spool).Outbox()
 	damaged := bundle.NewID(time.Now().Add(-time.Hour), []byte("damaged"))
 	rel, _ := bundle.Dir(damaged)
 	if err := os.MkdirAll(filepath.Join(outbox, rel), 0o700); err != nil {

@@ -1,0 +1,213 @@
+package spool
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/gob"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/sysctl"
+)
+
+// write replaces the file p with data, atomically (a reader sees the old
+// file or the new one, whole), creating its directory.
+func write(p string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(p), dirMode); err != nil {
+		return err
+	}
+	return sysctl.WriteAtomic(p, fileMode, bytes.NewReader(data))
+}
+
+// WriteHelperConfig replaces the helper's config snapshot (HelperConfig),
+// creating the spool: a helper that a crash starts meanwhile reads the old
+// snapshot or the new one, never half of one.
+func (s Spool) WriteHelperConfig(data []byte) error {
+	if err := write(s.HelperConfig(), data); err != nil {
+		return fmt.Errorf("write the helper's config in the spool %s: %w", s.root, err)
+	}
+	return nil
+}
+
+// Reports are the bundles helpers published while the agent's socket was
+// there but did not answer (a killed agent): each helper leaves the
+// bundle's metadata, and the agent's next start takes them, so that no
+// crash goes uncounted or unannounced.
+type Reports struct{ dir string }
+
+// Reports is the spool's reports/ directory.
+func (s Spool) Reports() Reports { return Reports{dir: filepath.Join(s.root, "reports")} }
+
+// Put leaves m's report as <id>.json, atomically: the agent never reads
+// half a report.
+func (r Reports) Put(m *bundle.Metadata) error {
+	if err := bundle.ValidID(m.ID); err != nil {
+		return err
+	}
+	data, err := bundle.Encode(m)
+	if err != nil {
+		return err
+	}
+	return write(filepath.Join(r.dir, m.ID+".json"), data)
+}
+
+// List reads the reports left, oldest first (ids begin with their time).
+// Reports that cannot be read are named in the error and left in place,
+// and the others are returned all the same.
+func (r Reports) List() ([]*bundle.Metadata, error) {
+	entries, err := os.ReadDir(r.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []*bundle.Metadata
+	var errs []error
+	for _, e := range entries {
+		// Temporary files of a write in progress begin with a dot.
+		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(r.dir, e.Name()))
+		if err == nil {
+			var m *bundle.Metadata
+			if m, err = bundle.Decode(data); err == nil {
+				out = append(out, m)
+				continue
+			}
+		}
+		errs = append(errs, fmt.Errorf("report %s: %w", e.Name(), err))
+	}
+	return out, errors.Join(errs...)
+}
+
+// Forget removes the report of the bundle id once the agent took it.
+func (r Reports) Forget(id string) error {
+	if err := bundle.ValidID(id); err != nil {
+		return err
+	}
+	return os.Remove(filepath.Join(r.dir, id+".json"))
+}
+
+// Missing holds the crashes the agent saw (a core signal) and whose bundle
+// it still waits for, one gob file per process, so that an agent
+// restarted within observer.missing_after still records those whose core
+// never came. The record's type is the agent's; the file is gob of it.
+type Missing struct{ dir string }
+
+// Missing is the spool's missing/ directory.
+func (s Spool) Missing() Missing { return Missing{dir: filepath.Join(s.root, "missing")} }
+
+func (m Missing) file(pid int) string { return filepath.Join(m.dir, strconv.Itoa(pid)+".gob") }
+
+// Put records pid's crash, rec gob-encoded, atomically.
+func (m Missing) Put(pid int, rec any) error {
+	var buf bytes.Buffer
+	if err := gob.NewEncoder(&buf).Encode(rec); err != nil {
+		return err
+	}
+	return write(m.file(pid), buf.Bytes())
+}
+
+// PIDs lists the processes that have a record.
+func (m Missing) PIDs() []int {
+	entries, _ := os.ReadDir(m.dir)
+	var pids []int
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".gob")
+		if pid, err := strconv.Atoi(name); ok && err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Get decodes pid's record into rec, a pointer to the type Put was given.
+func (m Missing) Get(pid int, rec any) error {
+	data, err := os.ReadFile(m.file(pid))
+	if err != nil {
+		return err
+	}
+	return gob.NewDecoder(bytes.NewReader(data)).Decode(rec)
+}
+
+// Remove forgets pid's record: its bundle came, or its "missing" bundle
+// was written.
+func (m Missing) Remove(pid int) {
+	os.Remove(m.file(pid))
+}
+
+// Crash storms are decided in the spool by the helpers of one node (and
+// the agent's own collections): each helper is a short-lived process of its
+// own, so the state lives in small flock-ed files, and a helper's locks go
+// when it exits, however it exits. What the files hold is pkg/collector's.
+
+// Dedup opens the record of the bug key's dedup window (dedup/ and the
+// first 12 bytes of the key's SHA-256 in hex), created empty, and waits for
+// its exclusive lock; closing the file releases it.
+func (s Spool) Dedup(key string) (*os.File, error) {
+	h := sha256.Sum256([]byte(key))
+	return locked(filepath.Join(s.dedupDir(), hex.EncodeToString(h[:12])), unix.LOCK_EX)
+}
+
+// Rate opens the node's record of the whole cores kept in the last minute,
+// locked like Dedup.
+func (s Spool) Rate() (*os.File, error) { return locked(s.rateFile(), unix.LOCK_EX) }
+
+// Slot takes collection slot i when it is free, without waiting: it is
+// held until the file is closed.
+func (s Spool) Slot(i int) (*os.File, error) {
+	return locked(filepath.Join(s.slotDir(), strconv.Itoa(i)), unix.LOCK_EX|unix.LOCK_NB)
+}
+
+// locked opens (creating) a file of the spool and takes its lock.
+func locked(p string, how int) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(p), dirMode); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, fileMode)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Marker is a file whose presence is the agent's word to the helpers.
+type Marker struct{ path string }
+
+// ClusterMarker (dedup/cluster) tells helpers that the agent found the S3
+// store honouring conditional writes: deduplication may span the cluster.
+// Its absence keeps it node-local, so a helper that cannot tell decides
+// for its node alone.
+func (s Spool) ClusterMarker() Marker { return Marker{path: filepath.Join(s.dedupDir(), "cluster")} }
+
+// Set leaves the marker, saying why in its content (the store's name).
+func (m Marker) Set(why string) error { return write(m.path, []byte(why+"\n")) }
+
+// Clear removes the marker; one that is not there is cleared already.
+func (m Marker) Clear() error {
+	if err := os.Remove(m.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// IsSet reports whether the marker is there.
+func (m Marker) IsSet() bool {
+	_, err := os.Stat(m.path)
+	return err == nil
+}
