@@ -376,11 +376,13 @@ func (a *Agent) watch(ob *observer.Observer) {
 		if ev.Kind == observer.KindCore {
 			a.lastCore.Store(time.Now().UnixNano()) // the freeze started in the observer's reader (OnCore)
 		}
-		var pending *pendingCore
 		if a.missing != nil {
+			// Before the event is where the crash's collection waits
+			// for it: a worker killed during that collection leaves the
+			// crash to the next (an unsynced write, tens of µs).
 			switch ev.Kind {
 			case observer.KindCore:
-				pending = a.missing.core(ev)
+				a.missing.core(ev)
 			case observer.KindExit:
 				a.missing.exit(ev)
 			}
@@ -388,11 +390,6 @@ func (a *Agent) watch(ob *observer.Observer) {
 		if ev.Kind == observer.KindCore || ev.Kind == observer.KindFatal {
 			a.events.add(ev)
 			a.o.OnSignal(ev)
-		}
-		if pending != nil {
-			// After the event is there: the crash's collection waits
-			// for it, not for the disk.
-			a.missing.persist(pending)
 		}
 		a.o.Log.Info("fatal signal", zap.Stringer("kind", ev.Kind), zap.Int("tgid", ev.TGID), zap.String("comm", ev.Comm),
 			zap.String("signal", bundle.SignalName(ev.Signal)), zap.Uint64("cgroup_id", ev.CgroupID), zap.String("outcome", ev.Outcome))

@@ -68,6 +68,9 @@ func (a *Agent) takeCore(ctx context.Context, c *net.UnixConn, refuse string) {
 		return
 	}
 	log := a.o.Log.With(zap.Int("pid", conn.PID))
+	if a.missing != nil {
+		a.missing.taken(conn.PID)
+	}
 	ev, hasEvent := a.events.wait(conn.PID, eventWait)
 	tid, signal, at := 0, 0, time.Now()
 	if hasEvent {
@@ -128,6 +131,9 @@ func (a *Agent) take(args []string, core *os.File) error {
 		refuse = bundle.ReasonBusy
 	}
 	log := a.o.Log.With(zap.Int("pid", req.PID))
+	if a.missing != nil {
+		a.missing.taken(req.PID)
+	}
 	a.taking.Go(func() {
 		if refuse == "" {
 			defer func() { <-a.held }()

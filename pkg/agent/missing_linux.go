@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -88,10 +90,10 @@ func (x *missing) resume() {
 // was lost), so that the pending set stays bounded.
 const forgetAfter = time.Hour
 
-// core notes a core event: a bundle should follow. It only changes
-// memory: persist, called once the event is where collections wait for
-// it, writes it to disk.
-func (x *missing) core(ev observer.Event) *pendingCore {
+// core notes a core event, on disk before the crash's collection can
+// take it (the caller adds it to the events after): a bundle should
+// follow, and a worker that dies meanwhile leaves it to the next.
+func (x *missing) core(ev observer.Event) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for pid, p := range x.pending {
@@ -103,19 +105,24 @@ func (x *missing) core(ev observer.Event) *pendingCore {
 	if old := x.pending[ev.TGID]; old != nil && old.timer != nil {
 		old.timer.Stop()
 	}
-	p := &pendingCore{ev: ev}
-	x.pending[ev.TGID] = p
-	return p
+	x.pending[ev.TGID] = &pendingCore{ev: ev}
+	x.save(ev.TGID, persisted{Event: ev})
 }
 
-// persist saves a core event core noted, unless its bundle came meanwhile
-// or its exit was seen (which saves it too).
-func (x *missing) persist(p *pendingCore) {
+// taken notes a crash an intake took before its eBPF event was read (the
+// worker busy, or its observer started after the signal), so that a
+// worker killed during the collection still leaves it to the next: its
+// pid, its name and now stand in for the event until that comes.
+func (x *missing) taken(pid int) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.pending[p.ev.TGID] == p && p.timer == nil {
-		x.save(p.ev.TGID, persisted{Event: p.ev})
+	if x.pending[pid] != nil {
+		return
 	}
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	ev := observer.Event{Kind: observer.KindCore, TGID: pid, Time: time.Now(), Comm: strings.TrimSuffix(string(comm), "\n")}
+	x.pending[pid] = &pendingCore{ev: ev}
+	x.save(pid, persisted{Event: ev})
 }
 
 // exit starts the grace period once the process is gone.

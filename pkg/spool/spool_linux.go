@@ -110,13 +110,20 @@ func (s Spool) Missing() Missing { return Missing{dir: filepath.Join(s.root, "mi
 
 func (m Missing) file(pid int) string { return filepath.Join(m.dir, strconv.Itoa(pid)+".gob") }
 
-// Put records pid's crash, rec gob-encoded, atomically.
+// Put records pid's crash, rec gob-encoded, atomically but not synced:
+// it is written while the kernel holds the crashed process, and what it
+// guards against is the agent's worker dying (a kill, an OOM, a rolling
+// update), which the page cache outlives. A node that goes down takes
+// its pending records with it.
 func (m Missing) Put(pid int, rec any) error {
 	var buf bytes.Buffer
 	if err := gob.NewEncoder(&buf).Encode(rec); err != nil {
 		return err
 	}
-	return write(m.file(pid), buf.Bytes())
+	if err := os.MkdirAll(m.dir, dirMode); err != nil {
+		return err
+	}
+	return sysctl.WriteAtomicUnsynced(m.file(pid), fileMode, &buf)
 }
 
 // PIDs lists the processes that have a record.
