@@ -196,6 +196,7 @@ func TestLsFiltersAndBugsOnRealCrashes(t *testing.T) {
 	n, _, socket := s3Node(t, "")
 	a := startAgent(t, n, socket)
 	a.waitLine(t, "deduplication is cluster-wide")
+	harness.OneDedupWindow(t, 2*time.Minute)
 	twobugs := harness.CC(t, n.Dir, "twobugs", []string{"twobugs.c"})
 	signals := buildSignals(t, n.Dir)
 	var crashes []*bundle.Metadata

@@ -251,6 +251,7 @@ func TestS3ClusterDedup(t *testing.T) {
 	addr := freeAddr(t)
 	a := startAgentListen(t, n, socket, addr)
 	a.waitLine(t, "deduplication is cluster-wide")
+	harness.OneDedupWindow(t, 3*time.Minute)
 	crash := func(node *harness.Node, bug string) *bundle.Metadata {
 		t.Helper()
 		cmd := exec.Command(exe, bug)
