@@ -213,7 +213,11 @@ notify:
 // a few cards, within its limits, that count every crash.
 func TestFeishuStorm(t *testing.T) {
 	f := startFeishu(t)
-	n, _, _, _ := notifyNode(t, f, "  aggregate: 10s\n", "observer:\n  missing_after: 2s\n")
+	// missing_after is short so that a crash the kernel skipped is
+	// counted within the test, but not shorter than a collection takes on
+	// a loaded CI machine: at 2 s one crash's bundle came after its
+	// "missing" record (the default is a minute).
+	n, _, _, _ := notifyNode(t, f, "  aggregate: 10s\n", "observer:\n  missing_after: 10s\n")
 	exe := buildSignals(t, n.Dir)
 	start := time.Now()
 	tick := time.NewTicker(100 * time.Millisecond)
