@@ -35,11 +35,3 @@ func clusterDedupProbe(ctx context.Context, cfg *config.Config, st store.Store, 
 	log.Info("deduplication is cluster-wide: one core per bug across the nodes sharing the store", zap.String("store", st.String()))
 	return true
 }
-
-// ClusterDedup reports whether the agent found the S3 store fit for
-// cluster-wide deduplication (spool.ClusterMarker), so that the pipe
-// helper and the agent's own collections claim each bug in the store only
-// where the store enforces the claim.
-func ClusterDedup(cfg *config.Config) bool {
-	return spool.Open(cfg.Spool).ClusterMarker().IsSet()
-}

@@ -33,13 +33,13 @@ func TestClusterDedupProbeClearsMarker(t *testing.T) {
 			if err := spool.Open(cfg.Spool).ClusterMarker().Set("s3://old"); err != nil {
 				t.Fatal(err)
 			}
-			if !ClusterDedup(cfg) {
-				t.Fatal("the marker is there, but ClusterDedup does not see it")
+			if !spool.Open(cfg.Spool).ClusterMarker().IsSet() {
+				t.Fatal("the marker was not set")
 			}
 			if clusterDedupProbe(context.Background(), cfg, tc.st, zap.NewNop()) {
 				t.Error("the probe says cluster-wide")
 			}
-			if ClusterDedup(cfg) {
+			if spool.Open(cfg.Spool).ClusterMarker().IsSet() {
 				t.Error("the marker is still there: the helpers would claim bugs in a store that does not enforce it")
 			}
 		})

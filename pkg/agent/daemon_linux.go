@@ -53,7 +53,7 @@ func Run(ctx context.Context, d Daemon) error {
 // this same command with WorkerEnv set), restarting it whenever it dies.
 func runSupervisor(ctx context.Context, d Daemon) error {
 	cfg, log := d.Config, d.Log
-	st, err := OpenStore(cfg)
+	st, err := store.FromConfig(cfg)
 	if err != nil {
 		return err
 	}
@@ -92,11 +92,11 @@ func runSupervisor(ctx context.Context, d Daemon) error {
 // intake, the crashes on the coredump socket it inherits.
 func runWorker(ctx context.Context, d Daemon, mode string) error {
 	cfg, log := d.Config, d.Log
-	st, err := OpenStore(cfg)
+	st, err := store.FromConfig(cfg)
 	if err != nil {
 		return err
 	}
-	local, bounds := NodeStore(cfg, st)
+	local, bounds := store.ForNode(cfg, st)
 	var cores *net.UnixListener
 	if mode == config.IntakeSocket {
 		ln, err := net.FileListener(os.NewFile(CoresFD, "coredump.sock"))
@@ -174,7 +174,7 @@ func runWorker(ctx context.Context, d Daemon, mode string) error {
 		fz = nil
 	}
 	var claimer collector.Claimer
-	if s3, ok := st.(*store.S3); ok && ClusterDedup(cfg) {
+	if s3, ok := st.(*store.S3); ok && spool.Open(cfg.Spool).ClusterMarker().IsSet() {
 		claimer = s3
 	}
 	return New(Options{

@@ -14,6 +14,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/coresock"
 	"github.com/corecatch/corecatch/pkg/spool"
+	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/sysctl"
 )
 
@@ -22,7 +23,7 @@ import (
 // socket instead, where an agent listens. `corecatch install` and the
 // agent (at start, and when it leaves the node to its successor) share it.
 func Install(cfg *config.Config, socket bool) (sysctl.Result, error) {
-	if _, err := OpenStore(cfg); err != nil {
+	if _, err := store.FromConfig(cfg); err != nil {
 		return sysctl.Result{}, err
 	}
 	bin, err := os.Executable()

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/store"
 )
@@ -98,7 +97,7 @@ func (g *globals) openStore(cmd *cobra.Command) (*config.Config, store.Store, er
 	if err != nil {
 		return nil, nil, err
 	}
-	o := agent.S3Options(c)
+	o := store.S3OptionsFrom(c)
 	o.AccessKeyID, o.SecretAccessKey, o.SessionToken = g.s3Keys.AccessKeyID, g.s3Keys.SecretAccessKey, g.s3Keys.SessionToken
 	s, err := store.Open(c.Store, store.Options{S3: o})
 	return c, s, err

@@ -11,10 +11,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/corecatch/corecatch/pkg/agent"
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
 
@@ -69,16 +69,16 @@ func runCollect(cfgPath string, explicit bool, args []string) error {
 	if err := collector.LimitMemory(cfg.Collect.MemoryLimit.Bytes); err != nil {
 		log.Warn("helper memory unbounded", zap.Error(err))
 	}
-	st, err := agent.OpenStore(cfg)
+	st, err := store.FromConfig(cfg)
 	if err != nil {
 		log.Error("store unusable, using the default store", zap.Error(err))
 		st, _ = store.Open(config.Default().Store, store.Options{})
 	}
 	var claimer collector.Claimer
-	if s3, ok := st.(*store.S3); ok && agent.ClusterDedup(cfg) {
+	if s3, ok := st.(*store.S3); ok && spool.Open(cfg.Spool).ClusterMarker().IsSet() {
 		claimer = s3
 	}
-	st, bounds := agent.NodeStore(cfg, st)
+	st, bounds := store.ForNode(cfg, st)
 	m, err := collector.Run(context.Background(), collector.Options{
 		Config: cfg, Store: st, Retention: bounds, Request: req, Core: os.Stdin, Log: log, Version: Version,
 		Claimer: claimer,
