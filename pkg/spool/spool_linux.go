@@ -20,10 +20,14 @@ import (
 )
 
 // write replaces the file p with data, atomically (a reader sees the old
-// file or the new one, whole), creating its directory.
-func write(p string, data []byte) error {
+// file or the new one, whole), creating its directory. It is synced
+// unless the record need only outlive its writer (sync false).
+func write(p string, data []byte, sync bool) error {
 	if err := os.MkdirAll(filepath.Dir(p), dirMode); err != nil {
 		return err
+	}
+	if !sync {
+		return sysctl.WriteAtomicUnsynced(p, fileMode, bytes.NewReader(data))
 	}
 	return sysctl.WriteAtomic(p, fileMode, bytes.NewReader(data))
 }
@@ -32,7 +36,7 @@ func write(p string, data []byte) error {
 // creating the spool: a helper that a crash starts meanwhile reads the old
 // snapshot or the new one, never half of one.
 func (s Spool) WriteHelperConfig(data []byte) error {
-	if err := write(s.HelperConfig(), data); err != nil {
+	if err := write(s.HelperConfig(), data, true); err != nil {
 		return fmt.Errorf("write the helper's config in the spool %s: %w", s.root, err)
 	}
 	return nil
@@ -57,7 +61,7 @@ func (r Reports) Put(m *bundle.Metadata) error {
 	if err != nil {
 		return err
 	}
-	return write(filepath.Join(r.dir, m.ID+".json"), data)
+	return write(filepath.Join(r.dir, m.ID+".json"), data, true)
 }
 
 // List reads the reports left, oldest first (ids begin with their time).
@@ -120,10 +124,7 @@ func (m Missing) Put(pid int, rec any) error {
 	if err := gob.NewEncoder(&buf).Encode(rec); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(m.dir, dirMode); err != nil {
-		return err
-	}
-	return sysctl.WriteAtomicUnsynced(m.file(pid), fileMode, &buf)
+	return write(m.file(pid), buf.Bytes(), false)
 }
 
 // PIDs lists the processes that have a record.
@@ -203,7 +204,7 @@ type Marker struct{ path string }
 func (s Spool) ClusterMarker() Marker { return Marker{path: filepath.Join(s.dedupDir(), "cluster")} }
 
 // Set leaves the marker, saying why in its content (the store's name).
-func (m Marker) Set(why string) error { return write(m.path, []byte(why+"\n")) }
+func (m Marker) Set(why string) error { return write(m.path, []byte(why+"\n"), true) }
 
 // Clear removes the marker; one that is not there is cleared already.
 func (m Marker) Clear() error {

@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/test/harness"
@@ -128,7 +127,6 @@ func TestBacktraceMatchesGDB(t *testing.T) {
 func TestDedupTwoBugs(t *testing.T) {
 	n, a, _, addr := agentNode(t, "dup", "collect:\n  max_cores_per_minute: 0\n")
 	exe := harness.CC(t, n.Dir, "twobugs", []string{"twobugs.c"})
-	harness.OneDedupWindow(t, 2*time.Minute)
 	var last *bundle.Metadata
 	for i := range 40 {
 		cmd := exec.Command(exe, []string{"header", "record"}[i%2])

@@ -217,7 +217,6 @@ func fileMappings(t *testing.T, core []byte, f *elf.File) map[uint64]bool {
 func TestSocketIntakeRefusesDuplicates(t *testing.T) {
 	n, a, _, _, _ := intakeNode(t, "dupk", "")
 	exe := buildSignals(t, n.Dir)
-	harness.OneDedupWindow(t, time.Minute)
 	var first *bundle.Metadata
 	for i := range 5 {
 		cmd := exec.Command(exe, "segv")
