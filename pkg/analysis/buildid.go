@@ -7,13 +7,14 @@ import (
 
 // BuildID returns the hex GNU build-id of an ELF file, or "" when it has
 // none or is not ELF: what ties a captured file, a frame and a signature to
-// the exact build, whatever the file is called.
+// the exact build, whatever the file is called. A file read before (by
+// its identity) is not read again.
 func BuildID(r io.ReaderAt) string {
-	f, err := readELF(r)
+	h, err := readHeader(r)
 	if err != nil {
 		return ""
 	}
-	return f.buildID()
+	return h.buildID
 }
 
 // buildID searches the note segments, then the note sections (Go linkers

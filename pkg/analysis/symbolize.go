@@ -198,16 +198,21 @@ func (s *Symbolizer) module(m Mapping) (mod *module) {
 	}
 	s.modules[m.Path] = nil
 	defer s.guard(m, func() { mod = nil })
-	f, c, err := s.openELF(m)
+	r, c, err := s.open(m)
+	if err != nil {
+		s.warn(m, err)
+		return nil
+	}
+	defer c.Close()
+	h, err := readHeader(r)
 	if err != nil {
 		if !errors.Is(err, errNotELF) {
 			s.warn(m, err)
 		}
 		return nil
 	}
-	defer c.Close()
-	mod = &module{buildID: f.buildID(), loads: f.loads, names: map[uint64]string{}}
-	mod.key, mod.hasKey = keyOf(f.r)
+	mod = &module{buildID: h.buildID, loads: h.loads, names: map[uint64]string{}}
+	mod.key, mod.hasKey = keyOf(r)
 	s.modules[m.Path] = mod
 	return mod
 }
