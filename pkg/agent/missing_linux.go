@@ -35,7 +35,7 @@ type missing struct {
 	// records keeps each pending crash in a file of its own, so that a
 	// restarted agent still records the crashes its predecessor was
 	// waiting for.
-	records spool.Missing
+	records *spool.Missing
 
 	mu      sync.Mutex
 	pending map[int]*pendingCore

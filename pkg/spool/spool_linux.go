@@ -3,7 +3,6 @@ package spool
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/gob"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,14 +19,10 @@ import (
 )
 
 // write replaces the file p with data, atomically (a reader sees the old
-// file or the new one, whole), creating its directory. It is synced
-// unless the record need only outlive its writer (sync false).
-func write(p string, data []byte, sync bool) error {
+// file or the new one, whole) and synced, creating its directory.
+func write(p string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), dirMode); err != nil {
 		return err
-	}
-	if !sync {
-		return sysctl.WriteAtomicUnsynced(p, fileMode, bytes.NewReader(data))
 	}
 	return sysctl.WriteAtomic(p, fileMode, bytes.NewReader(data))
 }
@@ -36,7 +31,7 @@ func write(p string, data []byte, sync bool) error {
 // creating the spool: a helper that a crash starts meanwhile reads the old
 // snapshot or the new one, never half of one.
 func (s Spool) WriteHelperConfig(data []byte) error {
-	if err := write(s.HelperConfig(), data, true); err != nil {
+	if err := write(s.HelperConfig(), data); err != nil {
 		return fmt.Errorf("write the helper's config in the spool %s: %w", s.root, err)
 	}
 	return nil
@@ -61,7 +56,7 @@ func (r Reports) Put(m *bundle.Metadata) error {
 	if err != nil {
 		return err
 	}
-	return write(filepath.Join(r.dir, m.ID+".json"), data, true)
+	return write(filepath.Join(r.dir, m.ID+".json"), data)
 }
 
 // List reads the reports left, oldest first (ids begin with their time).
@@ -101,58 +96,6 @@ func (r Reports) Forget(id string) error {
 		return err
 	}
 	return os.Remove(filepath.Join(r.dir, id+".json"))
-}
-
-// Missing holds the crashes the agent saw (a core signal) and whose bundle
-// it still waits for, one gob file per process, so that an agent
-// restarted within observer.missing_after still records those whose core
-// never came. The record's type is the agent's; the file is gob of it.
-type Missing struct{ dir string }
-
-// Missing is the spool's missing/ directory.
-func (s Spool) Missing() Missing { return Missing{dir: filepath.Join(s.root, "missing")} }
-
-func (m Missing) file(pid int) string { return filepath.Join(m.dir, strconv.Itoa(pid)+".gob") }
-
-// Put records pid's crash, rec gob-encoded, atomically but not synced:
-// it is written while the kernel holds the crashed process, and what it
-// guards against is the agent's worker dying (a kill, an OOM, a rolling
-// update), which the page cache outlives. A node that goes down takes
-// its pending records with it.
-func (m Missing) Put(pid int, rec any) error {
-	var buf bytes.Buffer
-	if err := gob.NewEncoder(&buf).Encode(rec); err != nil {
-		return err
-	}
-	return write(m.file(pid), buf.Bytes(), false)
-}
-
-// PIDs lists the processes that have a record.
-func (m Missing) PIDs() []int {
-	entries, _ := os.ReadDir(m.dir)
-	var pids []int
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".gob")
-		if pid, err := strconv.Atoi(name); ok && err == nil {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// Get decodes pid's record into rec, a pointer to the type Put was given.
-func (m Missing) Get(pid int, rec any) error {
-	data, err := os.ReadFile(m.file(pid))
-	if err != nil {
-		return err
-	}
-	return gob.NewDecoder(bytes.NewReader(data)).Decode(rec)
-}
-
-// Remove forgets pid's record: its bundle came, or its "missing" bundle
-// was written.
-func (m Missing) Remove(pid int) {
-	os.Remove(m.file(pid))
 }
 
 // Crash storms are decided in the spool by the helpers of one node (and
@@ -204,7 +147,7 @@ type Marker struct{ path string }
 func (s Spool) ClusterMarker() Marker { return Marker{path: filepath.Join(s.dedupDir(), "cluster")} }
 
 // Set leaves the marker, saying why in its content (the store's name).
-func (m Marker) Set(why string) error { return write(m.path, []byte(why+"\n"), true) }
+func (m Marker) Set(why string) error { return write(m.path, []byte(why+"\n")) }
 
 // Clear removes the marker; one that is not there is cleared already.
 func (m Marker) Clear() error {

@@ -34,6 +34,7 @@ func TestLayout(t *testing.T) {
 		{s.Analysis(), "/var/lib/corecatch/spool/analysis"},
 		{s.Reports().dir, "/var/lib/corecatch/spool/reports"},
 		{s.Missing().file(42), "/var/lib/corecatch/spool/missing/42.gob"},
+		{s.Missing().journalPath(), "/var/lib/corecatch/spool/missing/journal"},
 		{s.ClusterMarker().path, "/var/lib/corecatch/spool/dedup/cluster"},
 		{s.rateFile(), "/var/lib/corecatch/spool/rate"},
 		{filepath.Join(s.slotDir(), "0"), "/var/lib/corecatch/spool/slots/0"},
@@ -158,9 +159,10 @@ type record struct {
 	Outcome string
 }
 
-// TestMissing: a pending crash survives as the gob of the agent's record,
-// the bytes an earlier agent wrote, and files that are not records are
-// not taken for ones.
+// TestMissing: a pending crash survives in the journal as the gob of the
+// agent's record, an earlier agent's file (the same gob) is still read,
+// files that are not records are not taken for ones, a torn last entry is
+// ignored, and a journal with nothing live starts over once large.
 func TestMissing(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "spool")
 	m := Open(root).Missing()
@@ -169,35 +171,61 @@ func TestMissing(t *testing.T) {
 	if err := m.Put(42, rec); err != nil {
 		t.Fatal(err)
 	}
-	var want bytes.Buffer
-	gob.NewEncoder(&want).Encode(rec)
-	if got, _ := os.ReadFile(m.file(42)); !bytes.Equal(got, want.Bytes()) {
-		t.Errorf("record bytes differ from the gob earlier agents wrote")
-	}
-	os.WriteFile(filepath.Join(m.dir, "7.gob"), want.Bytes(), 0o600)
+	var old bytes.Buffer
+	gob.NewEncoder(&old).Encode(rec)
+	os.WriteFile(filepath.Join(m.dir, "7.gob"), old.Bytes(), 0o600)
 	os.WriteFile(filepath.Join(m.dir, ".42.gob.tmp"), nil, 0o600)
 	os.WriteFile(filepath.Join(m.dir, "x.gob"), nil, 0o600)
-	pids := m.PIDs()
+	// Another agent's view: what this one wrote, and the old file.
+	next := Open(root).Missing()
+	pids := next.PIDs()
 	slices.Sort(pids)
 	if !slices.Equal(pids, []int{7, 42}) {
 		t.Errorf("PIDs = %v, want [7 42]", pids)
 	}
-	var got record
-	if err := m.Get(7, &got); err != nil || got != rec {
-		t.Errorf("Get = %+v, %v; want %+v", got, err, rec)
+	for _, pid := range []int{7, 42} {
+		var got record
+		if err := next.Get(pid, &got); err != nil || got != rec {
+			t.Errorf("Get(%d) = %+v, %v; want %+v", pid, got, err, rec)
+		}
 	}
 	os.WriteFile(m.file(8), []byte("not gob"), 0o600)
-	if err := m.Get(8, &got); err == nil {
+	var got record
+	if err := next.Get(8, &got); err == nil {
 		t.Error("Get decoded garbage")
 	}
 	os.Remove(filepath.Join(m.dir, ".42.gob.tmp"))
 	os.Remove(filepath.Join(m.dir, "x.gob"))
 	modes(t, root)
+
+	// A worker killed mid-append leaves a torn entry: it is ignored.
+	f, _ := os.OpenFile(m.journalPath(), os.O_WRONLY|os.O_APPEND, 0)
+	f.Write([]byte{200, 0, 0, 0, opPut, 9})
+	f.Close()
+	if pids := Open(root).Missing().PIDs(); len(pids) != 3 {
+		t.Errorf("PIDs with a torn entry = %v, want [7 8 42]", pids)
+	}
 	for _, pid := range []int{7, 8, 42} {
+		next.Remove(pid)
+	}
+	if pids := Open(root).Missing().PIDs(); len(pids) != 0 {
+		t.Errorf("PIDs after Remove = %v", pids)
+	}
+
+	m = Open(root).Missing()
+	big := record{Outcome: strings.Repeat("x", compactAt)}
+	for pid := range 3 {
+		m.Put(pid, big)
+	}
+	for pid := range 3 {
 		m.Remove(pid)
 	}
-	if pids := m.PIDs(); len(pids) != 0 {
-		t.Errorf("PIDs after Remove = %v", pids)
+	if st, err := os.Stat(m.journalPath()); err != nil || st.Size() != 0 {
+		t.Errorf("a large journal with nothing live was not started over: %v, %v", st.Size(), err)
+	}
+	m.Put(5, rec)
+	if pids := Open(root).Missing().PIDs(); !slices.Equal(pids, []int{5}) {
+		t.Errorf("PIDs after the journal started over = %v, want [5]", pids)
 	}
 }
 

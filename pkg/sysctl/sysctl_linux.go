@@ -254,19 +254,6 @@ func RemoveHelper(dir string) error {
 // is fixed, so that a write cut by a kill leaves nothing the next one does
 // not replace.
 func WriteAtomic(path string, mode os.FileMode, r io.Reader) error {
-	return writeAtomic(path, mode, r, true)
-}
-
-// WriteAtomicUnsynced is WriteAtomic without the sync: the file survives
-// the writer's death (a reader sees the old file or the new one, whole)
-// but not the node's. For records on a crash's hot path that only an
-// agent restart must find, where a sync (milliseconds on ext4) would hold
-// the crashed process.
-func WriteAtomicUnsynced(path string, mode os.FileMode, r io.Reader) error {
-	return writeAtomic(path, mode, r, false)
-}
-
-func writeAtomic(path string, mode os.FileMode, r io.Reader, sync bool) error {
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
 	if err != nil {
@@ -280,11 +267,9 @@ func writeAtomic(path string, mode os.FileMode, r io.Reader, sync bool) error {
 		f.Close()
 		return err
 	}
-	if sync {
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
 	}
 	if err := f.Close(); err != nil {
 		return err
