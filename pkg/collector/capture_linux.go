@@ -24,7 +24,10 @@ import (
 )
 
 // capture reads what only the still-present crashed process can give: its
-// executable, every file it had mapped, and its /proc texts.
+// /proc texts, a JVM's error log and its stderr file (the first stage,
+// started as soon as the crash is known, before it is decided), then, for
+// a core that is kept, its executable and every file it had mapped (the
+// second).
 //
 // Security: the crasher may be a hostile container, and the helper runs as
 // root on the host. Nothing here resolves a path the container controls
@@ -62,10 +65,15 @@ type capture struct {
 	// this capture.
 	timeout  time.Duration
 	deadline time.Time
-	// light keeps the /proc texts and the JVM's error log only: the core
-	// of a deduplicated or rate-limited crash is not kept, so neither are
-	// the files a debugger would need for it.
-	light bool
+	// held keeps what the first stage reads (the light capture) until
+	// the collection writes it into the bundle: it is read before the
+	// crash is decided, so before the bundle's writer may exist.
+	held heldFiles
+	// next says, once the crash is decided, whether the second stage (the
+	// executable and the mapped files, which a debugger needs) runs: not
+	// for a crash whose core is not kept.
+	next     chan bool
+	nextOnce sync.Once
 
 	// mu guards what follows against the helper, which reads it once the
 	// capture ended or was abandoned. The capture goroutine reads the
@@ -151,11 +159,14 @@ func (c *capture) warn(format string, args ...any) {
 	c.update(func() { c.warnings = append(c.warnings, fmt.Sprintf(format, args...)) })
 }
 
-// start runs the capture in its own goroutine for c.timeout (0: no
-// bound); wait ends it.
+// start runs the capture's first stage in its own goroutine, into held,
+// for c.timeout (0: no bound); the goroutine then waits for then, and
+// wait ends it.
 func (c *capture) start() {
 	c.done = make(chan struct{})
+	c.next = make(chan bool, 1)
 	c.current = -1
+	c.w = &c.held
 	if c.timeout > 0 {
 		c.deadline = time.Now().Add(c.timeout)
 	}
@@ -165,12 +176,34 @@ func (c *capture) start() {
 	}()
 }
 
+// then says what follows the first stage, once: the second into w, with
+// charge taking its files' bytes from the store's room, or (full false)
+// nothing. A second stage has collect.capture_timeout of its own.
+func (c *capture) then(full bool, w creator, charge func(n int64) bool) {
+	c.nextOnce.Do(func() {
+		if full {
+			c.update(func() {
+				c.w, c.charge = w, charge
+				c.left = append(c.left, stepExe, stepMapped, stepLinkMap)
+				if c.timeout > 0 {
+					c.deadline = time.Now().Add(c.timeout)
+				}
+			})
+		}
+		c.next <- full
+	})
+}
+
 // wait returns once the capture is done, or at its deadline with the
 // capture abandoned: what it had not read is recorded as missing (missing,
 // files skipped with the reason, a warning), and it changes nothing after.
+// It follows then.
 func (c *capture) wait() {
-	if !c.deadline.IsZero() {
-		t := time.NewTimer(time.Until(c.deadline))
+	c.mu.Lock()
+	deadline := c.deadline
+	c.mu.Unlock()
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
 		defer t.Stop()
 		select {
 		case <-c.done:
@@ -304,29 +337,25 @@ func (c *capture) run() {
 		c.stored = map[string]bool{}
 		c.seen = map[fileKey]int{}
 		c.network = map[string]int{}
-		c.left = append(c.procTexts(), stepExe)
-		if !c.light {
-			c.left = append(c.left, stepMapped, stepLinkMap)
-		}
-		c.left = append(c.left, stepHsErr, stepStderr)
+		c.left = append(c.procTexts(), stepHsErr, stepStderr)
 	})
+	// The first stage: what a refused crash keeps too.
 	c.captureTexts()
-	if c.light {
-		if target, err := os.Readlink(filepath.Join(c.proc, "exe")); err == nil {
-			c.update(func() { c.exe = []byte(target) })
-		}
-		c.step()
-	} else {
-		c.captureExe()
-		c.step()
-		c.captureMapped()
-		c.step()
-		c.resolveAliases()
-		c.step()
+	if target, err := os.Readlink(filepath.Join(c.proc, "exe")); err == nil {
+		c.update(func() { c.exe = []byte(target) })
 	}
 	c.captureHsErr()
 	c.step()
 	c.captureStderr()
+	c.step()
+	if !<-c.next {
+		return
+	}
+	c.captureExe()
+	c.step()
+	c.captureMapped()
+	c.step()
+	c.resolveAliases()
 	c.step()
 }
 
@@ -457,10 +486,10 @@ type creator interface {
 	Create(name string) (io.WriteCloser, error)
 }
 
-// heldFiles keeps a refused crash's capture (its /proc texts, a JVM's
-// error log, the end of its stderr: the light capture, small) in memory,
-// so that the kernel can let the process go as soon as what only the
-// process gives is read; writeTo puts it into the bundle afterwards.
+// heldFiles keeps a capture's first stage (its /proc texts, a JVM's
+// error log, the end of its stderr: small) in memory, read before the
+// crash is decided, so that a refused crash's process can be let go as
+// soon as they are read; writeTo puts them into the bundle afterwards.
 type heldFiles struct {
 	mu    sync.Mutex
 	names []string

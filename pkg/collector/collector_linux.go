@@ -119,6 +119,13 @@ type Options struct {
 	Answer func(keep bool) error
 	// Stack is the crash's user stack from the eBPF event (PC first).
 	Stack []uint64
+	// Connected, when set with Answer and Stack, waits for the intake's
+	// connection: the agent starts a crash's collection at its eBPF event,
+	// while the kernel is still on its way to the coredump socket, so that
+	// the facts the decision reads are read meanwhile and the process is
+	// let go sooner. False: no connection came, and Run returns
+	// ErrNotConnected with nothing recorded.
+	Connected func() bool
 	// CloseRefused closes a refused core's stream at once instead of
 	// draining it (the kernel stops dumping); the agent's intakes set it.
 	CloseRefused bool

@@ -30,8 +30,14 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	if err := c.parse(ctx); err != nil {
 		return nil, err
 	}
+	if c.o.Connected != nil && !c.o.Connected() {
+		c.answered = true // no one to answer
+		return nil, ErrNotConnected
+	}
 	c.decide(ctx)
-	c.capture()
+	if err := c.capture(ctx); err != nil {
+		return nil, err
+	}
 	if err := c.submit(ctx); err != nil {
 		return nil, err
 	}
@@ -39,9 +45,15 @@ func Run(ctx context.Context, o Options) (*bundle.Metadata, error) {
 	return c.m, nil
 }
 
+// ErrNotConnected is Run's error when Options.Connected says the intake's
+// connection did not come: nothing is recorded (the crash is the intake's
+// to record, or was not dumped).
+var ErrNotConnected = errors.New("the kernel did not connect for this crash's core")
+
 // crash is one collection, carried through its phases, each of which reads
 // what the ones before it left here: parse (the request, and the facts the
-// agent, the core's head, the live process and its container give), decide
+// agent, the core's head, the live process and its container give; the
+// capture of the process's files starts there), decide
 // (keep the core or refuse it, by decide.go's rules), capture (the
 // process's files, the core streamed or refused, the process let go),
 // submit (publish the bundle, report it to the agent) and vacuum (the
@@ -83,6 +95,7 @@ type crash struct {
 func newCrash(o Options) *crash {
 	c := &crash{o: o, cfg: o.Config, req: o.Request, start: time.Now(),
 		helper: o.Agent == nil, when: answerTimeFor(o.Answer != nil, len(o.Stack))}
+	c.local, _ = o.Store.(*store.File)
 	if c.helper {
 		c.o.Agent = socketLink{c.cfg.Socket, spool.Open(c.cfg.Spool).Reports()}
 	}
@@ -98,6 +111,9 @@ func (c *crash) end() {
 	}
 	if c.w != nil && !c.committed {
 		c.w.Abort()
+	}
+	if c.files != nil {
+		c.files.then(false, nil, nil) // a collection that ended early
 	}
 	c.answer(false)
 	if c.o.Core != nil {
@@ -127,8 +143,8 @@ func (c *crash) answer(keep bool) error {
 
 func (c *crash) warn(w string) { c.m.Warnings = append(c.m.Warnings, w) }
 
-// parse turns the kernel's request into the bundle's first metadata,
-// starts the bundle, and gathers the facts the decision reads.
+// parse turns the kernel's request into the bundle's first metadata and
+// gathers the facts the decision reads.
 func (c *crash) parse(ctx context.Context) error {
 	if c.when == answerFirst {
 		// No stack to decide on: take the core, decide on its head.
@@ -140,13 +156,17 @@ func (c *crash) parse(ctx context.Context) error {
 		enlargePipe(c.o.Core)
 	}
 	c.m = newMetadata(c.req, c.cfg.Node)
-	if err := c.open(ctx); err != nil {
-		return err
+	c.startCapture()
+	if c.helper {
+		// The agent's record is a round trip away: asked meanwhile.
+		var wg sync.WaitGroup
+		wg.Go(c.lookup)
+		c.walk()
+		wg.Wait()
+	} else {
+		c.walk()
+		c.lookup() // in the agent, a call that finds the record there
 	}
-	var wg sync.WaitGroup
-	wg.Go(c.lookup)
-	c.walk()
-	wg.Wait()
 	c.identify(ctx)
 	return nil
 }
@@ -168,16 +188,11 @@ func newMetadata(req Request, node string) *bundle.Metadata {
 }
 
 // open starts the bundle in the store, once what dead collections left
-// there is cleared; when it cannot, the core is drained (or, for the
-// agent's intakes, closed) and nothing is collected.
+// there is cleared; when it cannot, nothing is collected.
 func (c *crash) open(ctx context.Context) error {
-	c.local, _ = c.o.Store.(*store.File)
 	c.cleanStale()
 	w, err := c.o.Store.Put(ctx, c.m.ID)
 	if err != nil {
-		if c.o.Core != nil && !c.o.CloseRefused {
-			drain(c.o.Core)
-		}
 		return fmt.Errorf("start bundle in %s: %w", c.o.Store, err)
 	}
 	c.w = w
@@ -275,57 +290,72 @@ func (c *crash) takeSlot() bool {
 	return ok
 }
 
-// capture reads what the bundle keeps of the live process while the core
-// streams into it (or, refused, is closed or drained), then lets the
-// process go. A crash decided before its dump is answered here: a refused
-// one once what it keeps is read, a kept one at once.
-func (c *crash) capture() {
+// startCapture starts reading what the bundle keeps of the live process
+// (capture's first stage), while the crash is parsed and decided.
+func (c *crash) startCapture() {
 	cfg := c.cfg.Collect
 	c.files = &capture{
 		proc:         fmt.Sprintf("/proc/%d", c.req.PID),
-		w:            c.w,
 		maxFileBytes: cfg.MaxFileBytes.Bytes,
 		budget:       cfg.MaxFilesTotalBytes.Bytes,
-		charge:       c.cs.charge,
 		withEnviron:  cfg.CaptureEnviron,
 		readNetwork:  cfg.ReadNetworkFiles,
 		timeout:      time.Duration(cfg.CaptureTimeout),
-		light:        c.v.light,
 		logTail:      c.cfg.Identity.LogTail.Bytes,
 	}
-	refuse := c.when == answerOnStack && !c.v.keep
-	var held *heldFiles
-	if refuse {
-		held = &heldFiles{}
-		c.files.w = held
-	}
 	c.files.start()
-	if refuse {
-		c.refuseBeforeDump(held)
+}
+
+// capture starts the bundle and reads the rest of what it keeps of the
+// live process (the files a debugger needs, unless the verdict is light)
+// while the core streams into it (or, refused, is closed or drained),
+// then lets the process go. A crash decided before its dump is answered
+// here: a refused one once what it keeps is read, and its bundle started
+// only then; a kept one at once. When the bundle cannot be started, the
+// core is drained (or, for the agent's intakes, closed) and nothing is
+// collected.
+func (c *crash) capture(ctx context.Context) error {
+	defer c.letGo()
+	if c.when == answerOnStack && !c.v.keep {
+		c.files.then(false, nil, nil)
+		c.refuseBeforeDump()
+		if err := c.open(ctx); err != nil {
+			return err
+		}
 	} else {
+		if err := c.open(ctx); err != nil {
+			if c.o.Core != nil && !c.o.CloseRefused {
+				drain(c.o.Core)
+			}
+			return err
+		}
+		c.files.then(!c.v.light, c.w, c.cs.charge)
 		if c.when == answerOnStack {
 			c.keepBeforeDump()
 		}
 		c.stream()
 		c.files.wait()
 	}
-	c.letGo()
+	if err := c.files.held.writeTo(c.w); err != nil {
+		c.warn(err.Error())
+	}
+	return nil
 }
 
 // refuseBeforeDump answers a crash refused before its dump: what the
-// bundle keeps of the process is read into held while the kernel still
-// holds it, then it is let go with nothing dumped, and only then is held
-// written into the bundle.
-func (c *crash) refuseBeforeDump(held *heldFiles) {
+// bundle keeps of the process is read while the kernel still holds it,
+// then it is let go with nothing dumped. The bundle is written once the
+// process is gone: its exit frees its memory (milliseconds for a large
+// one), and the bundle's writes would take the node's CPUs from it.
+func (c *crash) refuseBeforeDump() {
 	c.files.wait()
 	c.cs.truncate(c.cs.limitReason)
+	exited := exitOf(c.req.PID)
 	if err := c.answer(false); err != nil {
 		c.warn(err.Error())
 	}
 	c.released = time.Now()
-	if err := held.writeTo(c.w); err != nil {
-		c.warn(err.Error())
-	}
+	exited(refusedExitWait)
 }
 
 // keepBeforeDump answers a crash kept before its dump; when the kernel

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ProcRequest reads from /proc what the kernel's pattern specifiers say of
@@ -51,4 +53,33 @@ func ProcRequest(pid, tid, signal int, t time.Time) (Request, error) {
 		}
 	}
 	return r, nil
+}
+
+// refusedExitWait bounds how long a refused crash's collection waits for
+// its process to be gone before it writes the bundle.
+const refusedExitWait = time.Second
+
+// exitOf opens a pidfd of pid, while the kernel holds it; the returned
+// function waits up to d for the process to exit (a pidfd becomes
+// readable then), in the runtime's poller (a blocking poll would hold one
+// of the agent's threads), and returns at once when pid could not be
+// opened.
+func exitOf(pid int) func(d time.Duration) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return func(time.Duration) {}
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	return func(d time.Duration) {
+		defer f.Close()
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return
+		}
+		f.SetReadDeadline(time.Now().Add(d))
+		rc.Read(func(fd uintptr) bool {
+			n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+			return n > 0
+		})
+	}
 }
