@@ -94,6 +94,9 @@ type Agent struct {
 	// waits for the handed-over ones when the agent stops.
 	held   chan struct{}
 	taking sync.WaitGroup
+	// early holds the coredump socket's collections started at their eBPF
+	// event, until the kernel connects (startEarly).
+	early *earlyCrashes
 }
 
 // analyzeQuiet is how long after the last crash the analysis worker waits
@@ -127,7 +130,7 @@ func New(o Options) *Agent {
 		o.OnStoreOp = func(string, error) {}
 	}
 	a := &Agent{o: o, events: newEventCache(5 * time.Minute), analyze: make(chan *bundle.Metadata, analyzeQueue), queued: map[string]bool{}, uncounted: map[string]int{},
-		held: make(chan struct{}, o.Config.Collect.Backlog)}
+		held: make(chan struct{}, o.Config.Collect.Backlog), early: newEarlyCrashes()}
 	if o.Freezer != nil && o.Config.Freeze.Enabled {
 		a.freezes = &freezes{f: o.Freezer, max: time.Duration(o.Config.Freeze.Max), log: o.Log, allowed: podFreeze(o.Config), byPID: map[int]*freezeState{}}
 	}
@@ -173,9 +176,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 	if ob := a.o.Observer; ob != nil {
-		if a.freezes != nil {
-			ob.OnCore(a.freezes.start)
-		}
+		ob.OnCore(func(ev observer.Event) { a.onCore(ctx, ev) })
 		wg.Go(func() { a.watch(ob) })
 	}
 	if a.o.Cores != nil {
@@ -367,19 +368,35 @@ func (a *Agent) countDedup(d *bundle.Dedup, n int) {
 	}
 }
 
-// watch consumes the observer's events.
+// onCore is what follows a core event at once, on the observer's
+// real-time reader thread (OnCore), before the event is queued for watch:
+// the freeze of the crasher's container starts, and the event is kept for
+// the crash's collection, which starts now when the coredump socket will
+// take it (startEarly).
+func (a *Agent) onCore(ctx context.Context, ev observer.Event) {
+	a.lastCore.Store(time.Now().UnixNano())
+	if a.freezes != nil {
+		a.freezes.start(ev)
+	}
+	a.events.add(ev)
+	a.startEarly(ctx, ev)
+}
+
+// watch consumes the observer's events once onCore has seen a core event.
 func (a *Agent) watch(ob *observer.Observer) {
 	if err := observer.Urgent(); err != nil {
 		a.o.Log.Warn("the path from a fatal signal to the freeze runs at normal priority", zap.Error(err))
 	}
 	for ev := range ob.Events() {
-		if ev.Kind == observer.KindCore {
-			a.lastCore.Store(time.Now().UnixNano()) // the freeze started in the observer's reader (OnCore)
+		if ev.Kind == observer.KindCore && !ev.OnCore {
+			a.onCore(context.Background(), ev) // decoded before Run set OnCore
 		}
 		if a.missing != nil {
-			// Before the event is where the crash's collection waits
-			// for it: a worker killed during that collection leaves the
-			// crash to the next (an unsynced write, tens of µs).
+			// A core event is noted on disk (an append of tens of µs)
+			// long before its collection reports a bundle, which takes
+			// milliseconds more; an intake that takes the crash first
+			// notes it itself (missing.taken). A worker killed during
+			// the collection leaves the crash to the next.
 			switch ev.Kind {
 			case observer.KindCore:
 				a.missing.core(ev)
@@ -387,8 +404,10 @@ func (a *Agent) watch(ob *observer.Observer) {
 				a.missing.exit(ev)
 			}
 		}
-		if ev.Kind == observer.KindCore || ev.Kind == observer.KindFatal {
+		if ev.Kind == observer.KindFatal {
 			a.events.add(ev)
+		}
+		if ev.Kind == observer.KindCore || ev.Kind == observer.KindFatal {
 			a.o.OnSignal(ev)
 		}
 		a.o.Log.Info("fatal signal", zap.Stringer("kind", ev.Kind), zap.Int("tgid", ev.TGID), zap.String("comm", ev.Comm),

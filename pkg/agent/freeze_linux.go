@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime"
 	"sync"
 	"time"
 
@@ -136,6 +137,11 @@ func (z *freezes) work() {
 			return
 		}
 		(<-z.jobs)()
+		// What the job woke (a collection waiting for its record)
+		// would wait in this locked thread's run queue while the read
+		// below blocks holding it (as in startEarly); yielding hands it
+		// on at once.
+		runtime.Gosched()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -14,26 +15,32 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/collector"
 	"github.com/corecatch/corecatch/pkg/coresock"
+	"github.com/corecatch/corecatch/pkg/observer"
 )
 
 // requestTimeout bounds the kernel's request on a new coredump connection;
 // eventWait how long the intake waits for the crash's eBPF event (sent
-// before the dump began, so normally there already).
+// before the dump began, so normally there already); earlyWait how long a
+// collection started at the event waits for the kernel's connection (it
+// comes within a millisecond unless the dump is not ours: a process that
+// is not dumpable, core_pattern changed meanwhile; one later than this is
+// collected as it comes).
 const (
 	requestTimeout = 2 * time.Second
 	eventWait      = 300 * time.Millisecond
+	earlyWait      = time.Second
 )
 
 // serveCores takes every crash the kernel sends to the coredump socket,
 // each in its own goroutine, up to collect.backlog at once; a crash beyond
-// is refused before its dump and recorded without its core. It returns
-// when ln is closed.
+// is refused before its dump and recorded without its core. A crash whose
+// collection started at its eBPF event (startEarly) is handed to it. It
+// returns when ln is closed.
 func (a *Agent) serveCores(ctx context.Context, ln *net.UnixListener) {
 	// A crash taken is collected to its end, also when the agent stops.
 	ctx = context.WithoutCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	held := a.held
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -44,68 +51,123 @@ func (a *Agent) serveCores(ctx context.Context, ln *net.UnixListener) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		select {
-		case held <- struct{}{}:
-			wg.Go(func() {
-				defer func() { <-held }()
-				a.takeCore(ctx, c, "")
-			})
-		default:
-			wg.Go(func() { a.takeCore(ctx, c, bundle.ReasonBusy) })
-		}
+		wg.Go(func() { a.takeConn(ctx, c) })
 	}
 }
 
-// takeCore collects one crash from its coredump connection: the decision
-// (keep, or refuse before the dump) and the collection are the pipe
-// helper's, run here. refuse, when set, refuses the core whatever the
-// decision would be.
-func (a *Agent) takeCore(ctx context.Context, c *net.UnixConn, refuse string) {
-	defer c.Close()
+// takeConn reads a coredump connection's request and gives it to its
+// crash's early collection, or collects the crash from it.
+func (a *Agent) takeConn(ctx context.Context, c *net.UnixConn) {
 	conn, err := coresock.Open(c, requestTimeout)
 	if err != nil {
+		c.Close()
 		a.o.Log.Warn("coredump connection", zap.Error(err))
 		return
 	}
-	log := a.o.Log.With(zap.Int("pid", conn.PID))
 	if a.missing != nil {
 		a.missing.taken(conn.PID)
 	}
-	ev, hasEvent := a.events.wait(conn.PID, eventWait)
+	if a.early.hand(conn) {
+		return
+	}
+	defer a.early.done(conn.PID)
+	defer conn.Close()
+	refuse := ""
+	select {
+	case a.held <- struct{}{}:
+		defer func() { <-a.held }()
+	default:
+		refuse = bundle.ReasonBusy
+	}
+	var event *observer.Event
+	if ev, ok := a.events.wait(conn.PID, eventWait); ok {
+		event = &ev
+	}
+	a.collectCore(ctx, conn.PID, event, refuse, func() *coresock.Conn { return conn }, nil)
+}
+
+// startEarly starts the collection of a crash the coredump socket will
+// take, at its eBPF event: the kernel connects a moment later, and what
+// the decision reads (the stack's names, the live process, its container)
+// is read meanwhile, so that a refused crash is let go sooner. Only with a
+// stack to decide on and a free collection slot; otherwise its connection
+// is collected as it comes.
+func (a *Agent) startEarly(ctx context.Context, ev observer.Event) {
+	if a.o.Cores == nil || a.o.Store == nil || len(ev.Stack) == 0 || ctx.Err() != nil {
+		return // a stopping agent's crashes go to the pipe helper
+	}
+	select {
+	case a.held <- struct{}{}:
+	default:
+		return
+	}
+	ec := a.early.start(ev.TGID)
+	if ec == nil {
+		<-a.held
+		return
+	}
+	a.taking.Go(func() {
+		defer func() { <-a.held }()
+		var conn *coresock.Conn
+		connected := func() bool {
+			conn = a.early.wait(ev.TGID, ec, earlyWait)
+			return conn != nil
+		}
+		a.collectCore(context.WithoutCancel(ctx), ev.TGID, &ev, "", func() *coresock.Conn { return conn }, connected)
+		if conn != nil {
+			conn.Close()
+		}
+	})
+	// This runs on the observer's reader thread, which is locked to it:
+	// the goroutine just started waits in the thread's run queue while
+	// the reader blocks in epoll_wait holding it, until the runtime takes
+	// it back (up to 10 ms on an idle agent). Yielding hands it on at once.
+	runtime.Gosched()
+}
+
+// collectCore collects one crash of the coredump socket, conn its
+// connection (once connected says it came, when that is set): the
+// decision (keep, or refuse before the dump) and the collection are the
+// pipe helper's, run here. ev is its eBPF event (nil: none); refuse, when
+// set, refuses the core whatever the decision would be.
+func (a *Agent) collectCore(ctx context.Context, pid int, ev *observer.Event, refuse string, conn func() *coresock.Conn, connected func() bool) {
+	log := a.o.Log.With(zap.Int("pid", pid))
 	tid, signal, at := 0, 0, time.Now()
-	if hasEvent {
+	if ev != nil {
 		tid, signal, at = ev.TID, ev.Signal, ev.Time
 	}
-	req, err := collector.ProcRequest(conn.PID, tid, signal, at)
+	req, err := collector.ProcRequest(pid, tid, signal, at)
 	if err != nil {
 		log.Warn("coredump connection", zap.Error(err))
 	}
 	o := collector.Options{
 		Config: a.o.Config, Store: a.o.Store, Retention: a.o.Retention, Request: req, Log: log,
 		Version: a.o.Version, Claimer: a.o.Claimer, Agent: link{a}, CloseRefused: true, Refuse: refuse,
+		Connected: connected,
 		Answer: func(keep bool) error {
 			if keep {
-				return conn.Answer(coresock.Kernel | coresock.Wait)
+				return conn().Answer(coresock.Kernel | coresock.Wait)
 			}
-			return conn.Answer(coresock.Reject)
+			return conn().Answer(coresock.Reject)
 		},
 		OpenCore: func() (*os.File, error) {
 			// The file is the connection's only reference from now on:
 			// closing it lets the kernel release the crashed process.
-			f, err := conn.File()
+			c := conn()
+			f, err := c.File()
 			c.Close()
 			return f, err
 		},
 	}
-	if hasEvent {
+	if ev != nil {
 		o.Stack = ev.Stack
 	}
 	if a.o.Store == nil {
 		log.Error("no store for the coredump socket's crashes")
-		conn.Answer(coresock.Reject)
+		conn().Answer(coresock.Reject)
 		return
 	}
-	if _, err := collector.Run(ctx, o); err != nil {
+	if _, err := collector.Run(ctx, o); err != nil && !errors.Is(err, collector.ErrNotConnected) {
 		log.Error("core not stored", zap.Error(err))
 	}
 }

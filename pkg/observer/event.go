@@ -78,6 +78,9 @@ type Event struct {
 	ExeDev               uint32
 	Stack                []uint64
 	BuildIDStack         []Frame
+	// OnCore says that OnCore's function saw this core event before it
+	// was queued; a core event decoded before that was set was not.
+	OnCore bool
 	// FromSiginfo is true when si_code and the sender are known: from the
 	// siginfo at delivery, or, when the kernel had already marked the
 	// process for death (GroupExit; the signal is then the group's exit

@@ -292,6 +292,7 @@ func (ob *Observer) read() {
 		ev := decode(raw, ob.offset)
 		if f := ob.onCore.Load(); f != nil && ev.Kind == KindCore {
 			(*f)(ev)
+			ev.OnCore = true
 		}
 		select {
 		case ob.events <- ev:
