@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"os/signal"
 	"sync"
 	"sync/atomic"
@@ -87,11 +88,30 @@ func runSupervisor(ctx context.Context, d Daemon) error {
 	return Supervise(ctx, os.Args[1:], mode, coresFile, log, sig, leave)
 }
 
+// lockedThreads is how many of the worker's threads are locked to a
+// goroutine that blocks in a raw system call: the observer's reader
+// (epoll_wait) and the freeze workers (a read on their pipe).
+const lockedThreads = 1 + freezeWorkers
+
+// reserveLockedThreads gives the runtime one processor more for each
+// locked thread, unless GOMAXPROCS is set. A goroutine in a raw system
+// call keeps its processor until the runtime's monitor takes it back (up
+// to 10 ms on an idle agent); on a two-CPU node those threads held every
+// processor as a crash came, and the crash's collection, the accept of
+// its connection and the network poller waited their turn while the
+// kernel held the crasher.
+func reserveLockedThreads() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + lockedThreads)
+	}
+}
+
 // runWorker serves the node under runSupervisor: the observer, the
 // helper's socket, metrics and notifications, and, with the socket
 // intake, the crashes on the coredump socket it inherits.
 func runWorker(ctx context.Context, d Daemon, mode string) error {
 	cfg, log := d.Config, d.Log
+	reserveLockedThreads()
 	st, err := store.FromConfig(cfg)
 	if err != nil {
 		return err

@@ -124,7 +124,7 @@ func benchHold(dir, bin string, mib, runs int) error {
 		return c[int(p*float64(len(c)-1)+0.5)]
 	}
 	fmt.Printf("\nhold: a %d MiB crasher, from its fault to its exit, %d runs each, interleaved\n", mib, runs)
-	fmt.Printf("  refused as a duplicate (coredump socket): median %.1f ms, p90 %.1f ms (the agent's own record, connection to answer: median %.1f ms)\n",
+	fmt.Printf("  refused as a duplicate (coredump socket): median %.1f ms, p90 %.1f ms (the agent's own record, from its collection's start at the eBPF event to the answer: median %.1f ms)\n",
 		1000*pct(refused, 0.5), 1000*pct(refused, 0.9), 1000*pct(bundled, 0.5))
 	fmt.Printf("  no dump at all (file pattern, RLIMIT_CORE 0): median %.1f ms, p90 %.1f ms\n", 1000*pct(none, 0.5), 1000*pct(none, 0.9))
 	r := pct(refused, 0.5) / pct(none, 0.5)
