@@ -132,16 +132,12 @@ func (a *Agent) startEarly(ctx context.Context, ev observer.Event) {
 // set, refuses the core whatever the decision would be.
 func (a *Agent) collectCore(ctx context.Context, pid int, ev *observer.Event, refuse string, conn func() *coresock.Conn, connected func() bool) {
 	log := a.o.Log.With(zap.Int("pid", pid))
-	tid, signal, at := 0, 0, time.Now()
+	req := collector.Request{PID: pid, Time: time.Now()}
 	if ev != nil {
-		tid, signal, at = ev.TID, ev.Signal, ev.Time
-	}
-	req, err := collector.ProcRequest(pid, tid, signal, at)
-	if err != nil {
-		log.Warn("coredump connection", zap.Error(err))
+		req.TID, req.Signal, req.Time = ev.TID, ev.Signal, ev.Time
 	}
 	o := collector.Options{
-		Config: a.o.Config, Store: a.o.Store, Retention: a.o.Retention, Request: req, Log: log,
+		Config: a.o.Config, Store: a.o.Store, Retention: a.o.Retention, Request: req, FromProc: true, Log: log,
 		Version: a.o.Version, Claimer: a.o.Claimer, Agent: link{a}, CloseRefused: true, Refuse: refuse,
 		Connected: connected,
 		Answer: func(keep bool) error {

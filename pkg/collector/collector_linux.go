@@ -119,6 +119,10 @@ type Options struct {
 	Answer func(keep bool) error
 	// Stack is the crash's user stack from the eBPF event (PC first).
 	Stack []uint64
+	// FromProc says Request holds what the eBPF event gave (pid, thread,
+	// signal, time) and the rest is read from /proc (procRequest) while
+	// the stack is walked: the coredump socket has no % specifiers.
+	FromProc bool
 	// Connected, when set with Answer and Stack, waits for the intake's
 	// connection: the agent starts a crash's collection at its eBPF event,
 	// while the kernel is still on its way to the coredump socket, so that

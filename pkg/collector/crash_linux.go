@@ -155,17 +155,25 @@ func (c *crash) parse(ctx context.Context) error {
 	if c.o.Core != nil {
 		enlargePipe(c.o.Core)
 	}
-	c.m = newMetadata(c.req, c.cfg.Node)
 	c.startCapture()
+	stack := c.startWalk()
+	if c.o.FromProc {
+		req, err := procRequest(c.req.PID, c.req.TID, c.req.Signal, c.req.Time)
+		if err != nil {
+			c.o.Log.Warn("the crash's request", zap.Error(err))
+		}
+		c.req = req
+	}
+	c.m = newMetadata(c.req, c.cfg.Node)
 	if c.helper {
 		// The agent's record is a round trip away: asked meanwhile.
 		var wg sync.WaitGroup
 		wg.Go(c.lookup)
-		c.walk()
+		c.walk(stack)
 		wg.Wait()
 	} else {
-		c.walk()
 		c.lookup() // in the agent, a call that finds the record there
+		c.walk(stack)
 	}
 	c.identify(ctx)
 	return nil
@@ -214,21 +222,44 @@ func (c *crash) lookup() {
 	c.agent = resp
 }
 
-// walk finds where it crashed, from the eBPF stack or the core's first
-// bytes, and the live process, before a byte of the core is kept: a known
-// bug's core is not. Every read of the pipe gives up after
-// collect.capture_timeout without a byte (the kernel's dump can block on
-// the crasher's files), and the walk reads the crasher's memory and files
-// for at most as long.
-func (c *crash) walk() {
+// walked is a frame-pointer walk's result, and whether it finished.
+type walked struct {
+	r  analysis.Result
+	ok bool
+}
+
+// startWalk starts the walk of the eBPF event's stack, which needs only
+// the event (the pid, the signal, the stack), so that it runs while the
+// rest of the crash is read; nil when there is no stack to decide on.
+func (c *crash) startWalk() <-chan walked {
+	if c.when != answerOnStack {
+		return nil
+	}
+	done := make(chan walked, 1)
+	pid, signal, stack := c.req.PID, bundle.SignalName(c.req.Signal), c.o.Stack
+	stall := time.Duration(c.cfg.Collect.CaptureTimeout)
+	go func() {
+		r, ok := liveWalk(pid, signal, func() analysis.Result { return analysis.LiveStack(pid, signal, stack) }, stall)
+		done <- walked{r, ok}
+	}()
+	return done
+}
+
+// walk finds where it crashed, from the eBPF stack (the walk startWalk
+// started) or the core's first bytes, and the live process, before a byte
+// of the core is kept: a known bug's core is not. Every read of the pipe
+// gives up after collect.capture_timeout without a byte (the kernel's dump
+// can block on the crasher's files), and the walk reads the crasher's
+// memory and files for at most as long.
+func (c *crash) walk(stack <-chan walked) {
 	stall := time.Duration(c.cfg.Collect.CaptureTimeout)
 	if c.o.Core != nil {
 		c.pipe = &stallReader{f: c.o.Core, stall: stall}
 	}
 	pid, m := c.req.PID, c.m
-	var live func() analysis.Result
-	if c.when == answerOnStack {
-		live = func() analysis.Result { return analysis.LiveStack(pid, m.SignalName, c.o.Stack) }
+	var w walked
+	if stack != nil {
+		w = <-stack
 	} else {
 		var regs analysis.Regs
 		var regsErr error
@@ -236,10 +267,11 @@ func (c *crash) walk() {
 		if m.Signal == 0 && regs.Signal > 0 {
 			m.Signal, m.SignalName = regs.Signal, bundle.SignalName(regs.Signal)
 		}
-		live = func() analysis.Result { return analysis.Live(pid, m.SignalName, regs, regsErr) }
+		live := func() analysis.Result { return analysis.Live(pid, m.SignalName, regs, regsErr) }
+		w.r, w.ok = liveWalk(pid, m.SignalName, live, stall)
 	}
-	quick, walked := liveWalk(pid, m.SignalName, live, stall)
-	if !walked {
+	quick := w.r
+	if !w.ok {
 		m.Collector.Missing = append(m.Collector.Missing, "the frame-pointer walk")
 	}
 	c.quick = quick

@@ -11,12 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ProcRequest reads from /proc what the kernel's pattern specifiers say of
+// procRequest reads from /proc what the kernel's pattern specifiers say of
 // a crash when no pattern passes them: the coredump socket has no %
 // specifiers. The pid, thread, signal and time come from the eBPF event
 // (tid and signal 0 when there is none); the rest from the live process,
 // which the kernel holds while it waits on the socket.
-func ProcRequest(pid, tid, signal int, t time.Time) (Request, error) {
+func procRequest(pid, tid, signal int, t time.Time) (Request, error) {
 	r := Request{PID: pid, TID: tid, Signal: signal, Time: t.Truncate(time.Second).UTC(), RlimitCore: -1, Dumpable: 1}
 	proc := fmt.Sprintf("/proc/%d", pid)
 	status, err := os.ReadFile(proc + "/status")

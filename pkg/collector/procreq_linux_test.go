@@ -10,7 +10,7 @@ import (
 // a crasher: its ids, name and RLIMIT_CORE, with the eBPF event's facts.
 func TestProcRequest(t *testing.T) {
 	at := time.Unix(1700000000, 5e8)
-	r, err := ProcRequest(os.Getpid(), 7, 11, at)
+	r, err := procRequest(os.Getpid(), 7, 11, at)
 	if err != nil {
 		t.Fatal(err)
 	}

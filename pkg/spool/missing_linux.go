@@ -50,8 +50,10 @@ const (
 	opPut     = 'P'
 	opRemove  = 'R'
 	// compactAt is the size past which a journal with no live record
-	// starts over.
+	// starts over; rewriteAt the size past which one is rewritten with
+	// its live records only (a crash loop that keeps one pending always).
 	compactAt = 64 << 10
+	rewriteAt = 1 << 20
 	// maxRecord bounds a put's payload (an event with its stacks is a
 	// few KiB): a longer length is a torn or foreign journal's.
 	maxRecord = 1 << 20
@@ -94,11 +96,44 @@ func (m *Missing) Remove(pid int) {
 		return
 	}
 	delete(m.live, pid)
-	if len(m.live) == 0 {
-		if st, err := m.journal.Stat(); err == nil && st.Size() > compactAt {
-			m.journal.Truncate(0)
+	st, err := m.journal.Stat()
+	switch {
+	case err != nil:
+	case len(m.live) == 0 && st.Size() > compactAt:
+		m.journal.Truncate(0)
+	case st.Size() > rewriteAt:
+		if err := m.rewrite(); err != nil {
+			m.journal.Close()
+			m.journal = nil // reopened, and its live records read again, at the next change
 		}
 	}
+}
+
+// rewrite replaces the journal with its live records only (under mu).
+func (m *Missing) rewrite() error {
+	recs, _, err := m.read()
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	for pid, rec := range recs {
+		var head [entryHead]byte
+		binary.LittleEndian.PutUint32(head[:], uint32(len(rec)))
+		head[4] = opPut
+		binary.LittleEndian.PutUint64(head[5:], uint64(pid))
+		buf.Write(head[:])
+		buf.Write(rec)
+	}
+	if err := write(m.journalPath(), buf.Bytes()); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(m.journalPath(), os.O_WRONLY|os.O_APPEND, fileMode)
+	if err != nil {
+		return err
+	}
+	m.journal.Close()
+	m.journal = f
+	return nil
 }
 
 // PIDs lists the processes that have a record.

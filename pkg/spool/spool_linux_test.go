@@ -227,6 +227,25 @@ func TestMissing(t *testing.T) {
 	if pids := Open(root).Missing().PIDs(); !slices.Equal(pids, []int{5}) {
 		t.Errorf("PIDs after the journal started over = %v, want [5]", pids)
 	}
+
+	// One record pending for ever (a crash loop that is never dumped):
+	// the journal is rewritten with it alone.
+	for pid := 100; pid < 100+rewriteAt/compactAt+2; pid++ {
+		m.Put(pid, big)
+		m.Remove(pid)
+	}
+	if st, err := os.Stat(m.journalPath()); err != nil || st.Size() > rewriteAt {
+		t.Errorf("the journal grew to %d bytes with one live record (%v)", st.Size(), err)
+	}
+	var five record
+	if err := Open(root).Missing().Get(5, &five); err != nil || five != rec {
+		t.Errorf("after the rewrite Get(5) = %+v, %v", five, err)
+	}
+	m.Put(6, rec)
+	if pids := Open(root).Missing().PIDs(); len(pids) != 2 {
+		t.Errorf("PIDs after the rewrite = %v, want [5 6]", pids)
+	}
+	modes(t, root)
 }
 
 // TestStormLocks: a bug's record is the file older helpers locked, a slot
