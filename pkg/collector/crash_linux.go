@@ -347,14 +347,16 @@ func (c *crash) startCapture() {
 // core is drained (or, for the agent's intakes, closed) and nothing is
 // collected.
 func (c *crash) capture(ctx context.Context) error {
-	defer c.letGo()
 	if c.when == answerOnStack && !c.v.keep {
 		c.files.then(false, nil, nil)
-		c.refuseBeforeDump()
+		exited := c.refuseBeforeDump()
+		c.letGo()
+		exited(refusedExitWait)
 		if err := c.open(ctx); err != nil {
 			return err
 		}
 	} else {
+		defer c.letGo()
 		if err := c.open(ctx); err != nil {
 			if c.o.Core != nil && !c.o.CloseRefused {
 				drain(c.o.Core)
@@ -376,18 +378,19 @@ func (c *crash) capture(ctx context.Context) error {
 
 // refuseBeforeDump answers a crash refused before its dump: what the
 // bundle keeps of the process is read while the kernel still holds it,
-// then it is let go with nothing dumped. The bundle is written once the
-// process is gone: its exit frees its memory (milliseconds for a large
-// one), and the bundle's writes would take the node's CPUs from it.
-func (c *crash) refuseBeforeDump() {
+// then it is let go with nothing dumped. It returns the wait for the
+// process's exit: the bundle is written once the process is gone, for its
+// exit frees its memory (milliseconds for a large one), and the bundle's
+// writes would take the node's CPUs from it.
+func (c *crash) refuseBeforeDump() (exited func(time.Duration)) {
 	c.files.wait()
 	c.cs.truncate(c.cs.limitReason)
-	exited := exitOf(c.req.PID)
+	exited = exitOf(c.req.PID)
 	if err := c.answer(false); err != nil {
 		c.warn(err.Error())
 	}
 	c.released = time.Now()
-	exited(refusedExitWait)
+	return exited
 }
 
 // keepBeforeDump answers a crash kept before its dump; when the kernel
