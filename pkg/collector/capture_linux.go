@@ -24,10 +24,7 @@ import (
 )
 
 // capture reads what only the still-present crashed process can give: its
-// /proc texts, a JVM's error log and its stderr file (the first stage,
-// started as soon as the crash is known, before it is decided), then, for
-// a core that is kept, its executable and every file it had mapped (the
-// second).
+// executable, every file it had mapped, and its /proc texts.
 //
 // Security: the crasher may be a hostile container, and the helper runs as
 // root on the host. Nothing here resolves a path the container controls
@@ -65,15 +62,14 @@ type capture struct {
 	// this capture.
 	timeout  time.Duration
 	deadline time.Time
-	// held keeps what the first stage reads (the light capture) until
-	// the collection writes it into the bundle: it is read before the
-	// crash is decided, so before the bundle's writer may exist.
-	held heldFiles
-	// next says, once the crash is decided, whether the second stage (the
-	// executable and the mapped files, which a debugger needs) runs: not
-	// for a crash whose core is not kept.
-	next     chan bool
-	nextOnce sync.Once
+	// light keeps the /proc texts and the JVM's error log only: the core
+	// of a rate-limited crash is not kept, so neither are the files a
+	// debugger would need for it.
+	light bool
+	// meta keeps no file: a duplicate's bundle is its metadata, and what
+	// that and its title need is read (the command line, the namespace
+	// pid, the executable's name, a JVM's error log, the end of stderr).
+	meta bool
 
 	// mu guards what follows against the helper, which reads it once the
 	// capture ended or was abandoned. The capture goroutine reads the
@@ -159,14 +155,11 @@ func (c *capture) warn(format string, args ...any) {
 	c.update(func() { c.warnings = append(c.warnings, fmt.Sprintf(format, args...)) })
 }
 
-// start runs the capture's first stage in its own goroutine, into held,
-// for c.timeout (0: no bound); the goroutine then waits for then, and
-// wait ends it.
+// start runs the capture in its own goroutine for c.timeout (0: no
+// bound); wait ends it.
 func (c *capture) start() {
 	c.done = make(chan struct{})
-	c.next = make(chan bool, 1)
 	c.current = -1
-	c.w = &c.held
 	if c.timeout > 0 {
 		c.deadline = time.Now().Add(c.timeout)
 	}
@@ -176,34 +169,12 @@ func (c *capture) start() {
 	}()
 }
 
-// then says what follows the first stage, once: the second into w, with
-// charge taking its files' bytes from the store's room, or (full false)
-// nothing. A second stage has collect.capture_timeout of its own.
-func (c *capture) then(full bool, w creator, charge func(n int64) bool) {
-	c.nextOnce.Do(func() {
-		if full {
-			c.update(func() {
-				c.w, c.charge = w, charge
-				c.left = append(c.left, stepExe, stepMapped, stepLinkMap)
-				if c.timeout > 0 {
-					c.deadline = time.Now().Add(c.timeout)
-				}
-			})
-		}
-		c.next <- full
-	})
-}
-
 // wait returns once the capture is done, or at its deadline with the
 // capture abandoned: what it had not read is recorded as missing (missing,
 // files skipped with the reason, a warning), and it changes nothing after.
-// It follows then.
 func (c *capture) wait() {
-	c.mu.Lock()
-	deadline := c.deadline
-	c.mu.Unlock()
-	if !deadline.IsZero() {
-		t := time.NewTimer(time.Until(deadline))
+	if !c.deadline.IsZero() {
+		t := time.NewTimer(time.Until(c.deadline))
 		defer t.Stop()
 		select {
 		case <-c.done:
@@ -337,25 +308,55 @@ func (c *capture) run() {
 		c.stored = map[string]bool{}
 		c.seen = map[fileKey]int{}
 		c.network = map[string]int{}
-		c.left = append(c.procTexts(), stepHsErr, stepStderr)
+		c.left = append(c.procTexts(), stepExe)
+		if !c.light {
+			c.left = append(c.left, stepMapped, stepLinkMap)
+		}
+		c.left = append(c.left, stepHsErr, stepStderr)
 	})
-	// The first stage: what a refused crash keeps too.
+	if c.meta {
+		c.captureMeta()
+		return
+	}
 	c.captureTexts()
-	if target, err := os.Readlink(filepath.Join(c.proc, "exe")); err == nil {
-		c.update(func() { c.exe = []byte(target) })
+	if c.light {
+		if target, err := os.Readlink(filepath.Join(c.proc, "exe")); err == nil {
+			c.update(func() { c.exe = []byte(target) })
+		}
+		c.step()
+	} else {
+		c.captureExe()
+		c.step()
+		c.captureMapped()
+		c.step()
+		c.resolveAliases()
+		c.step()
 	}
 	c.captureHsErr()
 	c.step()
 	c.captureStderr()
 	c.step()
-	if !<-c.next {
-		return
+}
+
+// captureMeta reads what a metadata-only bundle says of the process and
+// keeps no file (c.w discards).
+func (c *capture) captureMeta() {
+	cmdline, err := os.ReadFile(filepath.Join(c.proc, "cmdline"))
+	if err != nil {
+		c.warn("read cmdline: %v", err)
 	}
-	c.captureExe()
+	status, _ := os.ReadFile(filepath.Join(c.proc, "status"))
+	target, _ := os.Readlink(filepath.Join(c.proc, "exe"))
+	c.update(func() {
+		c.cmdline, c.nsPID = cmdlineArgs(cmdline), nsPID(status)
+		if target != "" {
+			c.exe = []byte(target)
+		}
+		c.left = []string{stepHsErr, stepStderr}
+	})
+	c.captureHsErr()
 	c.step()
-	c.captureMapped()
-	c.step()
-	c.resolveAliases()
+	c.captureStderr()
 	c.step()
 }
 
@@ -386,10 +387,7 @@ func (c *capture) captureTexts() {
 		c.update(func() {
 			switch name {
 			case "cmdline":
-				for _, a := range bytes.Split(bytes.TrimSuffix(data, []byte{0}), []byte{0}) {
-					s, _ := bundle.Text(a)
-					c.cmdline = append(c.cmdline, s)
-				}
+				c.cmdline = cmdlineArgs(data)
 			case "status":
 				c.nsPID = nsPID(data)
 			case "auxv":
@@ -400,6 +398,16 @@ func (c *capture) captureTexts() {
 		})
 		c.step()
 	}
+}
+
+// cmdlineArgs splits /proc/PID/cmdline into its arguments, as text.
+func cmdlineArgs(data []byte) []string {
+	var args []string
+	for _, a := range bytes.Split(bytes.TrimSuffix(data, []byte{0}), []byte{0}) {
+		s, _ := bundle.Text(a)
+		args = append(args, s)
+	}
+	return args
 }
 
 // nsPID returns the innermost pid of a /proc/PID/status "NSpid:" line.
@@ -486,10 +494,10 @@ type creator interface {
 	Create(name string) (io.WriteCloser, error)
 }
 
-// heldFiles keeps a capture's first stage (its /proc texts, a JVM's
-// error log, the end of its stderr: small) in memory, read before the
-// crash is decided, so that a refused crash's process can be let go as
-// soon as they are read; writeTo puts them into the bundle afterwards.
+// heldFiles keeps a refused crash's capture (its /proc texts, a JVM's
+// error log, the end of its stderr: the light capture, small) in memory,
+// so that the kernel can let the process go as soon as what only the
+// process gives is read; writeTo puts it into the bundle afterwards.
 type heldFiles struct {
 	mu    sync.Mutex
 	names []string
@@ -529,6 +537,15 @@ func (f heldFile) Write(p []byte) (int, error) {
 }
 
 func (heldFile) Close() error { return nil }
+
+// discard is the writer of a capture that keeps no file (meta).
+type discard struct{}
+
+func (discard) Create(string) (io.WriteCloser, error) { return nopCloser{io.Discard}, nil }
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
 
 // put stores r in a bundle as the file name that create starts: the
 // capture's (Create) or, for what the helper adds once the capture is over

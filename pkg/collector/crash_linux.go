@@ -52,8 +52,7 @@ var ErrNotConnected = errors.New("the kernel did not connect for this crash's co
 
 // crash is one collection, carried through its phases, each of which reads
 // what the ones before it left here: parse (the request, and the facts the
-// agent, the core's head, the live process and its container give; the
-// capture of the process's files starts there), decide
+// agent, the core's head, the live process and its container give), decide
 // (keep the core or refuse it, by decide.go's rules), capture (the
 // process's files, the core streamed or refused, the process let go),
 // submit (publish the bundle, report it to the agent) and vacuum (the
@@ -112,9 +111,6 @@ func (c *crash) end() {
 	if c.w != nil && !c.committed {
 		c.w.Abort()
 	}
-	if c.files != nil {
-		c.files.then(false, nil, nil) // a collection that ended early
-	}
 	c.answer(false)
 	if c.o.Core != nil {
 		c.o.Core.Close()
@@ -155,7 +151,6 @@ func (c *crash) parse(ctx context.Context) error {
 	if c.o.Core != nil {
 		enlargePipe(c.o.Core)
 	}
-	c.startCapture()
 	stack := c.startWalk()
 	if c.o.FromProc {
 		req, err := procRequest(c.req.PID, c.req.TID, c.req.Signal, c.req.Time)
@@ -322,24 +317,7 @@ func (c *crash) takeSlot() bool {
 	return ok
 }
 
-// startCapture starts reading what the bundle keeps of the live process
-// (capture's first stage), while the crash is parsed and decided.
-func (c *crash) startCapture() {
-	cfg := c.cfg.Collect
-	c.files = &capture{
-		proc:         fmt.Sprintf("/proc/%d", c.req.PID),
-		maxFileBytes: cfg.MaxFileBytes.Bytes,
-		budget:       cfg.MaxFilesTotalBytes.Bytes,
-		withEnviron:  cfg.CaptureEnviron,
-		readNetwork:  cfg.ReadNetworkFiles,
-		timeout:      time.Duration(cfg.CaptureTimeout),
-		logTail:      c.cfg.Identity.LogTail.Bytes,
-	}
-	c.files.start()
-}
-
-// capture starts the bundle and reads the rest of what it keeps of the
-// live process (the files a debugger needs, unless the verdict is light)
+// capture starts the bundle and reads what it keeps of the live process
 // while the core streams into it (or, refused, is closed or drained),
 // then lets the process go. A crash decided before its dump is answered
 // here: a refused one once what it keeps is read, and its bundle started
@@ -347,32 +325,54 @@ func (c *crash) startCapture() {
 // core is drained (or, for the agent's intakes, closed) and nothing is
 // collected.
 func (c *crash) capture(ctx context.Context) error {
+	cfg := c.cfg.Collect
+	c.files = &capture{
+		proc:         fmt.Sprintf("/proc/%d", c.req.PID),
+		maxFileBytes: cfg.MaxFileBytes.Bytes,
+		budget:       cfg.MaxFilesTotalBytes.Bytes,
+		charge:       c.cs.charge,
+		withEnviron:  cfg.CaptureEnviron,
+		readNetwork:  cfg.ReadNetworkFiles,
+		timeout:      time.Duration(cfg.CaptureTimeout),
+		light:        c.v.light,
+		meta:         c.v.meta,
+		logTail:      c.cfg.Identity.LogTail.Bytes,
+	}
 	if c.when == answerOnStack && !c.v.keep {
-		c.files.then(false, nil, nil)
+		held := &heldFiles{}
+		c.files.w = held
+		if c.v.meta {
+			c.files.w = discard{}
+		}
+		c.files.start()
 		exited := c.refuseBeforeDump()
 		c.letGo()
 		exited(refusedExitWait)
 		if err := c.open(ctx); err != nil {
 			return err
 		}
-	} else {
-		defer c.letGo()
-		if err := c.open(ctx); err != nil {
-			if c.o.Core != nil && !c.o.CloseRefused {
-				drain(c.o.Core)
-			}
-			return err
+		if err := held.writeTo(c.w); err != nil {
+			c.warn(err.Error())
 		}
-		c.files.then(!c.v.light, c.w, c.cs.charge)
-		if c.when == answerOnStack {
-			c.keepBeforeDump()
+		return nil
+	}
+	defer c.letGo()
+	if err := c.open(ctx); err != nil {
+		if c.o.Core != nil && !c.o.CloseRefused {
+			drain(c.o.Core)
 		}
-		c.stream()
-		c.files.wait()
+		return err
 	}
-	if err := c.files.held.writeTo(c.w); err != nil {
-		c.warn(err.Error())
+	c.files.w = c.w
+	if c.v.meta {
+		c.files.w = discard{}
 	}
+	c.files.start()
+	if c.when == answerOnStack {
+		c.keepBeforeDump()
+	}
+	c.stream()
+	c.files.wait()
 	return nil
 }
 

@@ -25,6 +25,10 @@ type verdict struct {
 	// light keeps metadata, the /proc texts and the backtrace only: the
 	// files a debugger needs go with the core they would serve.
 	light bool
+	// meta keeps the metadata alone (a duplicate: the bug's core and
+	// files are in the bundle its dedup.of names), so that a refused
+	// duplicate is let go as soon as it is decided.
+	meta bool
 	// warning, when set, goes into the bundle's warnings.
 	warning string
 }
@@ -73,15 +77,16 @@ func decideCore(limit int64, limitReason string, pol config.PodPolicy, refuse st
 	return v
 }
 
-// refused is the verdict of a core not kept for reason.
+// refused is the verdict of a core not kept for reason; a duplicate's
+// keeps only its metadata.
 func refused(reason, warning string) verdict {
-	return verdict{reason: reason, light: true, warning: warning}
+	return verdict{reason: reason, light: true, meta: reason == bundle.ReasonDedup, warning: warning}
 }
 
 // unanswered is the verdict once the kernel took no keep answer: it dumps
 // nothing, so nothing of the core is kept and the record says why.
 func (v verdict) unanswered() verdict {
-	return verdict{reason: bundle.ReasonError, light: v.light}
+	return verdict{reason: bundle.ReasonError, light: v.light, meta: v.meta}
 }
 
 // answerTime is when an intake that must hear the decision before the
