@@ -308,23 +308,26 @@ func (c *capture) run() {
 		c.stored = map[string]bool{}
 		c.seen = map[fileKey]int{}
 		c.network = map[string]int{}
-		c.left = append(c.procTexts(), stepExe)
-		if !c.light {
+		c.left = nil
+		if !c.meta {
+			c.left = append(c.procTexts(), stepExe)
+		}
+		if !c.light && !c.meta {
 			c.left = append(c.left, stepMapped, stepLinkMap)
 		}
 		c.left = append(c.left, stepHsErr, stepStderr)
 	})
-	if c.meta {
+	switch {
+	case c.meta:
 		c.captureMeta()
-		return
-	}
-	c.captureTexts()
-	if c.light {
+	case c.light:
+		c.captureTexts()
 		if target, err := os.Readlink(filepath.Join(c.proc, "exe")); err == nil {
 			c.update(func() { c.exe = []byte(target) })
 		}
 		c.step()
-	} else {
+	default:
+		c.captureTexts()
 		c.captureExe()
 		c.step()
 		c.captureMapped()
@@ -338,8 +341,8 @@ func (c *capture) run() {
 	c.step()
 }
 
-// captureMeta reads what a metadata-only bundle says of the process and
-// keeps no file (c.w discards).
+// captureMeta reads what a metadata-only bundle says of the process: its
+// command line, namespace pid and executable's name.
 func (c *capture) captureMeta() {
 	cmdline, err := os.ReadFile(filepath.Join(c.proc, "cmdline"))
 	if err != nil {
@@ -352,12 +355,7 @@ func (c *capture) captureMeta() {
 		if target != "" {
 			c.exe = []byte(target)
 		}
-		c.left = []string{stepHsErr, stepStderr}
 	})
-	c.captureHsErr()
-	c.step()
-	c.captureStderr()
-	c.step()
 }
 
 func (c *capture) procTexts() []string {
@@ -435,6 +433,9 @@ var errAbandoned = errors.New("the capture was abandoned at collect.capture_time
 // Create starts a bundle file whose writes stop once the capture is
 // abandoned.
 func (c *capture) Create(name string) (io.WriteCloser, error) {
+	if c.meta {
+		return nopCloser{io.Discard}, nil // read for the title, not kept
+	}
 	var f io.WriteCloser
 	err := errAbandoned
 	c.update(func() { f, err = c.w.Create(name) })
@@ -538,11 +539,7 @@ func (f heldFile) Write(p []byte) (int, error) {
 
 func (heldFile) Close() error { return nil }
 
-// discard is the writer of a capture that keeps no file (meta).
-type discard struct{}
-
-func (discard) Create(string) (io.WriteCloser, error) { return nopCloser{io.Discard}, nil }
-
+// nopCloser is a file of a capture that keeps none (meta).
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }

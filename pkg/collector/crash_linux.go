@@ -341,9 +341,6 @@ func (c *crash) capture(ctx context.Context) error {
 	if c.when == answerOnStack && !c.v.keep {
 		held := &heldFiles{}
 		c.files.w = held
-		if c.v.meta {
-			c.files.w = discard{}
-		}
 		c.files.start()
 		exited := c.refuseBeforeDump()
 		c.letGo()
@@ -364,9 +361,6 @@ func (c *crash) capture(ctx context.Context) error {
 		return err
 	}
 	c.files.w = c.w
-	if c.v.meta {
-		c.files.w = discard{}
-	}
 	c.files.start()
 	if c.when == answerOnStack {
 		c.keepBeforeDump()
