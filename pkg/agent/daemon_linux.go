@@ -21,6 +21,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/kube"
 	"github.com/corecatch/corecatch/pkg/metrics"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/proc"
 	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 	"github.com/corecatch/corecatch/pkg/upload"
@@ -219,7 +220,7 @@ func runWorker(ctx context.Context, d Daemon, mode string) error {
 // asked meanwhile, the rest.
 func countSignal(ctx context.Context, cfg *config.Config, met *metrics.Metrics) func(observer.Event) {
 	return func(ev observer.Event) {
-		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
+		data, _ := proc.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
 		go func() {
 			id := identity.Resolve(ctx, identity.ProcCgroup(data), cfg.Identity.CRIEndpoint, time.Duration(cfg.Identity.Timeout), identity.SpoolCache(spool.Open(cfg.Spool)))
 			met.Signal(ev.Kind.String(), bundle.SignalName(ev.Signal), id.Pod, id.Workload, id.Container)

@@ -18,6 +18,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/freezer"
 	"github.com/corecatch/corecatch/pkg/identity"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/proc"
 	"github.com/corecatch/corecatch/pkg/spool"
 )
 
@@ -126,7 +127,7 @@ func (z *freezes) run(job func()) {
 
 // work runs freezes, each once the pipe says one is queued.
 func (z *freezes) work() {
-	observer.Urgent() // the watcher's warning says when it is not
+	observer.Urgent() // watch's warning says when it is not
 	var b [1]byte
 	for {
 		if _, err := unix.Read(z.wake[0], b[:]); err != nil {
@@ -166,7 +167,7 @@ func (z *freezes) start(ev observer.Event) {
 		defer close(st.done)
 		st.mu.Lock()
 		defer st.mu.Unlock()
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
+		data, err := proc.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
 		if err != nil {
 			st.rec.Reason = "the process was gone before it could be frozen"
 			return

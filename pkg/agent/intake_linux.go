@@ -64,11 +64,11 @@ func (a *Agent) takeConn(ctx context.Context, c *net.UnixConn) {
 		a.o.Log.Warn("coredump connection", zap.Error(err))
 		return
 	}
+	if a.early.hand(conn) {
+		return // its event was read: watch notes the crash
+	}
 	if a.missing != nil {
 		a.missing.taken(conn.PID)
-	}
-	if a.early.hand(conn) {
-		return
 	}
 	defer a.early.done(conn.PID)
 	defer conn.Close()

@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/observer"
+	"github.com/corecatch/corecatch/pkg/proc"
 	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
@@ -39,6 +41,12 @@ type missing struct {
 
 	mu      sync.Mutex
 	pending map[int]*pendingCore
+	// reportedAt is when each pid's last bundle was reported
+	// (CLOCK_MONOTONIC, as events are timed), so that a core event the
+	// watcher reads only after its crash's bundle came (a storm delays
+	// the watcher) is not waited for again; a later crash of a reused
+	// pid is timed after it.
+	reportedAt map[int]time.Duration
 }
 
 type pendingCore struct {
@@ -102,6 +110,9 @@ func (x *missing) core(ev observer.Event) {
 			x.forget(pid)
 		}
 	}
+	if t, ok := x.reportedAt[ev.TGID]; ok && ev.Monotonic < t {
+		return
+	}
 	if old := x.pending[ev.TGID]; old != nil && old.timer != nil {
 		old.timer.Stop()
 	}
@@ -119,7 +130,7 @@ func (x *missing) taken(pid int) {
 	if x.pending[pid] != nil {
 		return
 	}
-	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	comm, _ := proc.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	ev := observer.Event{Kind: observer.KindCore, TGID: pid, Time: time.Now(), Comm: strings.TrimSuffix(string(comm), "\n")}
 	x.pending[pid] = &pendingCore{ev: ev}
 	x.save(pid, persisted{Event: ev})
@@ -142,6 +153,18 @@ func (x *missing) exit(ev observer.Event) {
 func (x *missing) reported(pid int) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	now := monotonic()
+	if len(x.reportedAt) >= maxReported {
+		for p, t := range x.reportedAt {
+			if now-t > time.Minute {
+				delete(x.reportedAt, p)
+			}
+		}
+	}
+	if x.reportedAt == nil {
+		x.reportedAt = map[int]time.Duration{}
+	}
+	x.reportedAt[pid] = now
 	if p := x.pending[pid]; p != nil {
 		if p.timer != nil {
 			p.timer.Stop()
@@ -149,6 +172,17 @@ func (x *missing) reported(pid int) {
 		delete(x.pending, pid)
 		x.forget(pid)
 	}
+}
+
+// maxReported is how many reports reported keeps before it drops those
+// older than a minute (a watcher is never that late).
+const maxReported = 1024
+
+// monotonic is CLOCK_MONOTONIC, the clock of observer.Event.Monotonic.
+func monotonic() time.Duration {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Duration(ts.Nano())
 }
 
 // forget removes a pending crash's file.

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/observer"
 	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
@@ -52,5 +53,35 @@ func TestMissingTakenSurvivesWorker(t *testing.T) {
 	}
 	if pids := next.records.PIDs(); len(pids) != 0 {
 		t.Errorf("records left after the crash was recorded: %v", pids)
+	}
+}
+
+// TestMissingLateEvent: a core event the watcher reads only after its
+// crash's bundle was reported is not waited for, while a later crash of
+// the same pid is.
+func TestMissingLateEvent(t *testing.T) {
+	published := make(chan *bundle.Metadata, 2)
+	x := newMissing(t.TempDir(), published)
+	const pid = 4242
+	late := observer.Event{Kind: observer.KindCore, TGID: pid, Monotonic: monotonic(), Time: time.Now(), Comm: "late"}
+	x.reported(pid)
+	x.core(late)
+	x.exit(observer.Event{TGID: pid})
+	select {
+	case m := <-published:
+		t.Fatalf("a crash whose bundle came before its event was read was recorded as missing: %s", m.Comm)
+	case <-time.After(100 * time.Millisecond):
+	}
+	next := late
+	next.Monotonic, next.Comm = monotonic(), "next"
+	x.core(next)
+	x.exit(observer.Event{TGID: pid})
+	select {
+	case m := <-published:
+		if m.Comm != "next" {
+			t.Fatalf("recorded %q, want the later crash", m.Comm)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a later crash of the pid was not waited for")
 	}
 }

@@ -340,9 +340,11 @@ func TestParseMaps(t *testing.T) {
 	maps := ParseMaps([]byte(fmt.Sprintf("%s\n%s\n%s\n",
 		"55d0c0a00000-55d0c0a01000 r-xp 00001000 08:01 1234 /usr/bin/app",
 		"7f0000000000-7f0000001000 rw-p 00000000 00:00 0 [heap]",
-		"7f0000002000-7f0000003000 r-xp 00002000 08:01 99 /tmp/with space (deleted)")))
+		"7f0000002000-7f0000003000 r-xp 00002000 08:01 99                         /tmp/with  space (deleted)\n"+
+			"7f0000004000-7f0000005000 r-xp 0000zz00 08:01 99 /bad/offset\n"+
+			"7f0000006000-7f0000007000 r-xp 00000000 08:01")))
 	want := []Mapping{{Start: 0x55d0c0a00000, End: 0x55d0c0a01000, Offset: 0x1000, Path: "/usr/bin/app"},
-		{Start: 0x7f0000002000, End: 0x7f0000003000, Offset: 0x2000, Path: "/tmp/with space"}}
+		{Start: 0x7f0000002000, End: 0x7f0000003000, Offset: 0x2000, Path: "/tmp/with  space"}}
 	if !reflect.DeepEqual(maps, want) {
 		t.Errorf("maps %+v", maps)
 	}

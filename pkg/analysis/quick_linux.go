@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/proc"
 )
 
 // Result is what the helper learns of a crash before its core is stored.
@@ -48,20 +49,20 @@ func LiveStack(pid int, signal string, pcs []uint64) Result {
 // live symbolises the frames walk gives, PC first, through the live
 // process's mappings.
 func live(pid int, signal string, walk func(mem io.ReaderAt) []uint64, walkErr error) Result {
-	proc := fmt.Sprintf("/proc/%d", pid)
+	dir := fmt.Sprintf("/proc/%d", pid)
 	var r Result
-	if exe, err := os.Open(filepath.Join(proc, "exe")); err == nil {
+	if exe, err := proc.Open(filepath.Join(dir, "exe")); err == nil {
 		r.ExeID = BuildID(exe)
 		exe.Close()
 	}
 	if r.ExeID == "" {
-		if target, err := os.Readlink(filepath.Join(proc, "exe")); err == nil {
+		if target, err := os.Readlink(filepath.Join(dir, "exe")); err == nil {
 			r.ExeID = filepath.Base(target)
 		}
 	}
 	if walkErr == nil {
-		maps, err := os.ReadFile(filepath.Join(proc, "maps"))
-		mem, err2 := os.Open(filepath.Join(proc, "mem"))
+		maps, err := proc.ReadFile(filepath.Join(dir, "maps"))
+		mem, err2 := proc.Open(filepath.Join(dir, "mem"))
 		switch {
 		case err != nil:
 			r.Reason = fmt.Sprintf("read maps: %v", err)
@@ -69,7 +70,7 @@ func live(pid int, signal string, walk func(mem io.ReaderAt) []uint64, walkErr e
 			r.Reason = fmt.Sprintf("open mem: %v", err2)
 		default:
 			sym := NewSymbolizer(ParseMaps(maps), func(m Mapping) (io.ReaderAt, io.Closer, error) {
-				f, err := os.Open(filepath.Join(proc, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End)))
+				f, err := proc.Open(filepath.Join(dir, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End)))
 				return f, f, err
 			})
 			pcs := walk(mem)

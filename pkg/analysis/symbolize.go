@@ -7,7 +7,6 @@
 package analysis
 
 import (
-	"bufio"
 	"bytes"
 	"debug/elf"
 	"errors"
@@ -15,8 +14,6 @@ import (
 	"io"
 	"path"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 )
@@ -27,31 +24,68 @@ type Mapping struct {
 	Path               string
 }
 
-// ParseMaps reads /proc/PID/maps, keeping the mappings of files.
+// ParseMaps reads /proc/PID/maps, keeping the mappings of files. It runs
+// while the kernel holds the crashed process, so it reads the text in
+// place: no line or field is copied but a mapping's path.
 func ParseMaps(data []byte) []Mapping {
 	var out []Mapping
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 6 || !strings.HasPrefix(f[5], "/") {
-			continue
+	for len(data) > 0 {
+		var line []byte
+		line, data, _ = bytes.Cut(data, []byte{'\n'})
+		if m, ok := parseMapping(line); ok {
+			out = append(out, m)
 		}
-		lo, hi, ok := strings.Cut(f[0], "-")
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, lookupErr := strconv.ParseUint(hi, 16, 64)
-		off, err3 := strconv.ParseUint(f[2], 16, 64)
-		if err1 != nil || lookupErr != nil || err3 != nil {
-			continue
-		}
-		// A path may hold spaces; " (deleted)" marks an unlinked file.
-		p := strings.Join(f[5:], " ")
-		out = append(out, Mapping{Start: start, End: end, Offset: off, Path: strings.TrimSuffix(p, " (deleted)")})
 	}
 	return out
+}
+
+// parseMapping reads one line of maps, "start-end perms offset dev inode
+// path", when it maps a file: the path (which may hold spaces; " (deleted)"
+// marks an unlinked file) is the rest of the line after the inode's
+// padding.
+func parseMapping(line []byte) (Mapping, bool) {
+	var f [5][]byte
+	rest := line
+	for i := range f {
+		var ok bool
+		if f[i], rest, ok = bytes.Cut(bytes.TrimLeft(rest, " "), []byte{' '}); !ok {
+			return Mapping{}, false
+		}
+	}
+	p := bytes.TrimLeft(rest, " ")
+	if len(p) == 0 || p[0] != '/' {
+		return Mapping{}, false
+	}
+	lo, hi, _ := bytes.Cut(f[0], []byte{'-'})
+	start, ok1 := parseHex(lo)
+	end, ok2 := parseHex(hi)
+	off, ok3 := parseHex(f[2])
+	if !ok1 || !ok2 || !ok3 {
+		return Mapping{}, false
+	}
+	return Mapping{Start: start, End: end, Offset: off, Path: string(bytes.TrimSuffix(p, []byte(" (deleted)")))}, true
+}
+
+// parseHex reads a 64-bit hexadecimal number, as maps writes them.
+func parseHex(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 16 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | uint64(c)
+	}
+	return n, true
 }
 
 // Opener opens the file of a mapping: /proc/PID/map_files while the

@@ -21,6 +21,7 @@ import (
 
 	"github.com/corecatch/corecatch/pkg/analysis"
 	"github.com/corecatch/corecatch/pkg/bundle"
+	"github.com/corecatch/corecatch/pkg/proc"
 )
 
 // capture reads what only the still-present crashed process can give: its
@@ -344,11 +345,11 @@ func (c *capture) run() {
 // captureMeta reads what a metadata-only bundle says of the process: its
 // command line, namespace pid and executable's name.
 func (c *capture) captureMeta() {
-	cmdline, err := os.ReadFile(filepath.Join(c.proc, "cmdline"))
+	cmdline, err := proc.ReadFile(filepath.Join(c.proc, "cmdline"))
 	if err != nil {
 		c.warn("read cmdline: %v", err)
 	}
-	status, _ := os.ReadFile(filepath.Join(c.proc, "status"))
+	status, _ := proc.ReadFile(filepath.Join(c.proc, "status"))
 	target, _ := os.Readlink(filepath.Join(c.proc, "exe"))
 	c.update(func() {
 		c.cmdline, c.nsPID = cmdlineArgs(cmdline), nsPID(status)
@@ -373,7 +374,7 @@ func (c *capture) procTexts() []string {
 func (c *capture) captureTexts() {
 	for _, stored := range c.procTexts() {
 		name := path.Base(stored)
-		data, err := os.ReadFile(filepath.Join(c.proc, name))
+		data, err := proc.ReadFile(filepath.Join(c.proc, name))
 		if err != nil {
 			c.warn("read %s: %v", name, err)
 			c.step()
@@ -708,7 +709,7 @@ func (c *capture) networkFS(link string) string {
 
 // fdNetworkFS is networkFS for an open descriptor.
 func (c *capture) fdNetworkFS(fd int) string {
-	info, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
+	info, err := proc.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
 	if err != nil {
 		return ""
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/agentapi"
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
+	"github.com/corecatch/corecatch/pkg/proc"
 	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
@@ -181,7 +182,7 @@ func taskComm(req Request) []byte {
 	if tid == 0 {
 		tid = req.PID
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", req.PID, tid))
+	data, err := proc.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", req.PID, tid))
 	if err != nil || len(data) == 0 {
 		return req.Comm
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/corecatch/corecatch/pkg/bundle"
 	"github.com/corecatch/corecatch/pkg/config"
 	"github.com/corecatch/corecatch/pkg/identity"
+	"github.com/corecatch/corecatch/pkg/proc"
 	"github.com/corecatch/corecatch/pkg/spool"
 	"github.com/corecatch/corecatch/pkg/store"
 )
@@ -287,7 +288,7 @@ func (c *crash) freeze() *bundle.Freeze {
 // agent froze it in) names its container, the runtime the rest. Cached
 // per container in the spool, so a storm asks the runtime once.
 func (c *crash) identify(ctx context.Context) {
-	cgroup, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.req.PID))
+	cgroup, _ := proc.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.req.PID))
 	m := c.m
 	m.Cgroup = crashCgroup(identity.ProcCgroup(cgroup), c.freeze())
 	c.ident = identity.Resolve(ctx, m.Cgroup, c.cfg.Identity.CRIEndpoint, time.Duration(c.cfg.Identity.Timeout), identity.SpoolCache(spool.Open(c.cfg.Spool)))

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/corecatch/corecatch/pkg/proc"
 )
 
 // procRequest reads from /proc what the kernel's pattern specifiers say of
@@ -18,8 +20,8 @@ import (
 // which the kernel holds while it waits on the socket.
 func procRequest(pid, tid, signal int, t time.Time) (Request, error) {
 	r := Request{PID: pid, TID: tid, Signal: signal, Time: t.Truncate(time.Second).UTC(), RlimitCore: -1, Dumpable: 1}
-	proc := fmt.Sprintf("/proc/%d", pid)
-	status, err := os.ReadFile(proc + "/status")
+	dir := fmt.Sprintf("/proc/%d", pid)
+	status, err := proc.ReadFile(dir + "/status")
 	if err != nil {
 		return r, fmt.Errorf("read the crashed process %d: %w", pid, err)
 	}
@@ -40,10 +42,10 @@ func procRequest(pid, tid, signal int, t time.Time) (Request, error) {
 	// /proc/PID belongs to root when the process is not dumpable (setuid,
 	// PR_SET_DUMPABLE 0): the kernel dumps it only with suid_dumpable 2.
 	var st syscall.Stat_t
-	if syscall.Stat(proc, &st) == nil && euid > 0 && int(st.Uid) != euid {
+	if syscall.Stat(dir, &st) == nil && euid > 0 && int(st.Uid) != euid {
 		r.Dumpable = 2
 	}
-	if limits, err := os.ReadFile(proc + "/limits"); err == nil {
+	if limits, err := proc.ReadFile(dir + "/limits"); err == nil {
 		for _, line := range strings.Split(string(limits), "\n") {
 			if rest, ok := strings.CutPrefix(line, "Max core file size"); ok {
 				if f := strings.Fields(rest); len(f) > 0 && f[0] != "unlimited" {

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/corecatch/corecatch/pkg/proc"
 )
 
 // The answers a server may give (enum in coredump.h). Kernel|Wait keeps a
@@ -144,10 +146,19 @@ func Open(c *net.UnixConn, timeout time.Duration) (*Conn, error) {
 	return conn, nil
 }
 
-// pidfdPID reads the pid a pidfd names from its fdinfo (-1 once the
-// process is gone).
+// pidfdPID returns the pid a pidfd names (-1 once the process is gone):
+// PIDFD_GET_INFO (Linux 6.13) asks the kernel in one call, while the kernel
+// holds the crasher; older kernels say it in the pidfd's fdinfo.
 func pidfdPID(pidfd int) (int, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", pidfd))
+	info := unix.PidfdInfo{Mask: unix.PIDFD_INFO_PID}
+	err := unix.IoctlPidfdInfo(pidfd, &info)
+	switch {
+	case err == nil:
+		return int(info.Pid), nil
+	case errors.Is(err, unix.ESRCH):
+		return -1, nil
+	}
+	data, err := proc.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", pidfd))
 	if err != nil {
 		return 0, err
 	}

@@ -23,3 +23,12 @@ func Urgent() error {
 	runtime.LockOSThread()
 	return unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: urgentPriority}, 0)
 }
+
+// CanBeUrgent reports whether Urgent raises a thread's priority here (it
+// needs CAP_SYS_NICE), trying it on a thread of its own that exits with
+// the goroutine: the caller's thread keeps its priority.
+func CanBeUrgent() error {
+	err := make(chan error, 1)
+	go func() { err <- Urgent() }()
+	return <-err
+}
