@@ -174,13 +174,17 @@ func (z *freezes) start(ev observer.Event) {
 		}
 		path := identity.ProcCgroup(data)
 		st.rec.Cgroup = path
+		var denied *freezer.DeniedError
+		if errors.As(z.f.Check(path), &denied) {
+			st.rec.Reason = denied.Reason
+			return
+		}
 		if ok, why := z.allowed(path); !ok {
 			st.rec.Reason = "not frozen: " + why
 			return
 		}
 		fr, err := z.f.Freeze(path, ev.TGID, freezeTimeout)
 		if err != nil {
-			var denied *freezer.DeniedError
 			if errors.As(err, &denied) {
 				st.rec.Reason = denied.Reason
 			} else {

@@ -223,33 +223,36 @@ func (c *capture) wait() {
 	c.warnings = append(c.warnings, fmt.Sprintf("capture stopped at collect.capture_timeout (%s): a read of the crashed process's files or memory did not return; not captured: %s", timeout, strings.Join(c.missing, ", ")))
 }
 
-// liveWalk is live, analysis.Live or LiveStack (the frame-pointer walk
-// through the crasher's memory, named from its mapped files), bounded by
-// timeout (0: none): those
-// reads can block for ever like the capture's, so it runs in a goroutine
-// that is abandoned at the timeout. ok is false then, and the result names
-// the crash by its executable's name alone.
-func liveWalk(pid int, signal string, live func() analysis.Result, timeout time.Duration) (r analysis.Result, ok bool) {
+// liveWalk starts live, analysis.Live or LiveStack (the frame-pointer
+// walk through the crasher's memory, named from its mapped files), and
+// returns the wait for its result, bounded by timeout from the start (0:
+// none): those reads can block for ever like the capture's, so it runs in
+// a goroutine that is abandoned at the timeout. ok is false then, and the
+// result names the crash by its executable's name alone.
+func liveWalk(pid int, signal string, live func() analysis.Result, timeout time.Duration) (wait func() (r analysis.Result, ok bool)) {
 	done := make(chan analysis.Result, 1)
 	go func() { done <- live() }()
 	var expired <-chan time.Time
+	stop := func() bool { return false }
 	if timeout > 0 {
 		t := time.NewTimer(timeout)
-		defer t.Stop()
-		expired = t.C
+		expired, stop = t.C, t.Stop
 	}
-	select {
-	case r := <-done:
-		return r, true
-	case <-expired:
+	return func() (r analysis.Result, ok bool) {
+		defer stop()
+		select {
+		case r := <-done:
+			return r, true
+		case <-expired:
+		}
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+			r.ExeID = filepath.Base(target)
+		}
+		r.Reason = "the frame-pointer walk did not finish within collect.capture_timeout: a read of the crashed process's memory or files did not return"
+		r.Title = analysis.Title(signal, nil)
+		r.Signature = analysis.Signature(r.ExeID, signal, nil)
+		return r, false
 	}
-	if target, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
-		r.ExeID = filepath.Base(target)
-	}
-	r.Reason = "the frame-pointer walk did not finish within collect.capture_timeout: a read of the crashed process's memory or files did not return"
-	r.Title = analysis.Title(signal, nil)
-	r.Signature = analysis.Signature(r.ExeID, signal, nil)
-	return r, false
 }
 
 // stallReader reads the kernel's core pipe and gives up when nothing

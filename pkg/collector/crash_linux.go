@@ -218,27 +218,15 @@ func (c *crash) lookup() {
 	c.agent = resp
 }
 
-// walked is a frame-pointer walk's result, and whether it finished.
-type walked struct {
-	r  analysis.Result
-	ok bool
-}
-
 // startWalk starts the walk of the eBPF event's stack, which needs only
 // the event (the pid, the signal, the stack), so that it runs while the
 // rest of the crash is read; nil when there is no stack to decide on.
-func (c *crash) startWalk() <-chan walked {
+func (c *crash) startWalk() func() (analysis.Result, bool) {
 	if c.when != answerOnStack {
 		return nil
 	}
-	done := make(chan walked, 1)
 	pid, signal, stack := c.req.PID, bundle.SignalName(c.req.Signal), c.o.Stack
-	stall := time.Duration(c.cfg.Collect.CaptureTimeout)
-	go func() {
-		r, ok := liveWalk(pid, signal, func() analysis.Result { return analysis.LiveStack(pid, signal, stack) }, stall)
-		done <- walked{r, ok}
-	}()
-	return done
+	return liveWalk(pid, signal, func() analysis.Result { return analysis.LiveStack(pid, signal, stack) }, time.Duration(c.cfg.Collect.CaptureTimeout))
 }
 
 // walk finds where it crashed, from the eBPF stack (the walk startWalk
@@ -247,27 +235,23 @@ func (c *crash) startWalk() <-chan walked {
 // gives up after collect.capture_timeout without a byte (the kernel's dump
 // can block on the crasher's files), and the walk reads the crasher's
 // memory and files for at most as long.
-func (c *crash) walk(stack <-chan walked) {
+func (c *crash) walk(stack func() (analysis.Result, bool)) {
 	stall := time.Duration(c.cfg.Collect.CaptureTimeout)
 	if c.o.Core != nil {
 		c.pipe = &stallReader{f: c.o.Core, stall: stall}
 	}
 	pid, m := c.req.PID, c.m
-	var w walked
-	if stack != nil {
-		w = <-stack
-	} else {
+	if stack == nil {
 		var regs analysis.Regs
 		var regsErr error
 		c.head, regs, regsErr = readHead(c.pipe)
 		if m.Signal == 0 && regs.Signal > 0 {
 			m.Signal, m.SignalName = regs.Signal, bundle.SignalName(regs.Signal)
 		}
-		live := func() analysis.Result { return analysis.Live(pid, m.SignalName, regs, regsErr) }
-		w.r, w.ok = liveWalk(pid, m.SignalName, live, stall)
+		stack = liveWalk(pid, m.SignalName, func() analysis.Result { return analysis.Live(pid, m.SignalName, regs, regsErr) }, stall)
 	}
-	quick := w.r
-	if !w.ok {
+	quick, ok := stack()
+	if !ok {
 		m.Collector.Missing = append(m.Collector.Missing, "the frame-pointer walk")
 	}
 	c.quick = quick

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"time"
 
@@ -24,12 +25,27 @@ import (
 // flock-ed files (spool.Dedup, Rate, Slot), and a helper's locks go when it
 // exits, however it exits.
 
-// rewrite replaces a locked file's content: written over, then cut to
-// its length. Never cut to 0 first: ext4 flushes a file truncated to 0 at
-// its close (auto_da_alloc), milliseconds a refused crash waits on.
-func rewrite(f *os.File, data []byte) error {
+// readRecord reads a locked record file, and the size rewrite must cut it
+// from (all of it when the read failed: its size is not known).
+func readRecord(f *os.File) (data []byte, size int) {
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, math.MaxInt
+	}
+	return data, len(data)
+}
+
+// rewrite replaces a locked file's content of old bytes: written over,
+// then cut to its length when it is shorter (a record mostly keeps its
+// length, and a truncate is a metadata change ext4 journals). Never cut to
+// 0 first: ext4 flushes a file truncated to 0 at its close
+// (auto_da_alloc), milliseconds a refused crash waits on.
+func rewrite(f *os.File, old int, data []byte) error {
 	if _, err := f.WriteAt(data, 0); err != nil {
 		return err
+	}
+	if len(data) >= old {
+		return nil
 	}
 	return f.Truncate(int64(len(data)))
 }
@@ -90,8 +106,9 @@ func claimDedup(sp spool.Spool, key, id string, window time.Duration, now time.T
 	}
 	defer f.Close()
 	var rec dedupRecord
-	if data, err := io.ReadAll(f); err == nil && len(data) > 0 {
-		json.Unmarshal(data, &rec)
+	held, size := readRecord(f)
+	if len(held) > 0 {
+		json.Unmarshal(held, &rec)
 	}
 	rec, err = rec.next(id, window, now, holder)
 	if rec.Count == 0 {
@@ -101,7 +118,7 @@ func claimDedup(sp spool.Spool, key, id string, window time.Duration, now time.T
 		of = rec.First
 	}
 	data, _ := json.Marshal(rec)
-	if err := rewrite(f, data); err != nil {
+	if err := rewrite(f, size, data); err != nil {
 		return "", 0, time.Time{}, fmt.Errorf("dedup record: %w", err)
 	}
 	return of, rec.Count, rec.Until, nil
@@ -119,15 +136,16 @@ func takeRate(sp spool.Spool, perMinute int, now time.Time) (bool, error) {
 	}
 	defer f.Close()
 	var times []int64
-	if data, err := io.ReadAll(f); err == nil && len(data) > 0 {
-		json.Unmarshal(data, &times)
+	held, size := readRecord(f)
+	if len(held) > 0 {
+		json.Unmarshal(held, &times)
 	}
 	keep, ok := admit(times, perMinute, now)
 	if !ok {
 		return false, nil
 	}
 	data, _ := json.Marshal(keep)
-	return true, rewrite(f, data)
+	return true, rewrite(f, size, data)
 }
 
 // slotWait is how long a helper waits for a collection slot before it

@@ -139,6 +139,12 @@ func New(opts Options) (*Freezer, error) {
 	return f, nil
 }
 
+// Check says whether the policy lets cgroupPath be frozen (nil) or why not
+// (a *DeniedError), freezing nothing: a caller with dearer rules of its
+// own (a pod's annotation, from the container runtime) asks those only of
+// a cgroup this policy lets be frozen.
+func (f *Freezer) Check(cgroupPath string) error { return f.policy.Check(cgroupPath) }
+
 // Freeze freezes the cgroup a crashing process is in, keeping the rest of
 // its container as it was while the core streams. cgroupPath is that
 // cgroup as /proc/PID/cgroup shows it: the "0::" path, or where containers

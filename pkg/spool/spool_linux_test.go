@@ -6,6 +6,7 @@ import (
 	"encoding/gob"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -316,5 +317,29 @@ func TestClusterMarker(t *testing.T) {
 	}
 	if m.IsSet() {
 		t.Error("marker cleared but seen")
+	}
+}
+
+// TestMissingEntriesStandAlone: every record reads back alone, the later
+// ones too, which the journal writes with descriptors its encoder sent
+// once.
+func TestMissingEntriesStandAlone(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "spool")
+	m := Open(root).Missing()
+	want := map[int]record{}
+	for pid := 1; pid <= 3; pid++ {
+		var rec record
+		rec.Event.TGID, rec.Event.Signal, rec.Outcome = pid, 10+pid, fmt.Sprint("outcome ", pid)
+		if err := m.Put(pid, rec); err != nil {
+			t.Fatal(err)
+		}
+		want[pid] = rec
+	}
+	next := Open(root).Missing()
+	for pid, rec := range want {
+		var got record
+		if err := next.Get(pid, &got); err != nil || got != rec {
+			t.Errorf("Get(%d) = %+v, %v; want %+v", pid, got, err, rec)
+		}
 	}
 }
