@@ -383,12 +383,15 @@ func (a *Agent) onCore(ctx context.Context, ev observer.Event) {
 }
 
 // watch consumes the observer's events once onCore has seen a core event.
-// It runs at normal priority: what a crash needs at once (its freeze, its
-// collection) onCore started on the reader's real-time thread, and this
-// goroutine's work (the missing-core journal, metrics, the log) must not
-// take a CPU from the collection deciding the crash while the kernel holds
-// it.
+// It runs in the background (observer.Background): what a crash needs at
+// once (its freeze, its collection) onCore started on the reader's
+// real-time thread, and this goroutine's work (the missing-core journal,
+// metrics, the log) must not take a CPU from the collection deciding the
+// crash while the kernel holds it.
 func (a *Agent) watch(ob *observer.Observer) {
+	if err := observer.Background(); err != nil {
+		a.o.Log.Warn("the observer's events are handled at normal priority", zap.Error(err))
+	}
 	if err := observer.CanBeUrgent(); err != nil {
 		a.o.Log.Warn("the path from a fatal signal to the freeze runs at normal priority", zap.Error(err))
 	}

@@ -2,6 +2,7 @@ package collector
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -45,16 +46,36 @@ func procRequest(pid, tid, signal int, t time.Time) (Request, error) {
 	if syscall.Stat(dir, &st) == nil && euid > 0 && int(st.Uid) != euid {
 		r.Dumpable = 2
 	}
-	if limits, err := proc.ReadFile(dir + "/limits"); err == nil {
-		for _, line := range strings.Split(string(limits), "\n") {
-			if rest, ok := strings.CutPrefix(line, "Max core file size"); ok {
-				if f := strings.Fields(rest); len(f) > 0 && f[0] != "unlimited" {
-					r.RlimitCore, _ = strconv.ParseInt(f[0], 10, 64)
+	r.RlimitCore = rlimitCore(pid, dir)
+	return r, nil
+}
+
+// rlimitCore is the crashed process's RLIMIT_CORE soft limit (-1:
+// unlimited or unknown): prlimit asks the kernel in one call (root may ask
+// of any process), /proc/PID/limits, a text of every limit, otherwise.
+func rlimitCore(pid int, dir string) int64 {
+	var lim unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_CORE, nil, &lim); err == nil {
+		if lim.Cur == unix.RLIM_INFINITY || lim.Cur > math.MaxInt64 {
+			return -1
+		}
+		return int64(lim.Cur)
+	}
+	limits, err := proc.ReadFile(dir + "/limits")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(limits), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Max core file size"); ok {
+			if f := strings.Fields(rest); len(f) > 0 && f[0] != "unlimited" {
+				n, err := strconv.ParseInt(f[0], 10, 64)
+				if err == nil {
+					return n
 				}
 			}
 		}
 	}
-	return r, nil
+	return -1
 }
 
 // refusedExitWait bounds how long a refused crash's collection waits for

@@ -1,9 +1,12 @@
 package collector
 
 import (
+	"fmt"
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestProcRequest reads this process as the coredump socket's intake reads
@@ -22,5 +25,25 @@ func TestProcRequest(t *testing.T) {
 	}
 	if r.RlimitCore < -1 {
 		t.Errorf("rlimit %d", r.RlimitCore)
+	}
+}
+
+// TestRlimitCore: the limit prlimit gives is the one /proc/PID/limits
+// says, unlimited as -1.
+func TestRlimitCore(t *testing.T) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_CORE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	want := int64(-1)
+	if lim.Cur != unix.RLIM_INFINITY {
+		want = int64(lim.Cur)
+	}
+	dir := fmt.Sprintf("/proc/%d", os.Getpid())
+	if got := rlimitCore(os.Getpid(), dir); got != want {
+		t.Errorf("rlimitCore = %d, want %d", got, want)
+	}
+	if got := rlimitCore(-5, dir); got != want {
+		t.Errorf("rlimitCore from /proc/PID/limits = %d, want %d", got, want)
 	}
 }

@@ -32,3 +32,14 @@ func CanBeUrgent() error {
 	go func() { err <- Urgent() }()
 	return <-err
 }
+
+// Background runs the calling goroutine on an OS thread of its own at
+// SCHED_BATCH, for a consumer of events whose work can wait (a journal,
+// metrics, the log): the kernel never lets such a thread's wakeup preempt
+// the thread on the CPU, a collection the kernel is holding a crashed
+// process for, yet gives it its fair share of the CPUs. Like Urgent's, the
+// goroutine never unlocks its thread.
+func Background() error {
+	runtime.LockOSThread()
+	return unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}, 0)
+}

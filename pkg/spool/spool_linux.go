@@ -121,15 +121,19 @@ func (s Spool) Slot(i int) (*os.File, error) {
 	return locked(filepath.Join(s.slotDir(), strconv.Itoa(i)), unix.LOCK_EX|unix.LOCK_NB)
 }
 
-// locked opens (creating) a file of the spool and takes its lock.
+// locked opens (creating) a file of the spool and takes its lock. A
+// refused crash's decision takes these while the kernel holds the process,
+// so the file is opened as the regular file it is: os.OpenFile would first
+// offer it to the runtime's poller, three system calls that end refused.
 func locked(p string, how int) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(p), dirMode); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, fileMode)
+	fd, err := unix.Open(p, unix.O_CREAT|unix.O_RDWR|unix.O_CLOEXEC, fileMode)
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "open", Path: p, Err: err}
 	}
+	f := os.NewFile(uintptr(fd), p)
 	if err := unix.Flock(int(f.Fd()), how); err != nil {
 		f.Close()
 		return nil, err
