@@ -131,7 +131,9 @@ func (a *Agent) startEarly(ctx context.Context, ev observer.Event) {
 // pipe helper's, run here. ev is its eBPF event (nil: none); refuse, when
 // set, refuses the core whatever the decision would be.
 func (a *Agent) collectCore(ctx context.Context, pid int, ev *observer.Event, refuse string, conn func() *coresock.Conn, connected func() bool) {
-	log := a.o.Log.With(zap.Int("pid", pid))
+	// Lazily: a collection that logs nothing (a refused duplicate) does
+	// not pay for encoding the field while the kernel holds the crasher.
+	log := a.o.Log.WithLazy(zap.Int("pid", pid))
 	req := collector.Request{PID: pid, Time: time.Now()}
 	if ev != nil {
 		req.TID, req.Signal, req.Time = ev.TID, ev.Signal, ev.Time

@@ -719,12 +719,24 @@ func (c *capture) fdNetworkFS(fd int) string {
 	for _, line := range strings.Split(string(info), "\n") {
 		if v, ok := strings.CutPrefix(line, "mnt_id:"); ok {
 			id, _ := strconv.Atoi(strings.TrimSpace(v))
-			if fs := c.mounts[id]; isNetworkFS(fs) {
+			if fs := c.mountTypes()[id]; isNetworkFS(fs) {
 				return fs
 			}
 		}
 	}
 	return ""
+}
+
+// mountTypes is the crasher's mount types, read here when the capture did
+// not keep its mountinfo (a metadata-only one): a file's mount must be
+// known before it is touched.
+func (c *capture) mountTypes() map[int]string {
+	if c.mounts == nil {
+		data, _ := proc.ReadFile(filepath.Join(c.proc, "mountinfo"))
+		mounts := mountTypes(data)
+		c.update(func() { c.mounts = mounts })
+	}
+	return c.mounts
 }
 
 // networkFSTypes are filesystems whose reads wait on a server that may
@@ -959,6 +971,11 @@ func (c *capture) captureHsErr() {
 func (c *capture) captureStderr() {
 	link := filepath.Join(c.proc, "fd", "2")
 	if c.logTail <= 0 {
+		return
+	}
+	// The link's text names what the descriptor is without touching it: a
+	// pipe or a socket (a container runtime's, mostly) is no file to read.
+	if target, err := os.Readlink(link); err != nil || !filepath.IsAbs(target) {
 		return
 	}
 	if fs := c.networkFS(link); fs != "" && !c.readNetwork {

@@ -149,6 +149,38 @@ func TestCaptureTimeoutFUSE(t *testing.T) {
 			t.Errorf("held the pipe %.1fs; want it let go about the %ds timeout after the kernel stopped", h, timeout)
 		}
 	})
+	t.Run("duplicate", func(t *testing.T) {
+		// A refused duplicate keeps its metadata alone, yet its stderr is
+		// looked at for its title: that the file is on FUSE must be
+		// known before it is touched, as it was for the first crash.
+		n := harness.Install(t, "collect:\n  capture_timeout: 3s\n")
+		lib, _ := mountHang(t, n.Dir)
+		bin := harness.CC(t, n.Dir, "mapper", []string{"mapper.c"})
+		var ms []*bundle.Metadata
+		for range 2 {
+			stderr, err := os.OpenFile(lib, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, "map", lib)
+			cmd.Stderr = stderr
+			n.Crash(cmd)
+			stderr.Close()
+			ms = append(ms, n.WaitBundle(cmd.Process.Pid))
+		}
+		m := ms[1]
+		if m.Dedup == nil || m.Dedup.Of != ms[0].ID {
+			t.Fatalf("the second crash was not refused as a duplicate of %s: dedup %+v, core %+v", ms[0].ID, m.Dedup, m.Core)
+		}
+		if m.Collector.HeldSeconds >= timeout || len(m.Collector.Missing) > 0 {
+			t.Errorf("the duplicate's capture waited on FUSE: held %.1fs, missing %q", m.Collector.HeldSeconds, m.Collector.Missing)
+		}
+		for _, m := range ms {
+			if !slices.ContainsFunc(m.Warnings, func(w string) bool { return strings.Contains(w, "stderr is a file on a fuse.hang") }) {
+				t.Errorf("%s: warnings %q; want its stderr not read for its filesystem", m.ID, m.Warnings)
+			}
+		}
+	})
 	t.Run("walk", func(t *testing.T) {
 		// The frame pointer points into the FUSE page: the helper's
 		// frame-pointer walk reads it through /proc/PID/mem.
