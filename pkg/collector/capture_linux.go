@@ -71,6 +71,9 @@ type capture struct {
 	// that and its title need is read (the command line, the namespace
 	// pid, the executable's name, a JVM's error log, the end of stderr).
 	meta bool
+	// signal is the crash's: a JVM's fatal error handler writes its log,
+	// then aborts.
+	signal int
 
 	// mu guards what follows against the helper, which reads it once the
 	// capture ended or was abandoned. The capture goroutine reads the
@@ -926,6 +929,13 @@ func copyExtents(dst io.Writer, h io.Writer, src *os.File, extents []extent, siz
 // before it aborts.
 func (c *capture) captureHsErr() {
 	if c.nsPID == 0 {
+		return
+	}
+	if c.meta && c.signal != int(unix.SIGABRT) {
+		// A JVM that wrote the log dies of SIGABRT (it aborts for its
+		// core): a duplicate's title is not worth a look into a working
+		// directory, which may be on a hung filesystem, for a log that
+		// cannot be there.
 		return
 	}
 	// /proc/PID/cwd is a magic link: opening it lands on the process's

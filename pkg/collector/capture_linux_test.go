@@ -2,9 +2,16 @@ package collector
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/corecatch/corecatch/pkg/bundle"
 )
 
 func TestNSPID(t *testing.T) {
@@ -66,5 +73,29 @@ func TestStallReader(t *testing.T) {
 	w.Write([]byte("late"))
 	if _, err := sr.Read(buf); !errors.Is(err, errStalled) {
 		t.Errorf("Read after the stall = %v, want errStalled still", err)
+	}
+}
+
+// TestHsErrAfterAbort: a metadata-only capture looks for a JVM's error log
+// only in a crash of SIGABRT, how a JVM that wrote one dies.
+func TestHsErrAfterAbort(t *testing.T) {
+	dir := t.TempDir()
+	const ns = 4242
+	if err := os.WriteFile(filepath.Join(dir, bundle.HsErrLog(ns)), []byte("# A fatal error has been detected\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "30")
+	cmd.Dir = dir
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	for _, sig := range []unix.Signal{unix.SIGSEGV, unix.SIGABRT} {
+		c := &capture{proc: fmt.Sprintf("/proc/%d", cmd.Process.Pid), meta: true, signal: int(sig), nsPID: ns}
+		c.captureHsErr()
+		if got, want := len(c.hsErr) > 0, sig == unix.SIGABRT; got != want {
+			t.Errorf("%v: read the error log %v, want %v", sig, got, want)
+		}
 	}
 }

@@ -321,6 +321,7 @@ func (c *crash) capture(ctx context.Context) error {
 		timeout:      time.Duration(cfg.CaptureTimeout),
 		light:        c.v.light,
 		meta:         c.v.meta,
+		signal:       c.m.Signal,
 		logTail:      c.cfg.Identity.LogTail.Bytes,
 	}
 	if c.when == answerOnStack && !c.v.keep {
