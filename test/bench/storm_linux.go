@@ -112,7 +112,7 @@ func benchStorm(dir, bin string, n int, d time.Duration, mib int) error {
 	}
 	// The helper per crash (intake: pipe) against the agent taking the
 	// cores over the coredump socket, in the same run.
-	cfg, stop, err := helpersOnly(bin, filepath.Join(dir, "s1"), "")
+	cfg, stop, err := helpersOnly(bin, filepath.Join(dir, "one"), "") // not s1, the socket storm's
 	if err != nil {
 		return err
 	}
