@@ -14,6 +14,7 @@ import (
 	"io"
 	"path"
 	"slices"
+	"strconv"
 
 	"github.com/corecatch/corecatch/pkg/bundle"
 )
@@ -57,35 +58,13 @@ func parseMapping(line []byte) (Mapping, bool) {
 		return Mapping{}, false
 	}
 	lo, hi, _ := bytes.Cut(f[0], []byte{'-'})
-	start, ok1 := parseHex(lo)
-	end, ok2 := parseHex(hi)
-	off, ok3 := parseHex(f[2])
-	if !ok1 || !ok2 || !ok3 {
+	start, err1 := strconv.ParseUint(string(lo), 16, 64)
+	end, err2 := strconv.ParseUint(string(hi), 16, 64)
+	off, err3 := strconv.ParseUint(string(f[2]), 16, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
 		return Mapping{}, false
 	}
 	return Mapping{Start: start, End: end, Offset: off, Path: string(bytes.TrimSuffix(p, []byte(" (deleted)")))}, true
-}
-
-// parseHex reads a 64-bit hexadecimal number, as maps writes them.
-func parseHex(b []byte) (uint64, bool) {
-	if len(b) == 0 || len(b) > 16 {
-		return 0, false
-	}
-	var n uint64
-	for _, c := range b {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		n = n<<4 | uint64(c)
-	}
-	return n, true
 }
 
 // Opener opens the file of a mapping: /proc/PID/map_files while the

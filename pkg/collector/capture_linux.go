@@ -349,16 +349,21 @@ func (c *capture) run() {
 }
 
 // captureMeta reads what a metadata-only bundle says of the process: its
-// command line, namespace pid and executable's name.
+// command line, namespace pid (unless the request gave it) and
+// executable's name.
 func (c *capture) captureMeta() {
 	cmdline, err := proc.ReadFile(filepath.Join(c.proc, "cmdline"))
 	if err != nil {
 		c.warn("read cmdline: %v", err)
 	}
-	status, _ := proc.ReadFile(filepath.Join(c.proc, "status"))
+	ns := c.nsPID
+	if ns == 0 {
+		status, _ := proc.ReadFile(filepath.Join(c.proc, "status"))
+		ns = nsPID(status)
+	}
 	target, _ := os.Readlink(filepath.Join(c.proc, "exe"))
 	c.update(func() {
-		c.cmdline, c.nsPID = cmdlineArgs(cmdline), nsPID(status)
+		c.cmdline, c.nsPID = cmdlineArgs(cmdline), ns
 		if target != "" {
 			c.exe = []byte(target)
 		}

@@ -49,6 +49,7 @@ type Request struct {
 	Dumpable   int
 	UID, GID   int
 	Comm       []byte
+	NSPID      int // in the process's own namespace; 0: not known (the pattern has none)
 }
 
 // ParseRequest reads the expanded PatternArgs.

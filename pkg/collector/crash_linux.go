@@ -322,6 +322,7 @@ func (c *crash) capture(ctx context.Context) error {
 		light:        c.v.light,
 		meta:         c.v.meta,
 		signal:       c.m.Signal,
+		nsPID:        c.req.NSPID,
 		logTail:      c.cfg.Identity.LogTail.Bytes,
 	}
 	if c.when == answerOnStack && !c.v.keep {

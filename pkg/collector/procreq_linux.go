@@ -26,6 +26,7 @@ func procRequest(pid, tid, signal int, t time.Time) (Request, error) {
 	if err != nil {
 		return r, fmt.Errorf("read the crashed process %d: %w", pid, err)
 	}
+	r.NSPID = nsPID(status)
 	euid := -1
 	for _, line := range strings.Split(string(status), "\n") {
 		k, v, _ := strings.Cut(line, ":")
