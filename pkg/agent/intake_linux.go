@@ -137,6 +137,7 @@ func (a *Agent) collectCore(ctx context.Context, pid int, ev *observer.Event, re
 	req := collector.Request{PID: pid, Time: time.Now()}
 	if ev != nil {
 		req.TID, req.Signal, req.Time = ev.TID, ev.Signal, ev.Time
+		req.NSPID, req.Comm, req.CommExact = ev.NSPID, []byte(ev.Comm), ev.Comm != ""
 	}
 	o := collector.Options{
 		Config: a.o.Config, Store: a.o.Store, Retention: a.o.Retention, Request: req, FromProc: true, Log: log,

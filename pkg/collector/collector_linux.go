@@ -49,7 +49,11 @@ type Request struct {
 	Dumpable   int
 	UID, GID   int
 	Comm       []byte
-	NSPID      int // in the process's own namespace; 0: not known (the pattern has none)
+	// CommExact says that Comm is the crashing thread's name as the
+	// kernel holds it (the eBPF event's), not a pattern's rendering of
+	// it: it is not read again.
+	CommExact bool
+	NSPID     int // in the process's own namespace; 0: not known (the pattern has none)
 }
 
 // ParseRequest reads the expanded PatternArgs.

@@ -154,7 +154,7 @@ func (c *crash) parse(ctx context.Context) error {
 	}
 	stack := c.startWalk()
 	if c.o.FromProc {
-		req, err := procRequest(c.req.PID, c.req.TID, c.req.Signal, c.req.Time)
+		req, err := procRequest(c.req)
 		if err != nil {
 			c.o.Log.Warn("the crash's request", zap.Error(err))
 		}
@@ -176,9 +176,11 @@ func (c *crash) parse(ctx context.Context) error {
 }
 
 // newMetadata is what the request says of the crash, the thread's name
-// read from /proc (taskComm).
+// read from /proc (taskComm) unless the request has it exactly.
 func newMetadata(req Request, node string) *bundle.Metadata {
-	req.Comm = taskComm(req)
+	if !req.CommExact {
+		req.Comm = taskComm(req)
+	}
 	m := &bundle.Metadata{
 		Schema: bundle.Schema, ID: bundle.NewID(req.Time, req.Comm), Time: req.Time, Node: node,
 		PID: req.PID, TID: req.TID, UID: req.UID, GID: req.GID,
@@ -545,12 +547,14 @@ func (c *crash) cleanStale() {
 
 // vacuumBefore applies retention before the core is written, and bounds
 // the room the core and the captured files may take. The kernel waits on
-// the pipe meanwhile: this only stats the store.
+// the pipe meanwhile: this only stats the store. A light bundle (a core
+// refused) bounds nothing, and is vacuumed only once written: its crash is
+// let go without the store's filesystem being asked.
 func (c *crash) vacuumBefore(ctx context.Context) {
-	c.retention = RetentionFor(c.o.Retention, c.local)
 	if c.local == nil || c.v.light {
 		return
 	}
+	c.retention = RetentionFor(c.o.Retention, c.local)
 	sp, err := c.local.Space(ctx, c.retention)
 	if err == nil {
 		_, err = sp.Vacuum(ctx)
@@ -565,6 +569,9 @@ func (c *crash) vacuumBefore(ctx context.Context) {
 func (c *crash) vacuum(ctx context.Context) {
 	if c.local == nil {
 		return
+	}
+	if c.v.light {
+		c.retention = RetentionFor(c.o.Retention, c.local)
 	}
 	if _, err := c.local.Vacuum(ctx, c.retention, c.m.ID); err != nil {
 		c.o.Log.Warn("retention after writing", zap.Error(err))

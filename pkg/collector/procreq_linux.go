@@ -14,31 +14,41 @@ import (
 	"github.com/corecatch/corecatch/pkg/proc"
 )
 
-// procRequest reads from /proc what the kernel's pattern specifiers say of
-// a crash when no pattern passes them: the coredump socket has no %
-// specifiers. The pid, thread, signal and time come from the eBPF event
-// (tid and signal 0 when there is none); the rest from the live process,
-// which the kernel holds while it waits on the socket.
-func procRequest(pid, tid, signal int, t time.Time) (Request, error) {
-	r := Request{PID: pid, TID: tid, Signal: signal, Time: t.Truncate(time.Second).UTC(), RlimitCore: -1, Dumpable: 1}
-	dir := fmt.Sprintf("/proc/%d", pid)
-	status, err := proc.ReadFile(dir + "/status")
-	if err != nil {
-		return r, fmt.Errorf("read the crashed process %d: %w", pid, err)
+// procRequest completes from the live process what the kernel's pattern
+// specifiers say of a crash when no pattern passes them: the coredump
+// socket has no % specifiers. The pid, thread, signal and time come from
+// the eBPF event (tid and signal 0 when there is none), and with it the
+// namespace pid and the thread's name; the rest from the live process,
+// which the kernel holds while it waits on the socket. A kernel that
+// answers PIDFD_GET_INFO (6.13+) gives the ids in one call; otherwise, or
+// without the event's facts, they are read from /proc/PID/status, a text
+// the kernel builds of some forty lines.
+func procRequest(req Request) (Request, error) {
+	r := Request{PID: req.PID, TID: req.TID, Signal: req.Signal, Time: req.Time.Truncate(time.Second).UTC(),
+		RlimitCore: -1, Dumpable: 1, NSPID: req.NSPID, Comm: req.Comm, CommExact: req.CommExact}
+	dir := fmt.Sprintf("/proc/%d", r.PID)
+	euid, ok := -1, false
+	if r.NSPID > 0 && r.CommExact {
+		r.UID, r.GID, euid, ok = pidfdCreds(r.PID)
 	}
-	r.NSPID = nsPID(status)
-	euid := -1
-	for _, line := range strings.Split(string(status), "\n") {
-		k, v, _ := strings.Cut(line, ":")
-		f := strings.Fields(v)
-		switch {
-		case k == "Uid" && len(f) > 1:
-			r.UID, _ = strconv.Atoi(f[0])
-			euid, _ = strconv.Atoi(f[1])
-		case k == "Gid" && len(f) > 0:
-			r.GID, _ = strconv.Atoi(f[0])
-		case k == "Name" && len(f) > 0:
-			r.Comm = []byte(strings.TrimSpace(v))
+	if !ok {
+		status, err := proc.ReadFile(dir + "/status")
+		if err != nil {
+			return r, fmt.Errorf("read the crashed process %d: %w", r.PID, err)
+		}
+		r.NSPID = nsPID(status)
+		for _, line := range strings.Split(string(status), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			f := strings.Fields(v)
+			switch {
+			case k == "Uid" && len(f) > 1:
+				r.UID, _ = strconv.Atoi(f[0])
+				euid, _ = strconv.Atoi(f[1])
+			case k == "Gid" && len(f) > 0:
+				r.GID, _ = strconv.Atoi(f[0])
+			case k == "Name" && len(f) > 0 && !r.CommExact:
+				r.Comm = []byte(strings.TrimSpace(v))
+			}
 		}
 	}
 	// /proc/PID belongs to root when the process is not dumpable (setuid,
@@ -47,8 +57,23 @@ func procRequest(pid, tid, signal int, t time.Time) (Request, error) {
 	if syscall.Stat(dir, &st) == nil && euid > 0 && int(st.Uid) != euid {
 		r.Dumpable = 2
 	}
-	r.RlimitCore = rlimitCore(pid, dir)
+	r.RlimitCore = rlimitCore(r.PID, dir)
 	return r, nil
+}
+
+// pidfdCreds returns pid's real uid and gid and its effective uid, from
+// PIDFD_GET_INFO on a pidfd of it (ok false: the kernel cannot say).
+func pidfdCreds(pid int) (uid, gid, euid int, ok bool) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return 0, 0, 0, false
+	}
+	defer unix.Close(fd)
+	info := unix.PidfdInfo{Mask: unix.PIDFD_INFO_CREDS}
+	if err := unix.IoctlPidfdInfo(fd, &info); err != nil || info.Mask&unix.PIDFD_INFO_CREDS == 0 || int(info.Tgid) != pid {
+		return 0, 0, 0, false
+	}
+	return int(info.Ruid), int(info.Rgid), int(info.Euid), true
 }
 
 // rlimitCore is the crashed process's RLIMIT_CORE soft limit (-1:
