@@ -10,7 +10,7 @@ import (
 // the exact build, whatever the file is called. A file read before (by
 // its identity) is not read again.
 func BuildID(r io.ReaderAt) string {
-	h, err := readHeader(r)
+	h, _, _, err := readHeader(r)
 	if err != nil {
 		return ""
 	}

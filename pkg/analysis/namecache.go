@@ -94,22 +94,22 @@ var headerCache = struct {
 }{byFile: map[fileKey]header{}}
 
 // readHeader returns r's headers, from headerCache when r is a file read
-// before.
-func readHeader(r io.ReaderAt) (header, error) {
-	key, ok := keyOf(r)
+// before, and r's identity when it has one (ok).
+func readHeader(r io.ReaderAt) (h header, key fileKey, ok bool, err error) {
+	key, ok = keyOf(r)
 	if ok {
 		headerCache.Lock()
 		h, hit := headerCache.byFile[key]
 		headerCache.Unlock()
 		if hit {
-			return h, nil
+			return h, key, ok, nil
 		}
 	}
 	f, err := readELF(r)
 	if err != nil {
-		return header{}, err
+		return header{}, key, ok, err
 	}
-	h := header{buildID: f.buildID(), loads: f.loads}
+	h = header{buildID: f.buildID(), loads: f.loads}
 	if ok {
 		headerCache.Lock()
 		if len(headerCache.byFile) >= headerCacheMax {
@@ -118,5 +118,5 @@ func readHeader(r io.ReaderAt) (header, error) {
 		headerCache.byFile[key] = h
 		headerCache.Unlock()
 	}
-	return h, nil
+	return h, key, ok, nil
 }

@@ -1,7 +1,6 @@
 package analysis
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -31,24 +30,36 @@ type Result struct {
 // which reach the exact files mapped even when they were deleted or
 // replaced. It needs no debugger and costs a few milliseconds.
 func Live(pid int, signal string, regs Regs, regsErr error) Result {
-	return live(pid, signal, func(mem io.ReaderAt) []uint64 { return WalkFrames(regs, mem) }, regsErr)
+	return live(pid, signal, func(dir string) ([]uint64, string) {
+		if regsErr != nil {
+			return nil, fmt.Sprintf("no registers: %v", regsErr)
+		}
+		mem, err := proc.Open(filepath.Join(dir, "mem"))
+		if err != nil {
+			return nil, fmt.Sprintf("open mem: %v", err)
+		}
+		defer mem.Close()
+		return WalkFrames(regs, mem), ""
+	})
 }
 
 // LiveStack analyses a crashed process from the user stack the eBPF
 // observer took at its fatal signal (the kernel's own frame-pointer walk
 // from the same registers the core's first note holds): the coredump
 // socket intake decides on a crash before the kernel dumps a byte of it.
+// Its memory is not read.
 func LiveStack(pid int, signal string, pcs []uint64) Result {
-	var err error
-	if len(pcs) == 0 {
-		err = errors.New("the eBPF event has no user stack")
-	}
-	return live(pid, signal, func(io.ReaderAt) []uint64 { return pcs }, err)
+	return live(pid, signal, func(string) ([]uint64, string) {
+		if len(pcs) == 0 {
+			return nil, "no registers: the eBPF event has no user stack"
+		}
+		return pcs, ""
+	})
 }
 
 // live symbolises the frames walk gives, PC first, through the live
-// process's mappings.
-func live(pid int, signal string, walk func(mem io.ReaderAt) []uint64, walkErr error) Result {
+// process's mappings (walk's reason, when it gives none, says why).
+func live(pid int, signal string, walk func(dir string) (pcs []uint64, reason string)) Result {
 	dir := fmt.Sprintf("/proc/%d", pid)
 	var r Result
 	if exe, err := proc.Open(filepath.Join(dir, "exe")); err == nil {
@@ -60,38 +71,36 @@ func live(pid int, signal string, walk func(mem io.ReaderAt) []uint64, walkErr e
 			r.ExeID = filepath.Base(target)
 		}
 	}
-	if walkErr == nil {
-		maps, err := proc.ReadFile(filepath.Join(dir, "maps"))
-		mem, err2 := proc.Open(filepath.Join(dir, "mem"))
-		switch {
-		case err != nil:
-			r.Reason = fmt.Sprintf("read maps: %v", err)
-		case err2 != nil:
-			r.Reason = fmt.Sprintf("open mem: %v", err2)
-		default:
-			sym := NewSymbolizer(ParseMaps(maps), func(m Mapping) (io.ReaderAt, io.Closer, error) {
-				f, err := proc.Open(filepath.Join(dir, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End)))
-				return f, f, err
-			})
-			pcs := walk(mem)
-			look := make([]Lookup, len(pcs))
-			for i, pc := range pcs {
-				look[i] = Lookup{Addr: pc, Ret: i > 0}
-			}
-			r.Frames = sym.Frames(look)
-			for i := 1; i < len(pcs); i++ {
-				// Go's signal handler makes the faulting pc the return
-				// address of a call to runtime.sigpanic: it is the fault
-				// itself, not a call's return.
-				if r.Frames[i-1].Function == "runtime.sigpanic" {
-					r.Frames[i] = sym.Frames([]Lookup{{Addr: pcs[i]}})[0]
-				}
-			}
-			r.Warnings = sym.Warnings()
-			mem.Close()
+	pcs, reason := walk(dir)
+	var maps []byte
+	var err error
+	if reason == "" {
+		maps, err = proc.ReadFile(filepath.Join(dir, "maps"))
+	}
+	switch {
+	case reason != "":
+		r.Reason = reason
+	case err != nil:
+		r.Reason = fmt.Sprintf("read maps: %v", err)
+	default:
+		sym := NewSymbolizer(ParseMaps(maps), func(m Mapping) (io.ReaderAt, io.Closer, error) {
+			f, err := proc.Open(filepath.Join(dir, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End)))
+			return f, f, err
+		})
+		look := make([]Lookup, len(pcs))
+		for i, pc := range pcs {
+			look[i] = Lookup{Addr: pc, Ret: i > 0}
 		}
-	} else {
-		r.Reason = fmt.Sprintf("no registers: %v", walkErr)
+		r.Frames = sym.Frames(look)
+		for i := 1; i < len(pcs); i++ {
+			// Go's signal handler makes the faulting pc the return
+			// address of a call to runtime.sigpanic: it is the fault
+			// itself, not a call's return.
+			if r.Frames[i-1].Function == "runtime.sigpanic" {
+				r.Frames[i] = sym.Frames([]Lookup{{Addr: pcs[i]}})[0]
+			}
+		}
+		r.Warnings = sym.Warnings()
 	}
 	r.Title = Title(signal, r.Frames)
 	r.Signature = Signature(r.ExeID, signal, r.Frames)

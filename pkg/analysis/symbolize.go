@@ -217,15 +217,14 @@ func (s *Symbolizer) module(m Mapping) (mod *module) {
 		return nil
 	}
 	defer c.Close()
-	h, err := readHeader(r)
+	h, key, hasKey, err := readHeader(r)
 	if err != nil {
 		if !errors.Is(err, errNotELF) {
 			s.warn(m, err)
 		}
 		return nil
 	}
-	mod = &module{buildID: h.buildID, loads: h.loads, names: map[uint64]string{}}
-	mod.key, mod.hasKey = keyOf(r)
+	mod = &module{buildID: h.buildID, loads: h.loads, names: map[uint64]string{}, key: key, hasKey: hasKey}
 	s.modules[m.Path] = mod
 	return mod
 }
