@@ -72,10 +72,19 @@ func live(pid int, signal string, walk func(dir string) (pcs []uint64, reason st
 		}
 	}
 	pcs, reason := walk(dir)
-	var maps []byte
+	var maps []Mapping
 	var err error
 	if reason == "" {
-		maps, err = proc.ReadFile(filepath.Join(dir, "maps"))
+		// What the symbolizer looks up: each pc, and the call before
+		// each return address.
+		addrs := make([]uint64, 0, 2*len(pcs))
+		for i, pc := range pcs {
+			addrs = append(addrs, pc)
+			if i > 0 && pc > 0 {
+				addrs = append(addrs, pc-1)
+			}
+		}
+		maps, err = liveMappings(dir, addrs)
 	}
 	switch {
 	case reason != "":
@@ -83,7 +92,7 @@ func live(pid int, signal string, walk func(dir string) (pcs []uint64, reason st
 	case err != nil:
 		r.Reason = fmt.Sprintf("read maps: %v", err)
 	default:
-		sym := NewSymbolizer(ParseMaps(maps), func(m Mapping) (io.ReaderAt, io.Closer, error) {
+		sym := NewSymbolizer(maps, func(m Mapping) (io.ReaderAt, io.Closer, error) {
 			f, err := proc.Open(filepath.Join(dir, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End)))
 			return f, f, err
 		})

@@ -177,8 +177,11 @@ func (s *Symbolizer) Frames(look []Lookup) []bundle.Frame {
 	return out
 }
 
-func (s *Symbolizer) mapping(addr uint64) (Mapping, bool) {
-	for _, m := range s.maps {
+func (s *Symbolizer) mapping(addr uint64) (Mapping, bool) { return findMapping(s.maps, addr) }
+
+// findMapping returns the mapping of maps that holds addr.
+func findMapping(maps []Mapping, addr uint64) (Mapping, bool) {
+	for _, m := range maps {
 		if addr >= m.Start && addr < m.End {
 			return m, true
 		}
