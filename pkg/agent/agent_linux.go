@@ -216,6 +216,30 @@ func (a *Agent) ingestSpool() {
 	}
 }
 
+// event answers "event": pid's eBPF event, waited for up to wait, and the
+// freeze of its container. early, for the agent's own intakes, waits for
+// no more of the freeze than the crasher's cgroup (FreezePending): a
+// container's crash is decided while its freeze goes on.
+func (a *Agent) event(pid int, wait time.Duration, early bool) agentapi.Response {
+	deadline := time.Now().Add(wait)
+	ev, ok := a.events.wait(pid, wait)
+	if !ok {
+		return agentapi.Response{Error: "no eBPF event for this pid"}
+	}
+	resp := agentapi.Response{Event: ev.Bundle(), Freeze: &bundle.Freeze{Reason: "freezing is disabled"}}
+	if a.freezes == nil {
+		return resp
+	}
+	if early {
+		if path, ok := a.freezes.cgroup(pid, time.Until(deadline)); ok {
+			resp.Freeze, resp.FreezePending = &bundle.Freeze{Cgroup: path}, true
+			return resp
+		}
+	}
+	resp.Freeze = a.freezes.record(pid, time.Until(deadline))
+	return resp
+}
+
 // freezeCgroup returns the cgroup the freeze of pid's container recorded.
 func (a *Agent) freezeCgroup(pid int) string {
 	if a.freezes == nil {
@@ -412,6 +436,9 @@ func (a *Agent) watch(ob *observer.Observer) {
 				a.missing.exit(ev)
 			}
 		}
+		if ev.Kind == observer.KindExit && a.freezes != nil {
+			a.freezes.exited(ev.TGID)
+		}
 		if ev.Kind == observer.KindFatal {
 			a.events.add(ev)
 		}
@@ -438,17 +465,7 @@ func (a *Agent) handle(req agentapi.Request) agentapi.Response {
 		}
 		return agentapi.Response{}
 	case "event":
-		wait := min(time.Duration(req.WaitMS)*time.Millisecond, 2*time.Second)
-		deadline := time.Now().Add(wait)
-		ev, ok := a.events.wait(req.PID, wait)
-		if !ok {
-			return agentapi.Response{Error: "no eBPF event for this pid"}
-		}
-		resp := agentapi.Response{Event: ev.Bundle(), Freeze: &bundle.Freeze{Reason: "freezing is disabled"}}
-		if a.freezes != nil {
-			resp.Freeze = a.freezes.record(req.PID, time.Until(deadline))
-		}
-		return resp
+		return a.event(req.PID, min(time.Duration(req.WaitMS)*time.Millisecond, 2*time.Second), false)
 	case "release":
 		if a.freezes == nil {
 			return agentapi.Response{}

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -59,8 +60,17 @@ func podFreeze(cfg *config.Config) func(string) (bool, string) {
 
 // freezeState is one crash's freeze, from the core event to the thaw.
 type freezeState struct {
-	done   chan struct{} // closed once the freeze attempt ended
-	signal time.Time     // the signal's time, from the event
+	done chan struct{} // closed once the freeze attempt ended
+	// known is closed once the crasher's cgroup was read (cgroup, "":
+	// the process was gone), before the freeze moves it to the holding
+	// cgroup: a collection decides on that cgroup without waiting for
+	// the freeze.
+	known  chan struct{}
+	cgroup string
+	// letGo is set once the crash's collection let its process go (thaw):
+	// a freeze not begun by then would hold the container for nothing.
+	letGo  atomic.Bool
+	signal time.Time // the signal's time, from the event
 	mu     sync.Mutex
 	rec    bundle.Freeze
 	fr     *freezer.Frozen
@@ -150,7 +160,7 @@ func (z *freezes) work() {
 // by the observer's reader (Observer.OnCore), which must never wait on a
 // cgroup.
 func (z *freezes) start(ev observer.Event) {
-	st := &freezeState{done: make(chan struct{}), signal: ev.Time}
+	st := &freezeState{done: make(chan struct{}), known: make(chan struct{}), signal: ev.Time}
 	z.mu.Lock()
 	for pid, old := range z.byPID {
 		select {
@@ -169,10 +179,13 @@ func (z *freezes) start(ev observer.Event) {
 		defer st.mu.Unlock()
 		data, err := proc.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ev.TGID))
 		if err != nil {
+			close(st.known)
 			st.rec.Reason = "the process was gone before it could be frozen"
 			return
 		}
 		path := identity.ProcCgroup(data)
+		st.cgroup = path
+		close(st.known)
 		st.rec.Cgroup = path
 		var denied *freezer.DeniedError
 		if errors.As(z.f.Check(path), &denied) {
@@ -183,11 +196,19 @@ func (z *freezes) start(ev observer.Event) {
 			st.rec.Reason = "not frozen: " + why
 			return
 		}
+		if st.letGo.Load() {
+			st.rec.Reason = "not frozen: the crash was decided and its process let go first"
+			return
+		}
 		fr, err := z.f.Freeze(path, ev.TGID, freezeTimeout)
 		if err != nil {
-			if errors.As(err, &denied) {
+			switch {
+			case errors.As(err, &denied):
 				st.rec.Reason = denied.Reason
-			} else {
+			case st.letGo.Load():
+				// Let go meanwhile: the process may have left its cgroup.
+				st.rec.Reason = "not frozen: the crash was decided and its process let go first: " + err.Error()
+			default:
 				st.rec.Reason = err.Error()
 				z.log.Warn("freeze", zap.Int("pid", ev.TGID), zap.String("cgroup", path), zap.Error(err))
 			}
@@ -228,6 +249,41 @@ func (z *freezes) record(pid int, d time.Duration) *bundle.Freeze {
 	return &rec
 }
 
+// cgroup waits up to d for the cgroup pid's freeze attempt read, before
+// any move: the freeze's own record is taken later (thaw), once the
+// crash is decided. ok is false when there is no attempt, or it read
+// nothing in time.
+func (z *freezes) cgroup(pid int, d time.Duration) (path string, ok bool) {
+	z.mu.Lock()
+	st := z.byPID[pid]
+	z.mu.Unlock()
+	if st == nil {
+		return "", false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-st.known:
+		return st.cgroup, st.cgroup != ""
+	case <-t.C:
+		return "", false
+	}
+}
+
+// exited thaws pid's container once the crashed process is gone, when no
+// collection let it go before (its dump never came: a process the kernel
+// would not dump, or a core_pattern changed meanwhile): a container is not
+// held frozen past its crasher's life. In the background: the freeze may
+// still be under way.
+func (z *freezes) exited(pid int) {
+	z.mu.Lock()
+	st := z.byPID[pid]
+	z.mu.Unlock()
+	if st != nil && !st.letGo.Load() {
+		go z.thaw(pid, "the crashed process exited")
+	}
+}
+
 // thaw thaws pid's container if it is still frozen and returns the record
 // with the freeze's duration.
 func (z *freezes) thaw(pid int, why string) *bundle.Freeze {
@@ -237,6 +293,7 @@ func (z *freezes) thaw(pid int, why string) *bundle.Freeze {
 	if st == nil {
 		return nil
 	}
+	st.letGo.Store(true)
 	<-st.done
 	st.mu.Lock()
 	defer st.mu.Unlock()

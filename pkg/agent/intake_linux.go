@@ -213,8 +213,8 @@ func (a *Agent) take(args []string, core *os.File) error {
 // link is the collector's Link to this agent, by direct calls.
 type link struct{ a *Agent }
 
-func (l link) Lookup(pid int, wait time.Duration) (*agentapi.Response, error) {
-	resp := l.a.handle(agentapi.Request{Op: "event", PID: pid, WaitMS: int(wait / time.Millisecond)})
+func (l link) Lookup(pid int, wait time.Duration, early bool) (*agentapi.Response, error) {
+	resp := l.a.event(pid, wait, early)
 	if resp.Error != "" {
 		return &resp, errors.New(resp.Error)
 	}

@@ -47,7 +47,12 @@ type Response struct {
 	// Freeze says what the agent did to the crasher's container, for
 	// the bundle's freeze section.
 	Freeze *bundle.Freeze `json:"freeze,omitempty"`
-	Error  string         `json:"error,omitempty"`
+	// FreezePending says that Freeze holds only the cgroup the crasher
+	// was in before the freeze moved it: the agent's own intakes ask for
+	// no more before their decision, and take the freeze's record when
+	// they release the crasher. Never sent over the socket.
+	FreezePending bool   `json:"-"`
+	Error         string `json:"error,omitempty"`
 }
 
 // ErrNoAgent means no agent runs on this node: its socket does not exist

@@ -148,8 +148,13 @@ type Options struct {
 
 // Link is the agent's side of a collection: the eBPF event and freeze of a
 // crash, the thaw once its process is let go, and the bundle's report.
+// Lookup with early asks only what a decision needs of the freeze (the
+// crasher's cgroup before it was moved; Response.FreezePending says so),
+// so that a container's crash is not held for its freeze; the record then
+// comes with Release, or a later Lookup. An agent over its socket always
+// answers in full.
 type Link interface {
-	Lookup(pid int, wait time.Duration) (*agentapi.Response, error)
+	Lookup(pid int, wait time.Duration, early bool) (*agentapi.Response, error)
 	Release(pid int) (*agentapi.Response, error)
 	Report(m *bundle.Metadata) error
 }
@@ -161,7 +166,7 @@ type socketLink struct {
 	reports spool.Reports
 }
 
-func (l socketLink) Lookup(pid int, wait time.Duration) (*agentapi.Response, error) {
+func (l socketLink) Lookup(pid int, wait time.Duration, _ bool) (*agentapi.Response, error) {
 	return agentapi.Lookup(l.socket, pid, wait)
 }
 

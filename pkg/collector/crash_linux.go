@@ -210,7 +210,7 @@ func (c *crash) open(ctx context.Context) error {
 // dying task before do_coredump), so a short wait suffices; without an
 // agent the helper goes on alone.
 func (c *crash) lookup() {
-	resp, err := c.o.Agent.Lookup(c.req.PID, lookupWait)
+	resp, err := c.o.Agent.Lookup(c.req.PID, lookupWait, true)
 	if err != nil {
 		if !errors.Is(err, agentapi.ErrNoAgent) {
 			c.o.Log.Warn("no eBPF event from the agent", zap.Error(err))
@@ -274,9 +274,11 @@ func (c *crash) freeze() *bundle.Freeze {
 // agent froze it in) names its container, the runtime the rest. Cached
 // per container in the spool, so a storm asks the runtime once.
 func (c *crash) identify(ctx context.Context) {
-	cgroup, _ := proc.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.req.PID))
 	m := c.m
-	m.Cgroup = crashCgroup(identity.ProcCgroup(cgroup), c.freeze())
+	m.Cgroup = crashCgroup(c.freeze(), func() string {
+		cgroup, _ := proc.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.req.PID))
+		return identity.ProcCgroup(cgroup)
+	})
 	c.ident = identity.Resolve(ctx, m.Cgroup, c.cfg.Identity.CRIEndpoint, time.Duration(c.cfg.Identity.Timeout), identity.SpoolCache(spool.Open(c.cfg.Spool)))
 	m.Container, m.Pod, m.Workload = c.ident.Container, c.ident.Pod, c.ident.Workload
 	m.IdentitySource, m.IdentityReason = c.ident.Source, c.ident.Reason
@@ -350,6 +352,9 @@ func (c *crash) capture(ctx context.Context) error {
 		return err
 	}
 	c.files.w = c.w
+	if c.v.keep {
+		c.awaitFreeze()
+	}
 	c.files.start()
 	if c.when == answerOnStack {
 		c.keepBeforeDump()
@@ -421,14 +426,29 @@ func (c *crash) letGo() {
 		c.o.Core.Close()
 	}
 	c.held = heldFor(c.start, c.released, time.Now())
-	if !thawAfter(c.freeze()) {
+	if c.agent == nil || !thawAfter(c.agent.Freeze, c.agent.FreezePending) {
 		return
 	}
 	if resp, err := c.o.Agent.Release(c.req.PID); err != nil {
 		c.o.Log.Warn("ask the agent to thaw", zap.Error(err))
 	} else if resp.Freeze != nil {
-		c.agent.Freeze = resp.Freeze
+		c.agent.Freeze, c.agent.FreezePending = resp.Freeze, false
 	}
+}
+
+// awaitFreeze takes the freeze's record when the crash was decided while
+// the freeze went on: a kept core's capture reads the container's files
+// once its container is frozen, as the freeze is there for.
+func (c *crash) awaitFreeze() {
+	if c.agent == nil || !c.agent.FreezePending {
+		return
+	}
+	resp, err := c.o.Agent.Lookup(c.req.PID, lookupWait, false)
+	if err != nil {
+		c.o.Log.Warn("the freeze's record from the agent", zap.Error(err))
+		return
+	}
+	c.agent.Freeze, c.agent.FreezePending = resp.Freeze, false
 }
 
 // submit completes the metadata, publishes the bundle and reports it to

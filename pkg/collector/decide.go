@@ -117,19 +117,21 @@ func answerTimeFor(answers bool, stack int) answerTime {
 }
 
 // crashCgroup is the cgroup that names a crash's container: the one the
-// agent froze it in when it did (freeze, nil without an agent), else the
-// process's own (proc, from /proc/PID/cgroup).
-func crashCgroup(proc string, freeze *bundle.Freeze) string {
+// agent's freeze found it in, before any move, when it read it (freeze, nil
+// without an agent), else the process's own (proc reads /proc/PID/cgroup).
+func crashCgroup(freeze *bundle.Freeze, proc func() string) string {
 	if freeze != nil && freeze.Cgroup != "" {
 		return freeze.Cgroup
 	}
-	return proc
+	return proc()
 }
 
 // thawAfter says whether the agent is asked to thaw the crasher's
-// container once the collection let go of the process.
-func thawAfter(freeze *bundle.Freeze) bool {
-	return freeze != nil && freeze.Frozen
+// container once the collection let go of the process: when it froze it,
+// or when its freeze was still going on as the crash was decided
+// (pending), and the release then takes the freeze's record.
+func thawAfter(freeze *bundle.Freeze, pending bool) bool {
+	return pending || freeze != nil && freeze.Frozen
 }
 
 // heldFor is how long the kernel held the crasher for this collection:

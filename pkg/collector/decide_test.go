@@ -110,24 +110,29 @@ func TestAnswerTimeFor(t *testing.T) {
 }
 
 // TestAgentAnswered: what the agent's answer to the lookup decides, the
-// cgroup that names the container and whether it is thawed.
+// cgroup that names the container (/proc is read only when the freeze
+// did not) and whether it is thawed.
 func TestAgentAnswered(t *testing.T) {
 	proc := "/kubepods/pod1/abc"
 	for _, tc := range []struct {
-		name   string
-		freeze *bundle.Freeze
-		cgroup string
-		thaw   bool
+		name    string
+		freeze  *bundle.Freeze
+		pending bool
+		cgroup  string
+		read    bool
+		thaw    bool
 	}{
-		{"no agent", nil, proc, false},
-		{"not frozen", &bundle.Freeze{Reason: "policy"}, proc, false},
-		{"frozen in its cgroup", &bundle.Freeze{Frozen: true, Cgroup: "/kubepods/pod1/def"}, "/kubepods/pod1/def", true},
-		{"frozen, cgroup unknown", &bundle.Freeze{Frozen: true}, proc, true},
+		{"no agent", nil, false, proc, true, false},
+		{"not frozen", &bundle.Freeze{Reason: "policy"}, false, proc, true, false},
+		{"frozen in its cgroup", &bundle.Freeze{Frozen: true, Cgroup: "/kubepods/pod1/def"}, false, "/kubepods/pod1/def", false, true},
+		{"frozen, cgroup unknown", &bundle.Freeze{Frozen: true}, false, proc, true, true},
+		{"still freezing", &bundle.Freeze{Cgroup: "/kubepods/pod1/def"}, true, "/kubepods/pod1/def", false, true},
 	} {
-		if got := crashCgroup(proc, tc.freeze); got != tc.cgroup {
-			t.Errorf("%s: crashCgroup = %q, want %q", tc.name, got, tc.cgroup)
+		read := false
+		if got := crashCgroup(tc.freeze, func() string { read = true; return proc }); got != tc.cgroup || read != tc.read {
+			t.Errorf("%s: crashCgroup = %q (read /proc: %v), want %q (%v)", tc.name, got, read, tc.cgroup, tc.read)
 		}
-		if got := thawAfter(tc.freeze); got != tc.thaw {
+		if got := thawAfter(tc.freeze, tc.pending); got != tc.thaw {
 			t.Errorf("%s: thawAfter = %v, want %v", tc.name, got, tc.thaw)
 		}
 	}

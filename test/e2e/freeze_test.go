@@ -152,6 +152,30 @@ func TestAgentFreeze(t *testing.T) {
 	}
 }
 
+// TestAgentThawsUndumpedCrash crashes a non-dumpable process of 1 GiB in
+// a container cgroup holding a sibling: the kernel dumps nothing, so no
+// collection ever lets the crasher go, and the agent thaws the container
+// once the crasher is gone, not at freeze.max (30 s).
+func TestAgentThawsUndumpedCrash(t *testing.T) {
+	socket := filepath.Join(os.TempDir(), fmt.Sprintf("ccfreeze-%d.sock", os.Getpid()))
+	n := harness.Install(t, "socket: "+socket+"\n")
+	a := startAgent(t, n, socket)
+	h := freezeHiers(t)[0]
+	_, dir, sibling := freezeContainer(t, h)
+	exe := harness.CC(t, n.Dir, "nodump", []string{"nodump.c"})
+	crasher := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" 1024`, dir, exe)
+	if err := crasher.Run(); err == nil {
+		t.Fatal("nodump exited without its crash")
+	}
+	a.waitLine(t, "the crashed process exited")
+	if h.frozen(dir) {
+		t.Errorf("the container is still frozen after its crasher, which the kernel did not dump, was gone")
+	}
+	if err := sibling.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the sibling is gone: %v", err)
+	}
+}
+
 // TestAgentKilledMidFreeze kills the agent with SIGKILL while a container
 // is frozen: the next agent thaws the container within 2 s of its start,
 // and the crash has a bundle (the agent collected the core the helper
