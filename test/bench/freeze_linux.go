@@ -19,34 +19,11 @@ import (
 // crasher's container frozen, over crashes in a container cgroup of the v2
 // hierarchy (where runc puts containers here) that also holds a sibling.
 func benchFreeze(dir, bin string, crashes int) error {
-	v2 := ""
-	for _, d := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		if _, err := os.Stat(filepath.Join(d, "cgroup.controllers")); err == nil {
-			v2 = d
-			break
-		}
-	}
-	if v2 == "" {
-		return fmt.Errorf("no cgroup v2 hierarchy")
-	}
-	ns := fmt.Sprintf("ccbench%d", os.Getpid())
-	cg := filepath.Join(v2, ns, "c1")
-	if err := os.MkdirAll(cg, 0o755); err != nil {
+	cg, cleanup, err := benchContainer()
+	if err != nil {
 		return err
 	}
-	sibling := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec sleep 3600`, cg)
-	if err := sibling.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0o644)
-		sibling.Process.Kill()
-		sibling.Wait()
-		for i := 0; i < 100 && os.Remove(cg) != nil; i++ {
-			time.Sleep(20 * time.Millisecond)
-		}
-		os.Remove(filepath.Dir(cg))
-	}()
+	defer cleanup()
 
 	crasher := filepath.Join(dir, "lim_mem")
 	if out, err := exec.Command("gcc", "-O2", "-o", crasher, filepath.Join(harness.RepoRoot(), "test", "crashers", "lim_mem.c")).CombinedOutput(); err != nil {
@@ -96,7 +73,7 @@ func benchFreeze(dir, bin string, crashes int) error {
 		}
 		sort.Float64s(lat)
 		p99 := lat[min(len(lat)-1, int(float64(len(lat))*0.99))]
-		fmt.Printf("\nfreeze: %d crashes in a container cgroup (v2, %s) with a sibling, placed 200 ms before, %d busy loops, signal to frozen\n", crashes, dynmods(v2), busy)
+		fmt.Printf("\nfreeze: %d crashes in a container cgroup (v2, %s) with a sibling, placed 200 ms before, %d busy loops, signal to frozen\n", crashes, dynmods(filepath.Dir(filepath.Dir(cg))), busy)
 		fmt.Printf("freeze latency: median %.2f ms, p99 %.2f ms, max %.2f ms  (target p99 <= 20 ms: %s)\n",
 			lat[len(lat)/2], p99, lat[len(lat)-1], verdict(p99 <= 20))
 	}
@@ -108,6 +85,42 @@ func benchFreeze(dir, bin string, crashes int) error {
 // switches cgroup.procs writes to a per-process lock until the next boot,
 // even after the option is removed (the kernel logs "per threadgroup
 // rwsem mechanism can't be disabled"), so the bench never sets it.
+// benchContainer makes a container's cgroup in the v2 hierarchy (where
+// runc puts containers here), with a sibling process in it as a
+// container's other processes, which the agent's policy lets it freeze;
+// cleanup thaws and removes it.
+func benchContainer() (cg string, cleanup func(), err error) {
+	v2 := ""
+	for _, d := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		if _, err := os.Stat(filepath.Join(d, "cgroup.controllers")); err == nil {
+			v2 = d
+			break
+		}
+	}
+	if v2 == "" {
+		return "", nil, fmt.Errorf("no cgroup v2 hierarchy")
+	}
+	cg = filepath.Join(v2, fmt.Sprintf("ccbench%d", os.Getpid()), "c1")
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		return "", nil, err
+	}
+	sibling := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec sleep 3600`, cg)
+	if err := sibling.Start(); err != nil {
+		os.Remove(cg)
+		os.Remove(filepath.Dir(cg))
+		return "", nil, err
+	}
+	return cg, func() {
+		os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0o644)
+		sibling.Process.Kill()
+		sibling.Wait()
+		for i := 0; i < 100 && os.Remove(cg) != nil; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		os.Remove(filepath.Dir(cg))
+	}, nil
+}
+
 func dynmods(dir string) string {
 	data, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(data), "\n") {

@@ -55,9 +55,13 @@ func benchHold(dir, bin string, mib, runs int) error {
 	}
 	setPattern := func(p []byte) error { return os.WriteFile("/proc/sys/kernel/core_pattern", p, 0o644) }
 	defer setPattern(pattern) // the agent restores its predecessor's from it
-	// crash runs the crasher once and returns how long it was held.
-	crash := func() (time.Duration, int, error) {
+	// crash runs the crasher once (in cgroup, a directory, when set) and
+	// returns how long it was held.
+	crash := func(cgroup string) (time.Duration, int, error) {
 		cmd := exec.Command(crasher, strconv.Itoa(mib), "fill")
+		if cgroup != "" {
+			cmd = exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cgroup, crasher, strconv.Itoa(mib), "fill")
+		}
 		cmd.Dir = work
 		stderr, err := cmd.StderrPipe()
 		if err != nil {
@@ -80,54 +84,88 @@ func benchHold(dir, bin string, mib, runs int) error {
 		}
 		return time.Duration(ts.Nano() - t0), cmd.Process.Pid, nil
 	}
-	// The first crash keeps its bug's core; the later ones are refused.
-	_, pid, err := crash()
+	// measure interleaves runs crashes of each kind in cgroup. A first
+	// crash there keeps its bug's core, or is itself refused as a
+	// duplicate of a kept one (a container's cgroup may name its bug's
+	// key apart); the later ones are refused as duplicates of that core.
+	type held struct{ refused, none, bundled, frozen []float64 }
+	measure := func(cgroup string) (h held, err error) {
+		_, pid, err := crash(cgroup)
+		if err != nil {
+			return h, err
+		}
+		first, err := waitBundle(bin, cfg, pid)
+		if err != nil {
+			return h, err
+		}
+		of := first.ID
+		if first.Dedup != nil && first.Dedup.Of != "" {
+			of = first.Dedup.Of
+		}
+		for range runs {
+			if err := setPattern([]byte("core")); err != nil {
+				return h, err
+			}
+			d, _, err := crash(cgroup)
+			if err != nil {
+				return h, err
+			}
+			h.none = append(h.none, d.Seconds())
+			if err := setPattern(pattern); err != nil {
+				return h, err
+			}
+			d, pid, err := crash(cgroup)
+			if err != nil {
+				return h, err
+			}
+			m, err := waitBundle(bin, cfg, pid)
+			if err != nil {
+				return h, err
+			}
+			if m.Core.TruncateReason != bundle.ReasonDedup || m.Dedup == nil || m.Dedup.Of != of || m.Signature == "" || len(m.Backtrace) == 0 {
+				return h, fmt.Errorf("crash of pid %d was not refused as a duplicate of %s with signature and backtrace: core %+v, dedup %+v, signature %q",
+					pid, of, m.Core, m.Dedup, m.Signature)
+			}
+			h.refused = append(h.refused, d.Seconds())
+			h.bundled = append(h.bundled, m.Collector.HeldSeconds)
+			if m.Freeze != nil && m.Freeze.Frozen {
+				h.frozen = append(h.frozen, m.Freeze.LatencyMS/1000)
+			}
+		}
+		return h, nil
+	}
+	host, err := measure("")
 	if err != nil {
 		return err
-	}
-	first, err := waitBundle(bin, cfg, pid)
-	if err != nil {
-		return err
-	}
-	var refused, none []float64
-	var bundled []float64
-	for range runs {
-		if err := setPattern([]byte("core")); err != nil {
-			return err
-		}
-		d, _, err := crash()
-		if err != nil {
-			return err
-		}
-		none = append(none, d.Seconds())
-		if err := setPattern(pattern); err != nil {
-			return err
-		}
-		d, pid, err := crash()
-		if err != nil {
-			return err
-		}
-		m, err := waitBundle(bin, cfg, pid)
-		if err != nil {
-			return err
-		}
-		if m.Core.TruncateReason != bundle.ReasonDedup || m.Dedup == nil || m.Dedup.Of != first.ID || m.Signature == "" || len(m.Backtrace) == 0 {
-			return fmt.Errorf("crash of pid %d was not refused as a duplicate of %s with signature and backtrace: core %+v, dedup %+v, signature %q",
-				pid, first.ID, m.Core, m.Dedup, m.Signature)
-		}
-		refused = append(refused, d.Seconds())
-		bundled = append(bundled, m.Collector.HeldSeconds)
 	}
 	pct := func(s []float64, p float64) float64 {
+		if len(s) == 0 {
+			return 0
+		}
 		c := append([]float64(nil), s...)
 		sort.Float64s(c)
 		return c[int(p*float64(len(c)-1)+0.5)]
 	}
 	fmt.Printf("\nhold: a %d MiB crasher, from its fault to its exit, %d runs each, interleaved\n", mib, runs)
 	fmt.Printf("  refused as a duplicate (coredump socket): median %.1f ms, p90 %.1f ms (the agent's own record, from its collection's start at the eBPF event to the answer: median %.1f ms)\n",
-		1000*pct(refused, 0.5), 1000*pct(refused, 0.9), 1000*pct(bundled, 0.5))
-	fmt.Printf("  no dump at all (file pattern, RLIMIT_CORE 0): median %.1f ms, p90 %.1f ms\n", 1000*pct(none, 0.5), 1000*pct(none, 0.9))
-	r := pct(refused, 0.5) / pct(none, 0.5)
-	fmt.Printf("  duplicate / no dump: %.2fx median, %.2fx p90  (target <= 1.3x: %s)\n", r, pct(refused, 0.9)/pct(none, 0.9), verdict(r <= 1.3))
+		1000*pct(host.refused, 0.5), 1000*pct(host.refused, 0.9), 1000*pct(host.bundled, 0.5))
+	fmt.Printf("  no dump at all (file pattern, RLIMIT_CORE 0): median %.1f ms, p90 %.1f ms\n", 1000*pct(host.none, 0.5), 1000*pct(host.none, 0.9))
+	r := pct(host.refused, 0.5) / pct(host.none, 0.5)
+	fmt.Printf("  duplicate / no dump: %.2fx median, %.2fx p90  (target <= 1.3x: %s)\n", r, pct(host.refused, 0.9)/pct(host.none, 0.9), verdict(r <= 1.3))
+
+	// The same in a container's cgroup, which the agent freezes: the
+	// decision does not wait for the freeze.
+	cg, cleanup, err := benchContainer()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	ctr, err := measure(cg)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  in a container cgroup the agent freezes (frozen in %d of %d, signal to frozen median %.1f ms): refused %.1f ms median, no dump %.1f ms, %.2fx (agent's record %.1f ms)\n",
+		len(ctr.frozen), runs, 1000*pct(ctr.frozen, 0.5), 1000*pct(ctr.refused, 0.5), 1000*pct(ctr.none, 0.5),
+		pct(ctr.refused, 0.5)/pct(ctr.none, 0.5), 1000*pct(ctr.bundled, 0.5))
 	return nil
 }
