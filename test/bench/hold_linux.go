@@ -89,12 +89,17 @@ func benchHold(dir, bin string, mib, runs int) error {
 	// duplicate of a kept one (a container's cgroup may name its bug's
 	// key apart); the later ones are refused as duplicates of that core.
 	type held struct{ refused, none, bundled, frozen []float64 }
-	measure := func(cgroup string) (h held, err error) {
-		_, pid, err := crash(cgroup)
+	// crashBundle crashes once and returns the hold and the crash's bundle.
+	crashBundle := func(cgroup string) (time.Duration, *bundle.Metadata, error) {
+		d, pid, err := crash(cgroup)
 		if err != nil {
-			return h, err
+			return 0, nil, err
 		}
-		first, err := waitBundle(bin, cfg, pid)
+		m, err := waitBundle(bin, cfg, pid)
+		return d, m, err
+	}
+	measure := func(cgroup string) (h held, err error) {
+		_, first, err := crashBundle(cgroup)
 		if err != nil {
 			return h, err
 		}
@@ -114,17 +119,13 @@ func benchHold(dir, bin string, mib, runs int) error {
 			if err := setPattern(pattern); err != nil {
 				return h, err
 			}
-			d, pid, err := crash(cgroup)
-			if err != nil {
-				return h, err
-			}
-			m, err := waitBundle(bin, cfg, pid)
+			d, m, err := crashBundle(cgroup)
 			if err != nil {
 				return h, err
 			}
 			if m.Core.TruncateReason != bundle.ReasonDedup || m.Dedup == nil || m.Dedup.Of != of || m.Signature == "" || len(m.Backtrace) == 0 {
 				return h, fmt.Errorf("crash of pid %d was not refused as a duplicate of %s with signature and backtrace: core %+v, dedup %+v, signature %q",
-					pid, of, m.Core, m.Dedup, m.Signature)
+					m.PID, of, m.Core, m.Dedup, m.Signature)
 			}
 			h.refused = append(h.refused, d.Seconds())
 			h.bundled = append(h.bundled, m.Collector.HeldSeconds)
