@@ -225,12 +225,18 @@ func (z *freezes) start(ev observer.Event) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// state is pid's freeze attempt, nil when the agent saw no core event
+// for pid.
+func (z *freezes) state(pid int) *freezeState {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.byPID[pid]
+}
+
 // record waits up to d for pid's freeze attempt and returns what it did,
 // or nil when the agent saw no core event for pid.
 func (z *freezes) record(pid int, d time.Duration) *bundle.Freeze {
-	z.mu.Lock()
-	st := z.byPID[pid]
-	z.mu.Unlock()
+	st := z.state(pid)
 	if st == nil {
 		return nil
 	}
@@ -254,9 +260,7 @@ func (z *freezes) record(pid int, d time.Duration) *bundle.Freeze {
 // crash is decided. ok is false when there is no attempt, or it read
 // nothing in time.
 func (z *freezes) cgroup(pid int, d time.Duration) (path string, ok bool) {
-	z.mu.Lock()
-	st := z.byPID[pid]
-	z.mu.Unlock()
+	st := z.state(pid)
 	if st == nil {
 		return "", false
 	}
@@ -276,9 +280,7 @@ func (z *freezes) cgroup(pid int, d time.Duration) (path string, ok bool) {
 // held frozen past its crasher's life. In the background: the freeze may
 // still be under way.
 func (z *freezes) exited(pid int) {
-	z.mu.Lock()
-	st := z.byPID[pid]
-	z.mu.Unlock()
+	st := z.state(pid)
 	if st != nil && !st.letGo.Load() {
 		go z.thaw(pid, "the crashed process exited")
 	}
@@ -287,9 +289,7 @@ func (z *freezes) exited(pid int) {
 // thaw thaws pid's container if it is still frozen and returns the record
 // with the freeze's duration.
 func (z *freezes) thaw(pid int, why string) *bundle.Freeze {
-	z.mu.Lock()
-	st := z.byPID[pid]
-	z.mu.Unlock()
+	st := z.state(pid)
 	if st == nil {
 		return nil
 	}

@@ -53,7 +53,7 @@ type Request struct {
 	// kernel holds it (the eBPF event's), not a pattern's rendering of
 	// it: it is not read again.
 	CommExact bool
-	NSPID     int // in the process's own namespace; 0: not known (the pattern has none)
+	NSPID     int // in the process's own namespace (the eBPF event's); 0: not known (a pattern has none)
 }
 
 // ParseRequest reads the expanded PatternArgs.
